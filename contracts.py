@@ -45,7 +45,10 @@ def check_image(name: str, image: Any, shape_hw: tuple[int, int] | None = None) 
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ContractError(name, f"empty image of shape {image.shape}")
     if shape_hw is not None and tuple(image.shape[:2]) != tuple(shape_hw):
-        raise ContractError(name, f"expected {shape_hw[0]}x{shape_hw[1]} pixels, got {image.shape[0]}x{image.shape[1]}")
+        raise ContractError(
+            name,
+            f"expected {shape_hw[0]}x{shape_hw[1]} pixels, got {image.shape[0]}x{image.shape[1]}",
+        )
     return image
 
 
@@ -90,29 +93,47 @@ class Observation:
     ) -> Observation:
         """Raise :class:`ContractError` naming the first bad field; return ``self`` when valid."""
         if not isinstance(self.timestamp_ns, int | np.integer) or self.timestamp_ns < 0:
-            raise ContractError("timestamp_ns", f"expected a non-negative integer, got {_describe(self.timestamp_ns)}")
+            raise ContractError(
+                "timestamp_ns",
+                f"expected a non-negative integer, got {_describe(self.timestamp_ns)}",
+            )
         if not isinstance(self.images, dict) or not self.images:
-            raise ContractError("images", f"expected a non-empty dict view -> image, got {_describe(self.images)}")
+            raise ContractError(
+                "images", f"expected a non-empty dict view -> image, got {_describe(self.images)}"
+            )
         if views is not None:
             missing = [v for v in views if v not in self.images]
             if missing:
-                raise ContractError("images", f"missing view(s) {missing}; have {sorted(self.images)}")
+                raise ContractError(
+                    "images", f"missing view(s) {missing}; have {sorted(self.images)}"
+                )
         for view, image in self.images.items():
             if not isinstance(view, str) or not view:
-                raise ContractError("images", f"view names must be non-empty strings, got {_describe(view)}")
+                raise ContractError(
+                    "images", f"view names must be non-empty strings, got {_describe(view)}"
+                )
             check_image(f"images[{view!r}]", image, image_hw)
         for view, ts in self.frame_timestamps_ns.items():
             if view not in self.images:
                 raise ContractError("frame_timestamps_ns", f"timestamp for unknown view {view!r}")
             if not isinstance(ts, int | np.integer) or ts < 0:
-                raise ContractError(f"frame_timestamps_ns[{view!r}]", f"expected a non-negative integer, got {_describe(ts)}")
+                raise ContractError(
+                    f"frame_timestamps_ns[{view!r}]",
+                    f"expected a non-negative integer, got {_describe(ts)}",
+                )
         self.state = check_vector("state", self.state, state_dim)
         if not isinstance(self.instruction, str) or not self.instruction.strip():
-            raise ContractError("instruction", f"expected a non-empty string, got {_describe(self.instruction)}")
+            raise ContractError(
+                "instruction", f"expected a non-empty string, got {_describe(self.instruction)}"
+            )
         if not isinstance(self.episode_id, str) or not self.episode_id:
-            raise ContractError("episode_id", f"expected a non-empty string, got {_describe(self.episode_id)}")
+            raise ContractError(
+                "episode_id", f"expected a non-empty string, got {_describe(self.episode_id)}"
+            )
         if not isinstance(self.step, int | np.integer) or self.step < 0:
-            raise ContractError("step", f"expected a non-negative integer, got {_describe(self.step)}")
+            raise ContractError(
+                "step", f"expected a non-negative integer, got {_describe(self.step)}"
+            )
         return self
 
 
@@ -141,10 +162,15 @@ class ActionSpec:
         low = np.asarray(self.low, dtype=np.float32)
         high = np.asarray(self.high, dtype=np.float32)
         if low.shape != (len(self.names),) or high.shape != (len(self.names),):
-            raise ContractError("ActionSpec", f"low/high must have shape ({len(self.names)},), got {low.shape}/{high.shape}")
+            raise ContractError(
+                "ActionSpec",
+                f"low/high must have shape ({len(self.names)},), got {low.shape}/{high.shape}",
+            )
         if np.any(low > high):
             i = int(np.flatnonzero(low > high)[0])
-            raise ContractError(f"ActionSpec.low[{self.names[i]}]", f"{low[i]} is above high {high[i]}")
+            raise ContractError(
+                f"ActionSpec.low[{self.names[i]}]", f"{low[i]} is above high {high[i]}"
+            )
         object.__setattr__(self, "low", low)
         object.__setattr__(self, "high", high)
         object.__setattr__(self, "kind", ActionKind(self.kind))
@@ -164,7 +190,10 @@ class ActionSpec:
         if action.dtype.kind not in "fiu":
             raise ContractError("action", f"expected a numeric vector, got dtype {action.dtype}")
         if action.shape != (self.dim,):
-            raise ContractError("action", f"expected shape ({self.dim},) for {self.kind.value} {list(self.names)}, got {action.shape}")
+            raise ContractError(
+                "action",
+                f"expected shape ({self.dim},) for {self.kind.value} {list(self.names)}, got {action.shape}",
+            )
         action = action.astype(np.float32, copy=False)
         for i, name in enumerate(self.names):
             v = float(action[i])
@@ -172,7 +201,8 @@ class ActionSpec:
                 raise ContractError(f"action[{name}]", f"must be finite, got {v}")
             if v < self.low[i] - tolerance or v > self.high[i] + tolerance:
                 raise ContractError(
-                    f"action[{name}]", f"{v:.6g} is outside the declared bounds [{self.low[i]:.6g}, {self.high[i]:.6g}]"
+                    f"action[{name}]",
+                    f"{v:.6g} is outside the declared bounds [{self.low[i]:.6g}, {self.high[i]:.6g}]",
                 )
         return np.clip(action, self.low, self.high)
 
@@ -182,7 +212,12 @@ class ActionSpec:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-data form (lists), for metadata files and the wire."""
-        return {"kind": self.kind.value, "names": list(self.names), "low": self.low.tolist(), "high": self.high.tolist()}
+        return {
+            "kind": self.kind.value,
+            "names": list(self.names),
+            "low": self.low.tolist(),
+            "high": self.high.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ActionSpec:
@@ -190,7 +225,9 @@ class ActionSpec:
         for key in ("kind", "names", "low", "high"):
             if key not in d:
                 raise ContractError(f"ActionSpec.{key}", "missing")
-        return cls(ActionKind(d["kind"]), tuple(d["names"]), np.asarray(d["low"]), np.asarray(d["high"]))
+        return cls(
+            ActionKind(d["kind"]), tuple(d["names"]), np.asarray(d["low"]), np.asarray(d["high"])
+        )
 
 
 class EpisodeSource(str, Enum):
@@ -251,18 +288,27 @@ class Episode:
             try:
                 t.observation.validate(views=views, state_dim=state_dim)
             except ContractError as e:
-                raise ContractError(f"transitions[{i}].observation.{e.field}", str(e).split(": ", 1)[1]) from None
+                raise ContractError(
+                    f"transitions[{i}].observation.{e.field}", str(e).split(": ", 1)[1]
+                ) from None
             if t.observation.step != i:
-                raise ContractError(f"transitions[{i}].observation.step", f"expected {i}, got {t.observation.step}")
+                raise ContractError(
+                    f"transitions[{i}].observation.step", f"expected {i}, got {t.observation.step}"
+                )
             if t.observation.episode_id != self.episode_id:
                 raise ContractError(
-                    f"transitions[{i}].observation.episode_id", f"{t.observation.episode_id!r} != {self.episode_id!r}"
+                    f"transitions[{i}].observation.episode_id",
+                    f"{t.observation.episode_id!r} != {self.episode_id!r}",
                 )
             if action_spec is not None:
                 try:
                     action_spec.validate(t.action)
                 except ContractError as e:
-                    raise ContractError(f"transitions[{i}].{e.field}", str(e).split(": ", 1)[1]) from None
+                    raise ContractError(
+                        f"transitions[{i}].{e.field}", str(e).split(": ", 1)[1]
+                    ) from None
         if any(t.done for t in self.transitions[:-1]):
-            raise ContractError("transitions", "only the last transition may be terminated or truncated")
+            raise ContractError(
+                "transitions", "only the last transition may be terminated or truncated"
+            )
         return self

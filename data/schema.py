@@ -47,7 +47,11 @@ def dataset_features(
             "names": ["height", "width", "channels"],
         }
     features[STATE] = {"dtype": "float32", "shape": (len(state_names),), "names": list(state_names)}
-    features[ACTION] = {"dtype": "float32", "shape": (len(action_names),), "names": list(action_names)}
+    features[ACTION] = {
+        "dtype": "float32",
+        "shape": (len(action_names),),
+        "names": list(action_names),
+    }
     features[REWARD] = {"dtype": "float32", "shape": (1,), "names": None}
     features[SUCCESS] = {"dtype": "bool", "shape": (1,), "names": None}
     features[DONE] = {"dtype": "bool", "shape": (1,), "names": None}

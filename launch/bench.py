@@ -10,8 +10,14 @@ import importlib
 import sys
 
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "sim": ("limbic.bench.sim", "env steps/s of every arm beside a bare MuJoCo loop of the same scene"),
-    "wire": ("limbic.bench.wire", "inference round-trip latency and throughput beside a bare pyzmq echo"),
+    "sim": (
+        "limbic.bench.sim",
+        "env steps/s of every arm beside a bare MuJoCo loop of the same scene",
+    ),
+    "wire": (
+        "limbic.bench.wire",
+        "inference round-trip latency and throughput beside a bare pyzmq echo",
+    ),
     "critic": ("limbic.bench.critic", "progress-critic cost per control step"),
     "learn": ("limbic.bench.learn", "sample efficiency: BC, sparse RL and shaped RL side by side"),
     "learner": ("limbic.bench.learner", "learner updates/s and batch-assembly share"),
@@ -29,14 +35,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in BENCHMARKS:
-        print(f"limbic-bench: unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}", file=sys.stderr)
+        print(
+            f"limbic-bench: unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}",
+            file=sys.stderr,
+        )
         return 2
     module_name = BENCHMARKS[name][0]
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as e:
         if e.name == module_name:
-            print(f"limbic-bench: benchmark {name!r} is not built yet ({module_name})", file=sys.stderr)
+            print(
+                f"limbic-bench: benchmark {name!r} is not built yet ({module_name})",
+                file=sys.stderr,
+            )
             return 2
         raise
     return int(module.main(rest) or 0)

@@ -10,7 +10,6 @@ import abc
 from typing import Any
 
 import numpy as np
-
 from limbic.contracts import ActionSpec, Observation
 
 
@@ -72,7 +71,9 @@ class Robot(abc.ABC):
 
     def _require_connected(self) -> None:
         if not self.is_connected:
-            raise NotConnectedError(f"{self.name} is not connected; call connect() or use it as a context manager")
+            raise NotConnectedError(
+                f"{self.name} is not connected; call connect() or use it as a context manager"
+            )
 
     def __enter__(self) -> Robot:
         self.connect()

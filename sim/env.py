@@ -1,0 +1,250 @@
+"""``SimEnv``: one arm, one task, two cameras, stepped at the control rate.
+
+This is the simulation core. ``SimRobot`` (the Robot interface) and the gymnasium view are
+thin adapters over it, so what a policy sees in a gym loop is exactly what the actor loop
+sees through the Robot interface.
+"""
+
+from __future__ import annotations
+
+import atexit
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import mujoco
+import numpy as np
+from limbic.contracts import ActionSpec, Observation
+from limbic.launch.config import require
+from limbic.sim.arms import ArmSpec, get_arm
+from limbic.sim.control import ActionConfig, Controller, make_action_spec
+from limbic.sim.kinematics import ArmKinematics
+from limbic.sim.scene import FRONT_CAMERA, CameraConfig, build_scene_spec
+from limbic.sim.tasks import TASKS, Split, Task, make_task
+
+HOME_HEIGHT_M = {"so101": 0.09, "panda": 0.25}
+
+_OPEN_ENVS: weakref.WeakSet[SimEnv] = weakref.WeakSet()
+_EXIT_HOOK_REGISTERED = False
+
+
+def _close_open_envs() -> None:
+    # GL contexts must be freed before EGL's own exit hook terminates the display.
+    for env in list(_OPEN_ENVS):
+        env.close()
+
+
+@dataclass
+class SimConfig:
+    """A simulated arm, its task and how it is observed and commanded."""
+
+    arm: str = "so101"
+    """Arm model: ``so101`` or ``panda``."""
+    task: str = "pick_place"
+    """Task: ``reach``, ``push``, ``pick_place`` or ``stack``."""
+    split: str = "train"
+    """``train`` or ``heldout`` (colours, positions and phrasings never used for training)."""
+    control_hz: float = 10.0
+    """Control rate; each step advances physics by 1 / control_hz seconds."""
+    step_limit: int = 0
+    """Steps before an episode is truncated; 0 uses the task's own limit."""
+    randomize: bool = True
+    """Randomise lighting, camera pose and start posture at reset (object placement always is)."""
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    action: ActionConfig = field(default_factory=ActionConfig)
+
+    def __post_init__(self) -> None:
+        from limbic.sim.arms import ARMS
+
+        require(self.arm in ARMS, "sim.arm", f"{self.arm!r} is not one of {sorted(ARMS)}")
+        require(self.task in TASKS, "sim.task", f"{self.task!r} is not one of {sorted(TASKS)}")
+        splits = [s.value for s in Split]
+        require(self.split in splits, "sim.split", f"{self.split!r} is not one of {splits}")
+        require(
+            1.0 <= self.control_hz <= 100.0,
+            "sim.control_hz",
+            f"must be in [1, 100], got {self.control_hz}",
+        )
+        require(self.step_limit >= 0, "sim.step_limit", f"must be >= 0, got {self.step_limit}")
+
+
+@dataclass
+class StepResult:
+    """What one control step produced."""
+
+    observation: Observation
+    reward: float
+    terminated: bool
+    truncated: bool
+    success: bool
+    action: np.ndarray
+    """The action as applied (validated, float32)."""
+
+
+class SimEnv:
+    """A MuJoCo scene of one arm and one task, stepped at the control rate."""
+
+    def __init__(self, cfg: SimConfig | None = None):
+        self.cfg = cfg = cfg or SimConfig()
+        self.arm: ArmSpec = get_arm(cfg.arm)
+        self.task: Task = make_task(cfg.task, self.arm)
+        spec = build_scene_spec(self.arm, cfg.camera)
+        self.task.add_objects(spec)
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        self.task.bind(self.model)
+        self.kin = ArmKinematics(self.model, self.arm)
+        self.action_spec: ActionSpec = make_action_spec(self.arm, cfg.action)
+        self.controller = Controller(self.model, self.arm, self.kin, self.action_spec)
+        dt = 1.0 / cfg.control_hz
+        self.substeps = max(1, int(round(dt / self.model.opt.timestep)))
+        self.step_limit = cfg.step_limit or self.task.step_limit
+        self.views = cfg.camera.views
+        self._cameras = {"front": FRONT_CAMERA, "wrist": self.arm.wrist_camera}
+        self._cam_ids = {v: self.model.camera(self._cameras[v]).id for v in self.views}
+        self._front_id = self.model.camera(FRONT_CAMERA).id
+        self._front_pos0 = self.model.cam_pos[self._front_id].copy()
+        self._front_quat0 = self.model.cam_quat[self._front_id].copy()
+        self._light_diffuse0 = self.model.light_diffuse.copy()
+        self._mat_rgba0 = self.model.mat_rgba.copy()
+        self._renderer: mujoco.Renderer | None = None
+        self.q_home = self._solve_home()
+        self.rng = np.random.default_rng()
+        self.split = Split(cfg.split)
+        self.instruction = ""
+        self.episode_id = ""
+        self.t = 0
+        self._last_obs: Observation | None = None
+
+    # --- set-up --------------------------------------------------------------------------
+    def _solve_home(self) -> np.ndarray:
+        cx, cy = self.arm.work_center_xy
+        target = np.array([cx, cy, HOME_HEIGHT_M[self.arm.name]])
+        sol = self.kin.solve(target, self.kin.target_rotation(0.0), self.kin.q_home, max_iters=200)
+        if sol.pos_err_m > 1e-3:
+            raise RuntimeError(
+                f"{self.arm.name}: home pose unreachable (error {sol.pos_err_m:.4f} m)"
+            )
+        return sol.q
+
+    @property
+    def renderer(self) -> mujoco.Renderer:
+        """The offscreen renderer, created on first use (needs a GL context)."""
+        if self._renderer is None:
+            h, w = self.cfg.camera.image_hw
+            try:
+                self._renderer = mujoco.Renderer(self.model, h, w)
+            except mujoco.FatalError as e:
+                raise RuntimeError(
+                    f"MuJoCo could not create an OpenGL context ({e}). Without a display, set "
+                    "MUJOCO_GL=egl before anything imports mujoco (import limbic.sim first)."
+                ) from e
+            _OPEN_ENVS.add(self)
+            global _EXIT_HOOK_REGISTERED
+            if not _EXIT_HOOK_REGISTERED:  # after EGL's hook, so it runs before it
+                atexit.register(_close_open_envs)
+                _EXIT_HOOK_REGISTERED = True
+        return self._renderer
+
+    def close(self) -> None:
+        """Free the renderer's GL context."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    # --- episodes ------------------------------------------------------------------------
+    def reset(self, seed: int | None = None, split: str | Split | None = None) -> Observation:
+        """Start a new episode; the same ``seed`` (and split) gives the same episode."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        if split is not None:
+            self.split = Split(split)
+        rng = self.rng
+        m, d = self.model, self.data
+        mujoco.mj_resetData(m, d)
+        q0 = self.q_home.copy()
+        if self.cfg.randomize:
+            q0 = np.clip(q0 + rng.normal(0.0, 0.03, size=q0.shape), self.kin.q_low, self.kin.q_high)
+            self._randomize_appearance(rng)
+        self.controller.reset(d, q0, closure=0.0)
+        self.instruction = self.task.reset(d, rng, self.split)
+        mujoco.mj_forward(m, d)
+        self.episode_id = rng.bytes(8).hex()
+        self.t = 0
+        self._last_obs = self._observe()
+        return self._last_obs
+
+    def _randomize_appearance(self, rng: np.random.Generator) -> None:
+        m, cam = self.model, self.cfg.camera
+        m.cam_pos[self._front_id] = self._front_pos0 + rng.uniform(
+            -cam.jitter_pos_m, cam.jitter_pos_m, 3
+        )
+        axis = rng.normal(size=3)
+        angle = rng.uniform(0.0, cam.jitter_rot_rad)
+        dq = np.zeros(4)
+        mujoco.mju_axisAngle2Quat(dq, axis / np.linalg.norm(axis), angle)
+        q = np.zeros(4)
+        mujoco.mju_mulQuat(q, self._front_quat0, dq)
+        m.cam_quat[self._front_id] = q
+        m.light_diffuse[:] = self._light_diffuse0 * rng.uniform(0.7, 1.3)
+        m.vis.headlight.ambient[:] = rng.uniform(0.25, 0.45)
+        m.mat_rgba[:] = self._mat_rgba0
+        m.mat_rgba[:, :3] *= rng.uniform(0.85, 1.15, size=(m.nmat, 3))
+
+    def step(self, action: np.ndarray) -> StepResult:
+        """Apply one action for one control period and observe the result."""
+        applied = self.controller.apply(self.data, action)
+        for _ in range(self.substeps):
+            mujoco.mj_step(self.model, self.data)
+        self.t += 1
+        success = self.task.success(self.data)
+        truncated = (not success) and self.t >= self.step_limit
+        self._last_obs = self._observe()
+        return StepResult(self._last_obs, float(success), success, truncated, success, applied)
+
+    # --- observing ---------------------------------------------------------------------------
+    def state(self) -> np.ndarray:
+        """Proprioception: arm joint positions (rad) then gripper closure in [0, 1], float32."""
+        q = self.data.qpos[self.kin.qpos_adr]
+        return np.append(q, self.controller.gripper_closure(self.data)).astype(np.float32)
+
+    @property
+    def state_names(self) -> tuple[str, ...]:
+        """Names of the state vector's components."""
+        return (*self.arm.arm_joints, "gripper")
+
+    def render(self, view: str) -> np.ndarray:
+        """One camera view as ``uint8[H, W, 3]``."""
+        r = self.renderer
+        r.update_scene(self.data, camera=self._cam_ids[view])
+        return r.render()
+
+    def _observe(self) -> Observation:
+        ts = int(round(self.data.time * 1e9))
+        images = {v: self.render(v) for v in self.views}
+        return Observation(
+            timestamp_ns=ts,
+            images=images,
+            state=self.state(),
+            instruction=self.instruction,
+            episode_id=self.episode_id,
+            step=self.t,
+            frame_timestamps_ns=dict.fromkeys(images, ts),
+        )
+
+    @property
+    def observation(self) -> Observation:
+        """The latest observation (after the last reset or step)."""
+        if self._last_obs is None:
+            raise RuntimeError("call reset() before reading an observation")
+        return self._last_obs
+
+    def goal_info(self) -> dict[str, Any]:
+        """Privileged task state for scripted operators (never given to a learning policy)."""
+        return self.task.goal_info(self.data)
+
+    def __enter__(self) -> SimEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,264 @@
+"""The scripted expert: solves every task on every arm from privileged simulator state.
+
+It is also the simulated human: later it drives demonstrations and interventions. Knobs make
+it imperfect on purpose, so recordings include slow, partial and failed episodes (which the
+progress critic needs). Each episode draws a *mode* — ``expert``, ``slow``, ``partial`` or
+``failed`` — and every action may carry Gaussian noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+from limbic.launch.config import require
+from limbic.sim.env import SimEnv
+
+
+class ExpertMode(str, Enum):
+    """How the expert behaves for a whole episode."""
+
+    EXPERT = "expert"
+    SLOW = "slow"
+    PARTIAL = "partial"
+    FAILED = "failed"
+
+
+@dataclass
+class ExpertConfig:
+    """The expert's suboptimality knobs (all zero: a clean, fast expert)."""
+
+    noise_std: float = 0.0
+    """Gaussian action noise, as a fraction of each component's bound."""
+    speed: float = 1.0
+    """Fraction of the arm's largest step the expert uses."""
+    p_slow: float = 0.0
+    """Probability of a slow, hesitant episode."""
+    p_partial: float = 0.0
+    """Probability of an episode abandoned part-way."""
+    p_fail: float = 0.0
+    """Probability of an episode that completes the motion with a wrong goal (a failure)."""
+
+    def __post_init__(self) -> None:
+        require(
+            0.0 <= self.noise_std <= 1.0,
+            "expert.noise_std",
+            f"must be in [0, 1], got {self.noise_std}",
+        )
+        require(
+            0.05 <= self.speed <= 1.0, "expert.speed", f"must be in [0.05, 1], got {self.speed}"
+        )
+        for name in ("p_slow", "p_partial", "p_fail"):
+            v = getattr(self, name)
+            require(0.0 <= v <= 1.0, f"expert.{name}", f"must be a probability, got {v}")
+        total = self.p_slow + self.p_partial + self.p_fail
+        require(total <= 1.0, "expert", f"p_slow + p_partial + p_fail must be <= 1, got {total}")
+
+
+@dataclass
+class Waypoint:
+    """Where the tool should go this tick."""
+
+    pos: np.ndarray
+    yaw: float
+    closure: float
+    speed: float = 1.0
+
+
+class ScriptedExpert:
+    """Closed-loop scripted operator for a :class:`SimEnv`; call :meth:`reset` then :meth:`act` per step."""
+
+    def __init__(self, env: SimEnv, cfg: ExpertConfig | None = None, seed: int | None = None):
+        self.env = env
+        self.cfg = cfg or ExpertConfig()
+        self.rng = np.random.default_rng(seed)
+        self.half = env.arm.cube_half_m
+        self.scale = self.half / 0.0125
+        self.hover = 0.05 * self.scale
+        self.tol = 0.004 * self.scale
+        self.use_yaw = env.action_spec.dim == 5 and env.action_spec.names[3] == "dyaw"
+        self.mode = ExpertMode.EXPERT
+        self.reset()
+
+    def reset(self) -> ExpertMode:
+        """Start a new episode: draw the mode and clear the plan."""
+        c = self.cfg
+        u = self.rng.uniform()
+        if u < c.p_fail:
+            self.mode = ExpertMode.FAILED
+        elif u < c.p_fail + c.p_partial:
+            self.mode = ExpertMode.PARTIAL
+        elif u < c.p_fail + c.p_partial + c.p_slow:
+            self.mode = ExpertMode.SLOW
+        else:
+            self.mode = ExpertMode.EXPERT
+        self.phase = 0
+        self.timer = 0
+        self.stop_phase = int(self.rng.integers(1, 4)) if self.mode is ExpertMode.PARTIAL else 99
+        self.speed = c.speed * (self.rng.uniform(0.3, 0.6) if self.mode is ExpertMode.SLOW else 1.0)
+        self.fail_offset = self._random_offset(2.2, 3.5)
+        self.idle_pos: np.ndarray | None = None
+        return self.mode
+
+    def _random_offset(self, lo: float, hi: float) -> np.ndarray:
+        angle = self.rng.uniform(0, 2 * np.pi)
+        return np.array([np.cos(angle), np.sin(angle)]) * self.rng.uniform(lo, hi) * 2 * self.half
+
+    # --- acting --------------------------------------------------------------------------
+    def act(self) -> np.ndarray:
+        """The expert's action for the env's current state, inside the declared bounds."""
+        env = self.env
+        if self.phase >= self.stop_phase:
+            wp = self._idle()
+        else:
+            wp = getattr(self, f"_plan_{env.task.name}")()
+        speed = self.speed * wp.speed
+        if self.mode is ExpertMode.SLOW and self.rng.uniform() < 0.15:
+            speed = 0.05  # hesitation
+        action = env.controller.action_towards(env.data, wp.pos, wp.yaw, wp.closure, speed)
+        if self.cfg.noise_std > 0:
+            spec = env.action_spec
+            noise = self.rng.normal(0.0, self.cfg.noise_std, size=spec.dim) * spec.high
+            noise[-1] = 0.0
+            action = spec.clip(action + noise)
+        return action.astype(np.float32)
+
+    def _tool(self) -> np.ndarray:
+        return self.env.controller.tool_pose(self.env.data)[0]
+
+    def _advance(self, done: bool) -> None:
+        self.timer += 1
+        if done:
+            self.phase += 1
+            self.timer = 0
+
+    def _idle(self) -> Waypoint:
+        """A partial episode: drift slowly around where the expert gave up."""
+        if self.idle_pos is None:
+            self.idle_pos = self._tool() + np.array([0.0, 0.0, self.hover * 0.5])
+        self.idle_pos = self.idle_pos + self.rng.normal(0.0, 0.002 * self.scale, 3)
+        closure = self.env.controller.closure
+        return Waypoint(self.idle_pos, 0.0, closure, 0.3)
+
+    # --- reach ---------------------------------------------------------------------------
+    def _plan_reach(self) -> Waypoint:
+        env = self.env
+        if self.mode is ExpertMode.FAILED:
+            target = env.data.mocap_pos[env.model.body("distractor").mocapid[0]].copy()
+        else:
+            target = env.goal_info()["target"]
+        tool = self._tool()
+        self._advance(self.phase == 0 and np.linalg.norm(tool - target) < 3 * self.tol)
+        return Waypoint(target, 0.0, 0.0)
+
+    # --- push ----------------------------------------------------------------------------
+    def _plan_push(self) -> Waypoint:
+        g = self.env.goal_info()
+        cube, zone = g["cube"], g["zone"]
+        goal_xy = zone[:2] + (self.fail_offset if self.mode is ExpertMode.FAILED else 0.0)
+        to_goal = goal_xy - cube[:2]
+        dist = float(np.linalg.norm(to_goal))
+        direction = to_goal / max(dist, 1e-6)
+        contact = self.half + 0.008 * self.scale
+        behind = cube[:2] - direction * (contact + 0.012 * self.scale)
+        push_z = self.env.arm.fingertip_drop_m + 0.003
+        tool = self._tool()
+        if self.phase == 0:  # above the point behind the cube
+            target = np.array([*behind, push_z + self.hover])
+            self._advance(np.linalg.norm(tool[:2] - behind) < self.tol)
+            return Waypoint(target, 0.0, 1.0)
+        if self.phase == 1:  # down beside the table
+            target = np.array([*behind, push_z])
+            self._advance(
+                abs(tool[2] - push_z) < self.tol
+                and np.linalg.norm(tool[:2] - behind) < 2 * self.tol
+            )
+            return Waypoint(target, 0.0, 1.0)
+        if self.phase == 2:  # push through the cube's centre along the line to the goal
+            rel = tool[:2] - cube[:2]
+            lateral = abs(rel[0] * direction[1] - rel[1] * direction[0])
+            ahead = float(rel @ direction)
+            if lateral > 0.6 * self.half or ahead > -0.5 * self.half:
+                self.phase, self.timer = 0, 0  # lost the cube: lift and line up again
+                return Waypoint(np.array([*tool[:2], push_z + self.hover]), 0.0, 1.0)
+            step = min(dist, 0.03 * self.scale)
+            target_xy = cube[:2] - direction * contact + direction * step
+            self._advance(dist < 0.3 * self.half)
+            return Waypoint(np.array([*target_xy, push_z]), 0.0, 1.0, 0.6)
+        target = np.array([*tool[:2], push_z + self.hover])  # done: back off upwards
+        return Waypoint(target, 0.0, 1.0)
+
+    # --- pick and place, stack -------------------------------------------------------------
+    def _plan_pick_place(self) -> Waypoint:
+        g = self.env.goal_info()
+        place_z = float(g["drop_height"]) - 1.2 * self.half + 0.004 * self.scale
+        return self._pick_and_place(g["cube"], float(g["cube_yaw"]), g["bowl"][:2], place_z, 0.0)
+
+    def _plan_stack(self) -> Waypoint:
+        g = self.env.goal_info()
+        base = g["base"]
+        place_z = base[2] + 2 * self.half + 0.003 * self.scale
+        return self._pick_and_place(
+            g["cube"], float(g["cube_yaw"]), base[:2], place_z, float(g["base_yaw"])
+        )
+
+    def _pick_and_place(
+        self,
+        cube: np.ndarray,
+        cube_yaw: float,
+        place_xy: np.ndarray,
+        place_z: float,
+        place_yaw: float,
+    ) -> Waypoint:
+        arm = self.env.arm
+        tool = self._tool()
+        grasp_yaw = cube_yaw if self.use_yaw else 0.0
+        carry_z = max(place_z, self.half) + self.hover
+        grasp_z = max(cube[2] + self.half - arm.grasp_depth_m, arm.tool_z_limits[0] + 0.002)
+        if self.mode is ExpertMode.FAILED:
+            place_xy = place_xy + self.fail_offset
+        held = np.linalg.norm(cube - tool) < 2.0 * self.half and cube[2] > 1.3 * self.half
+        p = self.phase
+        if p == 0:  # hover above the cube, open
+            target = np.array([*cube[:2], cube[2] + self.hover])
+            self._advance(
+                np.linalg.norm(tool[:2] - cube[:2]) < self.tol
+                and abs(tool[2] - target[2]) < 3 * self.tol
+            )
+            return Waypoint(target, grasp_yaw, 0.0)
+        if p == 1:  # straight down around it
+            target = np.array([*cube[:2], grasp_z])
+            ok = (
+                abs(tool[2] - grasp_z) < self.tol and np.linalg.norm(tool[:2] - cube[:2]) < self.tol
+            )
+            self._advance(ok or self.timer > 25)
+            return Waypoint(target, grasp_yaw, 0.0, 0.7)
+        if p == 2:  # close and let the fingers settle
+            target = np.array([*cube[:2], grasp_z])
+            self._advance(self.timer >= 4)
+            return Waypoint(target, grasp_yaw, 1.0)
+        if p == 3:  # lift; if the cube stayed behind, start over
+            target = np.array([*tool[:2], carry_z])
+            if tool[2] > cube[2] + 2.5 * self.half and not held:
+                self.phase, self.timer = 0, 0
+                return Waypoint(target, grasp_yaw, 0.0)
+            self._advance(abs(tool[2] - carry_z) < 3 * self.tol)
+            return Waypoint(target, grasp_yaw, 1.0)
+        if p in (4, 5) and not held:  # dropped on the way: go back for it
+            self.phase, self.timer = 0, 0
+            return Waypoint(np.array([*tool[:2], carry_z]), grasp_yaw, 0.0)
+        yaw = place_yaw if self.use_yaw else grasp_yaw
+        if p == 4:  # carry above the goal
+            target = np.array([*place_xy, carry_z])
+            self._advance(np.linalg.norm(tool[:2] - place_xy) < self.tol)
+            return Waypoint(target, yaw, 1.0)
+        if p == 5:  # lower onto it
+            target = np.array([*place_xy, place_z])
+            self._advance(abs(tool[2] - place_z) < self.tol or self.timer > 20)
+            return Waypoint(target, yaw, 1.0, 0.6)
+        if p == 6:  # let go
+            target = np.array([*place_xy, place_z])
+            self._advance(self.timer >= 3)
+            return Waypoint(target, yaw, 0.0)
+        return Waypoint(np.array([*place_xy, carry_z]), yaw, 0.0)  # back off
