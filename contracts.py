@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -137,7 +137,7 @@ class Observation:
         return self
 
 
-class ActionKind(str, Enum):
+class ActionKind(StrEnum):
     """How an action vector is interpreted by the arm."""
 
     JOINT_DELTA = "joint_delta"
@@ -230,7 +230,7 @@ class ActionSpec:
         )
 
 
-class EpisodeSource(str, Enum):
+class EpisodeSource(StrEnum):
     """Which replay partition an episode belongs to."""
 
     ONLINE = "online"

@@ -9,14 +9,14 @@ progress critic needs). Each episode draws a *mode* — ``expert``, ``slow``, ``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from limbic.launch.config import require
 from limbic.sim.env import SimEnv
 
 
-class ExpertMode(str, Enum):
+class ExpertMode(StrEnum):
     """How the expert behaves for a whole episode."""
 
     EXPERT = "expert"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import mujoco
 import numpy as np
@@ -33,7 +33,7 @@ HELDOUT_CELLS = frozenset({(0, 1), (1, 3), (2, 0), (3, 2)})
 """Cells of a 4x4 grid over the work area whose positions only the held-out split uses."""
 
 
-class Split(str, Enum):
+class Split(StrEnum):
     """Which side of the held-out split an episode is drawn from."""
 
     TRAIN = "train"
