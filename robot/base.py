@@ -7,7 +7,7 @@ talks to this interface.
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from limbic.contracts import ActionSpec, Observation
@@ -81,3 +81,30 @@ class Robot(abc.ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.disconnect()
+
+
+@runtime_checkable
+class EpisodicRobot(Protocol):
+    """A robot that can frame episodes: reset the scene, name the task, judge success.
+
+    ``SimRobot`` does all of it itself; on a physical arm an operator resets the scene and
+    presses the success key, behind the same members.
+    """
+
+    def start_episode(self, seed: int | None = None, split: str | None = None) -> Observation:
+        """Set up a new episode and return its first observation."""
+        ...
+
+    @property
+    def instruction(self) -> str:
+        """The current episode's language instruction."""
+        ...
+
+    @property
+    def step_limit(self) -> int:
+        """Steps before the episode is cut off."""
+        ...
+
+    def success(self) -> bool:
+        """Whether the task is done now."""
+        ...

@@ -108,6 +108,7 @@ class SimEnv:
         self._light_diffuse0 = self.model.light_diffuse.copy()
         self._mat_rgba0 = self.model.mat_rgba.copy()
         self._renderer: mujoco.Renderer | None = None
+        self.scene_option = cfg.camera.scene_option()
         self.q_home = self._solve_home()
         self.rng = np.random.default_rng()
         self.split = Split(cfg.split)
@@ -216,7 +217,7 @@ class SimEnv:
     def render(self, view: str) -> np.ndarray:
         """One camera view as ``uint8[H, W, 3]``."""
         r = self.renderer
-        r.update_scene(self.data, camera=self._cam_ids[view])
+        r.update_scene(self.data, camera=self._cam_ids[view], scene_option=self.scene_option)
         return r.render()
 
     def _observe(self) -> Observation:

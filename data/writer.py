@@ -1,0 +1,210 @@
+"""Write limbic episodes into a LeRobotDataset v3.0 on disk.
+
+``EpisodeWriter`` is the one place that turns observations and actions into dataset frames.
+It finalises the dataset however recording ends (normal exit, exception, Ctrl-C, SIGTERM via
+:func:`finalize_on_signals`). With ``durable=True`` (the default) every saved episode is also
+complete on disk the moment ``save_episode`` returns, so even a hard kill or power loss
+between episodes leaves the saved ones readable: each episode's frames and metadata go to
+parquet files of their own, closed right away. Limbic's own
+per-episode facts (seed, split, expert mode, source) go to ``meta/limbic_episodes.jsonl``
+beside LeRobot's metadata, one flushed line per saved episode.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from limbic.contracts import ActionSpec, ContractError, Observation
+from limbic.data import schema
+
+LIMBIC_EPISODES = "meta/limbic_episodes.jsonl"
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """What every frame of a dataset holds: views, image size, state and action names."""
+
+    views: tuple[str, ...]
+    image_hw: tuple[int, int]
+    state_names: tuple[str, ...]
+    action_spec: ActionSpec
+    fps: int
+    robot_type: str
+
+    def features(self, use_videos: bool) -> dict[str, dict[str, Any]]:
+        """The LeRobot feature dict of this layout."""
+        return schema.dataset_features(
+            self.views, self.image_hw, self.state_names, self.action_spec.names, use_videos
+        )
+
+
+class EpisodeWriter:
+    """Append episodes, step by step, to a new LeRobotDataset at ``root``."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        layout: DatasetLayout,
+        repo_id: str = "limbic/recording",
+        use_videos: bool = True,
+        vcodec: str = "libsvtav1",
+        overwrite: bool = False,
+        durable: bool = True,
+    ):
+        from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+        _quiet_encoders()
+        self.root = Path(root)
+        if self.root.exists():
+            if not overwrite:
+                raise FileExistsError(
+                    f"dataset folder {self.root} already exists; choose another path or pass overwrite=True"
+                )
+            shutil.rmtree(self.root)
+        self.layout = layout
+        self.dataset = LeRobotDataset.create(
+            repo_id=repo_id,
+            fps=layout.fps,
+            features=layout.features(use_videos),
+            root=self.root,
+            robot_type=layout.robot_type,
+            use_videos=use_videos,
+            vcodec=vcodec,
+            metadata_buffer_size=1,
+        )
+        self.durable = durable
+        if durable:
+            # LeRobot starts a new parquet file once the open one passes this size; at 0 every
+            # episode gets files of its own, which save_episode() then closes (footers written).
+            self.dataset.meta.info["data_files_size_in_mb"] = 0
+        self._frames = 0
+        self.episodes_saved = 0
+        self.finalized = False
+
+    def add_step(
+        self,
+        obs: Observation,
+        action: np.ndarray,
+        reward: float = 0.0,
+        success: bool = False,
+        done: bool = False,
+        intervention: bool = False,
+        policy_version: int = -1,
+    ) -> None:
+        """Add one frame: the observation, the action taken from it, and what followed."""
+        lay = self.layout
+        obs.validate(views=lay.views, state_dim=len(lay.state_names), image_hw=lay.image_hw)
+        action = np.asarray(action, dtype=np.float32)
+        if action.shape != (lay.action_spec.dim,):
+            raise ContractError(
+                "action", f"expected shape ({lay.action_spec.dim},), got {action.shape}"
+            )
+        frame: dict[str, Any] = {schema.image_key(v): obs.images[v] for v in lay.views}
+        frame[schema.STATE] = obs.state.astype(np.float32)
+        frame[schema.ACTION] = action
+        frame[schema.REWARD] = np.array([reward], dtype=np.float32)
+        frame[schema.SUCCESS] = np.array([success], dtype=bool)
+        frame[schema.DONE] = np.array([done], dtype=bool)
+        frame[schema.INTERVENTION] = np.array([intervention], dtype=bool)
+        frame[schema.POLICY_VERSION] = np.array([policy_version], dtype=np.int64)
+        frame[schema.CAPTURE_TIME] = np.array([obs.timestamp_ns], dtype=np.int64)
+        frame["task"] = obs.instruction
+        self.dataset.add_frame(frame)
+        self._frames += 1
+
+    def save_episode(self, info: dict[str, Any] | None = None) -> int:
+        """Write the buffered steps as one episode; return its index."""
+        if self._frames == 0:
+            raise ValueError("no steps to save: call add_step() first")
+        index = self.dataset.meta.total_episodes
+        self.dataset.save_episode()
+        if self.durable:
+            self._close_files()
+        record = {"episode_index": index, "length": self._frames, **(info or {})}
+        with open(self.root / LIMBIC_EPISODES, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._frames = 0
+        self.episodes_saved += 1
+        return index
+
+    def _close_files(self) -> None:
+        # The same steps LeRobotDataset takes before reading its own files back (lerobot 0.4.4).
+        self.dataset._close_writer()
+        self.dataset._writer_closed_for_reading = True
+        self.dataset.meta._close_writer()
+
+    def discard_episode(self) -> None:
+        """Drop the buffered steps of an unfinished episode."""
+        if self._frames:
+            self.dataset.clear_episode_buffer()
+        self._frames = 0
+
+    def finalize(self) -> None:
+        """Drop any unfinished episode and close the dataset's files. Safe to call twice."""
+        if self.finalized:
+            return
+        self.discard_episode()
+        self.dataset.finalize()
+        self.finalized = True
+
+    def __enter__(self) -> EpisodeWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finalize()
+
+
+def _quiet_encoders() -> None:
+    """Keep per-episode encoder and ``datasets`` chatter out of the recording's progress bar."""
+    import av
+    import datasets
+
+    os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
+    av.logging.set_level(av.logging.ERROR)
+    datasets.disable_progress_bars()
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def read_limbic_episodes(root: str | Path) -> list[dict[str, Any]]:
+    """Limbic's per-episode records of a dataset (empty if it has none)."""
+    path = Path(root) / LIMBIC_EPISODES
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+class RecordingInterrupted(Exception):
+    """SIGTERM arrived while recording; raised so ``finally`` blocks finalise the dataset."""
+
+
+@contextmanager
+def finalize_on_signals() -> Iterator[None]:
+    """Turn SIGTERM into an exception (Ctrl-C already is one) while recording."""
+
+    def _raise(signum: int, frame: Any) -> None:
+        raise RecordingInterrupted(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

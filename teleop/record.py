@@ -1,0 +1,110 @@
+"""Record operator-driven episodes (demonstrations) into a LeRobotDataset.
+
+The loop is the same for a scripted operator in simulation and a person at a physical arm:
+start an episode, ask the operator for an action, send it, record what the arm did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from limbic.data.writer import EpisodeWriter, RecordingInterrupted, finalize_on_signals
+from limbic.robot.base import EpisodicRobot, Robot
+from limbic.teleop.base import Teleoperator
+from tqdm import tqdm
+
+
+@dataclass
+class RecordSummary:
+    """What a recording session produced."""
+
+    episodes: int
+    successes: int
+    steps: int
+    root: Path
+    interrupted: bool = False
+
+    @property
+    def success_rate(self) -> float:
+        """Fraction of saved episodes whose success signal fired."""
+        return self.successes / self.episodes if self.episodes else 0.0
+
+    def __str__(self) -> str:
+        head = "recording interrupted" if self.interrupted else "recording finished"
+        return (
+            f"{head}: {self.episodes} episodes ({self.steps} steps), "
+            f"success rate {self.success_rate:.1%}, dataset at {self.root}"
+        )
+
+
+def record_episodes(
+    robot: Robot,
+    operator: Teleoperator,
+    writer: EpisodeWriter,
+    episodes: int,
+    seed: int = 0,
+    split: str | None = None,
+    episode_info: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> RecordSummary:
+    """Record ``episodes`` episodes; episode ``i`` uses seed ``seed + i``.
+
+    Ctrl-C or SIGTERM stops after finalising the dataset: every episode saved so far stays
+    readable and the unfinished one is dropped.
+    """
+    if not isinstance(robot, EpisodicRobot):
+        raise TypeError(
+            f"{type(robot).__name__} cannot frame episodes (start_episode/instruction/success)"
+        )
+    summary = RecordSummary(0, 0, 0, writer.root)
+    bar = tqdm(total=episodes, desc="recording", unit="ep", disable=not progress)
+    try:
+        with finalize_on_signals():
+            for i in range(episodes):
+                ep_seed = seed + i
+                obs = robot.start_episode(seed=ep_seed, split=split)
+                operator.on_episode_start()
+                success = False
+                steps = 0
+                for t in range(robot.step_limit):
+                    action = operator.get_action(obs)
+                    sent = robot.send_action(action)
+                    success = robot.success()
+                    done = success or t == robot.step_limit - 1
+                    writer.add_step(
+                        obs,
+                        sent,
+                        reward=float(success),
+                        success=success,
+                        done=done,
+                        intervention=operator.is_intervening,
+                    )
+                    steps += 1
+                    obs = robot.get_observation()
+                    if done:
+                        break
+                info = {
+                    "seed": ep_seed,
+                    "split": split or "train",
+                    "success": success,
+                    "instruction": robot.instruction,
+                    "operator": operator.name,
+                    **(episode_info or {}),
+                }
+                mode = getattr(operator, "mode", None)
+                if mode is not None:
+                    info["mode"] = str(mode)
+                writer.save_episode(info)
+                summary.episodes += 1
+                summary.successes += int(success)
+                summary.steps += steps
+                bar.update(1)
+                bar.set_postfix(success=f"{summary.success_rate:.0%}")
+    except (KeyboardInterrupt, RecordingInterrupted):
+        summary.interrupted = True
+    finally:
+        bar.close()
+        writer.finalize()
+    return summary
