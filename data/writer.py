@@ -192,7 +192,7 @@ def read_limbic_episodes(root: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-class RecordingInterrupted(Exception):
+class RecordingInterruptedError(Exception):
     """SIGTERM arrived while recording; raised so ``finally`` blocks finalise the dataset."""
 
 
@@ -201,7 +201,7 @@ def finalize_on_signals() -> Iterator[None]:
     """Turn SIGTERM into an exception (Ctrl-C already is one) while recording."""
 
     def _raise(signum: int, frame: Any) -> None:
-        raise RecordingInterrupted(f"signal {signum}")
+        raise RecordingInterruptedError(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, _raise)
     try:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from limbic.data.writer import EpisodeWriter, RecordingInterrupted, finalize_on_signals
+from limbic.data.writer import EpisodeWriter, RecordingInterruptedError, finalize_on_signals
 from limbic.robot.base import EpisodicRobot, Robot
 from limbic.teleop.base import Teleoperator
 from tqdm import tqdm
@@ -102,7 +102,7 @@ def record_episodes(
                 summary.steps += steps
                 bar.update(1)
                 bar.set_postfix(success=f"{summary.success_rate:.0%}")
-    except (KeyboardInterrupt, RecordingInterrupted):
+    except (KeyboardInterrupt, RecordingInterruptedError):
         summary.interrupted = True
     finally:
         bar.close()
