@@ -21,6 +21,9 @@ from limbic.launch.config import require
 from limbic.sim.arms import ArmSpec
 from limbic.sim.kinematics import ArmKinematics
 
+CONTROL_IK_ITERS = 4
+"""IK iterations per control tick (warm-started; the closed loop absorbs any residual)."""
+
 YAW_LIMIT_RAD = np.pi / 2
 """The tool's yaw target is kept within ±90° of its default (the jaws are symmetric)."""
 
@@ -131,9 +134,10 @@ class Controller:
             self.yaw_target = float(
                 np.clip(self.yaw_target + delta[3], -YAW_LIMIT_RAD, YAW_LIMIT_RAD)
             )
-        sol = self.kin.solve(
-            self.tool_target, self.kin.target_rotation(self.yaw_target), self.q_target
-        )
+        # Warm-started from the last target, a reachable goal converges in a few iterations;
+        # the cap bounds the cost of unreachable ones (the best iterate is kept).
+        rot = self.kin.target_rotation(self.yaw_target)
+        sol = self.kin.solve(self.tool_target, rot, self.q_target, max_iters=CONTROL_IK_ITERS)
         self.q_target = sol.q
 
     def _write_ctrl(self, data: mujoco.MjData) -> None:
@@ -173,7 +177,7 @@ class Controller:
         )
         if self.spec.kind is ActionKind.JOINT_DELTA:
             rot = self.kin.target_rotation(self.yaw_target + dyaw)
-            goal = self.kin.solve(base + delta, rot, self.q_target).q
+            goal = self.kin.solve(base + delta, rot, self.q_target, max_iters=CONTROL_IK_ITERS).q
             q_meas = self.arm_q(data)
             leash = self.arm.max_joint_step_rad
             dq = goal - (q_meas + np.clip(self.q_target - q_meas, -leash, leash))

@@ -20,6 +20,25 @@ ORIENTATION_DAMPING = 0.05
 """Damping of the orientation task: keeps the tool from flipping near orientation singularities."""
 
 
+_EYE3 = np.eye(3)
+
+
+def orientation_error(rot: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Rotation vector (world frame, small-angle) that turns ``rot`` towards ``target``.
+
+    Half the sum of the cross products of matching columns, written out because
+    ``np.cross`` costs more than the arithmetic at this size.
+    """
+    a, b = rot, target
+    return 0.5 * np.array(
+        [
+            float(np.dot(a[1], b[2]) - np.dot(a[2], b[1])),
+            float(np.dot(a[2], b[0]) - np.dot(a[0], b[2])),
+            float(np.dot(a[0], b[1]) - np.dot(a[1], b[0])),
+        ]
+    )
+
+
 def rot_z(yaw_rad: float) -> np.ndarray:
     """Rotation matrix about the world z axis."""
     c, s = np.cos(yaw_rad), np.sin(yaw_rad)
@@ -66,6 +85,7 @@ class ArmKinematics:
         self.tool_axis_local = np.asarray(arm.tool_axis_local, dtype=float)
         self.r_down = down_rotation(arm.tool_axis_local)
         self.q_home = np.asarray(arm.home_q, dtype=float)
+        self._eye_n = np.eye(len(joints))
         self._jacp = np.zeros((3, model.nv))
         self._jacr = np.zeros((3, model.nv))
 
@@ -111,11 +131,7 @@ class ArmKinematics:
             pos = d.site_xpos[self.site_id]
             rot = d.site_xmat[self.site_id].reshape(3, 3)
             e_pos = target_pos - pos
-            e_rot = 0.5 * (
-                np.cross(rot[:, 0], target_rot[:, 0])
-                + np.cross(rot[:, 1], target_rot[:, 1])
-                + np.cross(rot[:, 2], target_rot[:, 2])
-            )
+            e_rot = orientation_error(rot, target_rot)
             pos_err, rot_err = float(np.linalg.norm(e_pos)), float(np.linalg.norm(e_rot))
             score = pos_err + ROT_WEIGHT_M_PER_RAD * rot_err
             if score < best[0] - 1e-7:
@@ -153,14 +169,13 @@ class ArmKinematics:
         instead of missing the target, as a real SO-101 does.
         """
         n = q.shape[0]
-        eye = np.eye(n)
         jp = self._jacp[:, self.dof_adr] * free
         jr = self._jacr[:, self.dof_adr] * free
-        jp_pinv = jp.T @ np.linalg.inv(jp @ jp.T + damping**2 * np.eye(3))
+        jp_pinv = jp.T @ np.linalg.inv(jp @ jp.T + damping**2 * _EYE3)
         dq = jp_pinv @ e_pos
-        null_p = eye - jp_pinv @ jp
+        null_p = self._eye_n - jp_pinv @ jp
         jr_n = jr @ null_p
-        jr_n_pinv = jr_n.T @ np.linalg.inv(jr_n @ jr_n.T + ORIENTATION_DAMPING**2 * np.eye(3))
+        jr_n_pinv = jr_n.T @ np.linalg.inv(jr_n @ jr_n.T + ORIENTATION_DAMPING**2 * _EYE3)
         dq = dq + jr_n_pinv @ (e_rot - jr @ dq)
         if n > 6:
             null_pr = null_p - jr_n_pinv @ jr_n
