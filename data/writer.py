@@ -1,8 +1,8 @@
 """Write limbic episodes into a LeRobotDataset v3.0 on disk.
 
 ``EpisodeWriter`` is the one place that turns observations and actions into dataset frames.
-It finalises the dataset however recording ends (normal exit, exception, Ctrl-C, SIGTERM via
-:func:`finalize_on_signals`). With ``durable=True`` (the default) every saved episode is also
+It finalises the dataset however recording ends (normal exit, exception, or Ctrl-C/SIGTERM
+turned into a stop request by :func:`stop_on_signals`). With ``durable=True`` (the default) every saved episode is also
 complete on disk the moment ``save_episode`` returns, so even a hard kill or power loss
 between episodes leaves the saved ones readable: each episode's frames and metadata go to
 parquet files of their own, closed right away. Limbic's own
@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -192,19 +193,37 @@ def read_limbic_episodes(root: str | Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-class RecordingInterruptedError(Exception):
-    """SIGTERM arrived while recording; raised so ``finally`` blocks finalise the dataset."""
+class StopRequest:
+    """Set by SIGINT/SIGTERM while recording; the loop checks it between steps."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+
+    def __bool__(self) -> bool:
+        return self.signal is not None
 
 
 @contextmanager
-def finalize_on_signals() -> Iterator[None]:
-    """Turn SIGTERM into an exception (Ctrl-C already is one) while recording."""
+def stop_on_signals() -> Iterator[StopRequest]:
+    """Turn the first Ctrl-C or SIGTERM into a stop request instead of an exception.
 
-    def _raise(signum: int, frame: Any) -> None:
-        raise RecordingInterruptedError(f"signal {signum}")
+    An exception raised at an arbitrary point could land inside LeRobot's episode save and
+    leave it half written; a flag lets the loop stop between steps, drop only the unfinished
+    episode, and finalise. A second signal aborts at once (KeyboardInterrupt).
+    """
+    stop = StopRequest()
 
-    previous = signal.signal(signal.SIGTERM, _raise)
+    def _request(signum: int, frame: Any) -> None:
+        if stop:
+            raise KeyboardInterrupt
+        stop.signal = signum
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # only the main thread may install handlers; the caller stops it otherwise
+        return
+    previous = {sig: signal.signal(sig, _request) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

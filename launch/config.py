@@ -41,8 +41,33 @@ def to_object(cfg: DictConfig | dict[str, Any], schema: type[T]) -> T:
         raise TypeError(f"{schema!r} is not a dataclass")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), cfg)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "?"
         msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
         raise ConfigError(str(key), msg) from None
+    try:
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except ConfigError as e:
+        # A nested dataclass names its key locally ("sim.arm"); report the full path.
+        full = _qualify(e.key, merged)
+        raise ConfigError(full, str(e).split(": ", 1)[1]) from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "?"
+        msg = (getattr(e, "msg", None) or str(e)).splitlines()[0]
+        raise ConfigError(str(key), msg) from None
+
+
+def _qualify(key: str, cfg: DictConfig) -> str:
+    """The unique full key of ``cfg`` that ends with ``key`` (``key`` itself when not unique)."""
+    matches: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, DictConfig):
+            for k in node.keys():
+                path = f"{prefix}.{k}" if prefix else str(k)
+                if path == key or path.endswith("." + key):
+                    matches.append(path)
+                walk(node._get_node(k), path)
+
+    walk(cfg, "")
+    return matches[0] if len(matches) == 1 else key

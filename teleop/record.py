@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from limbic.data.writer import EpisodeWriter, RecordingInterruptedError, finalize_on_signals
+from limbic.data.writer import EpisodeWriter, stop_on_signals
 from limbic.robot.base import EpisodicRobot, Robot
 from limbic.teleop.base import Teleoperator
 from tqdm import tqdm
@@ -51,8 +51,8 @@ def record_episodes(
 ) -> RecordSummary:
     """Record ``episodes`` episodes; episode ``i`` uses seed ``seed + i``.
 
-    Ctrl-C or SIGTERM stops after finalising the dataset: every episode saved so far stays
-    readable and the unfinished one is dropped.
+    Ctrl-C or SIGTERM stops at the next step: the unfinished episode is dropped, the dataset
+    finalised, and every episode saved so far stays readable.
     """
     if not isinstance(robot, EpisodicRobot):
         raise TypeError(
@@ -61,8 +61,10 @@ def record_episodes(
     summary = RecordSummary(0, 0, 0, writer.root)
     bar = tqdm(total=episodes, desc="recording", unit="ep", disable=not progress)
     try:
-        with finalize_on_signals():
+        with stop_on_signals() as stop:
             for i in range(episodes):
+                if stop:
+                    break
                 ep_seed = seed + i
                 obs = robot.start_episode(seed=ep_seed, split=split)
                 operator.on_episode_start()
@@ -83,8 +85,10 @@ def record_episodes(
                     )
                     steps += 1
                     obs = robot.get_observation()
-                    if done:
+                    if done or stop:
                         break
+                if stop:
+                    break  # the unfinished episode is dropped by finalize()
                 info = {
                     "seed": ep_seed,
                     "split": split or "train",
@@ -102,7 +106,8 @@ def record_episodes(
                 summary.steps += steps
                 bar.update(1)
                 bar.set_postfix(success=f"{summary.success_rate:.0%}")
-    except (KeyboardInterrupt, RecordingInterruptedError):
+            summary.interrupted = bool(stop)
+    except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         bar.close()

@@ -1,0 +1,225 @@
+"""Recording: LeRobotDataset round trip, interruption safety, CLI errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from limbic.data import schema
+from limbic.data.writer import DatasetLayout, EpisodeWriter, read_limbic_episodes
+from limbic.launch.components import OperatorConfig, RobotConfig
+from limbic.launch.config import ConfigError, to_object
+from limbic.launch.record import DatasetConfig, RecordConfig, record
+from limbic.sim.env import SimConfig
+from limbic.sim.expert import ExpertConfig
+
+
+def open_dataset(root: Path) -> LeRobotDataset:
+    return LeRobotDataset("limbic/test", root=root, video_backend="pyav")
+
+
+def test_record_round_trip_through_lerobot(tmp_path):
+    root = tmp_path / "demo"
+    cfg = RecordConfig(
+        robot=RobotConfig(sim=SimConfig(arm="so101", task="pick_place")),
+        operator=OperatorConfig(expert=ExpertConfig()),
+        dataset=DatasetConfig(root=str(root)),
+        episodes=3,
+        seed=10,
+        progress=False,
+    )
+    summary = record(cfg)
+    assert summary.episodes == 3 and summary.successes == 3 and not summary.interrupted
+
+    ds = open_dataset(root)
+    assert ds.num_episodes == 3 and ds.num_frames == summary.steps
+    assert ds.meta.robot_type == "sim_so101"
+    assert set(ds.meta.camera_keys) == {"observation.images.front", "observation.images.wrist"}
+    assert ds.meta.features[schema.STATE]["names"] == [
+        "shoulder_pan",
+        "shoulder_lift",
+        "elbow_flex",
+        "wrist_flex",
+        "wrist_roll",
+        "gripper",
+    ]
+
+    loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=False)
+    frames, last_success = 0, []
+    for batch in loader:
+        frames += batch[schema.ACTION].shape[0]
+        assert batch["observation.images.front"].shape[1:] == (3, 128, 128)
+        assert batch["observation.images.wrist"].dtype == torch.float32
+        assert batch[schema.STATE].shape[1] == 6
+        assert all(isinstance(t, str) and "bowl" in t for t in batch["task"])
+        ends = batch[schema.DONE].flatten()
+        last_success += batch[schema.SUCCESS].flatten()[ends].tolist()
+    assert frames == ds.num_frames
+    assert last_success == [True, True, True]  # every episode ends on its success step
+
+    records = read_limbic_episodes(root)
+    assert [r["seed"] for r in records] == [10, 11, 12]
+    assert all(
+        r["success"] and r["mode"] == "expert" and r["task"] == "pick_place" for r in records
+    )
+    assert records[0]["instruction"] == ds[0]["task"]
+
+
+def test_recorded_actions_match_what_was_sent(tmp_path):
+    """Frames decode back to what the robot saw and did (video is lossy; state/action are exact)."""
+    from limbic.sim.operator import ScriptedOperator
+    from limbic.sim.robot import SimRobot
+
+    robot = SimRobot(SimConfig(task="push"))
+    with robot:
+        env = robot.env
+        layout = DatasetLayout(
+            env.views, (128, 128), env.state_names, env.action_spec, 10, "sim_so101"
+        )
+        writer = EpisodeWriter(tmp_path / "d", layout, use_videos=False)
+        obs = robot.start_episode(seed=0)
+        op = ScriptedOperator(robot)
+        op.on_episode_start()
+        sent, states, fronts = [], [], []
+        for _ in range(5):
+            a = robot.send_action(op.get_action(obs))
+            writer.add_step(obs, a)
+            sent.append(a)
+            states.append(obs.state)
+            fronts.append(obs.images["front"])
+            obs = robot.get_observation()
+        writer.save_episode()
+        writer.finalize()
+    ds = open_dataset(tmp_path / "d")
+    for i in range(5):
+        item = ds[i]
+        np.testing.assert_array_equal(item[schema.ACTION].numpy(), sent[i])
+        np.testing.assert_array_equal(item[schema.STATE].numpy(), states[i])
+        img = (
+            (item["observation.images.front"].permute(1, 2, 0).numpy() * 255)
+            .round()
+            .astype(np.uint8)
+        )
+        np.testing.assert_array_equal(img, fronts[i])  # PNG frames are lossless
+
+
+def test_saved_episodes_survive_a_hard_kill(tmp_path):
+    """What a SIGKILL leaves behind between episodes (no finalize) is still a readable dataset."""
+    from limbic.sim.operator import ScriptedOperator
+    from limbic.sim.robot import SimRobot
+    from limbic.teleop.record import record_episodes
+
+    root = tmp_path / "d"
+    robot = SimRobot(SimConfig(task="reach"))
+    with robot:
+        env = robot.env
+        layout = DatasetLayout(
+            env.views, (128, 128), env.state_names, env.action_spec, 10, "sim_so101"
+        )
+        writer = EpisodeWriter(root, layout)
+        op = ScriptedOperator(robot)
+        writer.finalize = lambda: None  # simulate dying before any finalisation
+        record_episodes(robot, op, writer, episodes=2, progress=False)
+        snapshot = tmp_path / "snapshot"
+        shutil.copytree(root, snapshot)
+    ds = open_dataset(snapshot)
+    assert ds.num_episodes == 2
+    assert len(ds[ds.num_frames - 1]["task"]) > 0
+
+
+def _start_record(root: Path, episodes: int) -> subprocess.Popen:
+    env = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "limbic.launch.record",
+        f"episodes={episodes}",
+        f"dataset.root={root}",
+        "task=reach",
+        "progress=false",
+    ]
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def _wait_for_episodes(root: Path, n: int, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len(read_limbic_episodes(root)) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"recorder exited early:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("recorder saved no episodes in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_recording_leaves_saved_episodes_readable(tmp_path, sig):
+    root = tmp_path / "rec"
+    proc = _start_record(root, episodes=500)
+    try:
+        _wait_for_episodes(root, 2, proc)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, out
+    assert "recording interrupted" in out
+    saved = read_limbic_episodes(root)
+    ds = open_dataset(root)
+    assert 2 <= ds.num_episodes == len(saved) < 500
+    assert ds.num_frames == sum(r["length"] for r in saved)
+    ds[ds.num_frames - 1]  # the last saved frame decodes
+
+
+def test_cli_rejects_bad_config_naming_the_key(tmp_path):
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    for override, key in (
+        ("robot.sim.arm=ur5", "robot.sim.arm"),
+        ("episodes=0", "episodes"),
+        ("episodes=many", "episodes"),
+    ):
+        res = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "limbic.launch.record",
+                override,
+                f"dataset.root={tmp_path / 'x'}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert res.returncode != 0, res.stdout + res.stderr
+        assert key in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_existing_dataset_is_not_overwritten(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "keep.txt").write_text("precious")
+    cfg = RecordConfig(dataset=DatasetConfig(root=str(tmp_path / "d")), episodes=1, progress=False)
+    with pytest.raises(FileExistsError, match="already exists"):
+        record(cfg)
+    assert (tmp_path / "d" / "keep.txt").read_text() == "precious"
+
+
+def test_typed_config_rejects_unknown_keys():
+    with pytest.raises(ConfigError) as e:
+        to_object({"robot": {"sim": {"arms": "so101"}}}, RecordConfig)
+    assert e.value.key == "robot.sim.arms"
+    assert json.dumps({"ok": True})
