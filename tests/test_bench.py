@@ -1,0 +1,26 @@
+"""Benchmarks run and end with their key=value line (figures are not asserted: no timing in tests)."""
+
+import os
+import re
+import subprocess
+import sys
+
+
+def run_bench(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": "egl"}
+    return subprocess.run(
+        [sys.executable, "-m", "limbic.launch.bench", *args], env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_sim_benchmark_prints_its_summary_line():
+    res = run_bench("sim", "--arms", "so101", "--steps", "50", "--block", "25", "--seeds", "2")
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"sim_ratio=\d+\.\d{3} so101_ratio=\d+\.\d{3} expert_min_success=\d\.\d\d", last), last
+    assert "pick_place" in res.stdout and "bare steps/s" in res.stdout
+
+
+def test_unknown_benchmark_is_refused():
+    res = run_bench("warp")
+    assert res.returncode == 2 and "unknown benchmark 'warp'" in res.stderr
