@@ -9,7 +9,11 @@ import sys
 def run_bench(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUJOCO_GL": "egl"}
     return subprocess.run(
-        [sys.executable, "-m", "limbic.launch.bench", *args], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "limbic.launch.bench", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -17,7 +21,9 @@ def test_sim_benchmark_prints_its_summary_line():
     res = run_bench("sim", "--arms", "so101", "--steps", "50", "--block", "25", "--seeds", "2")
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"sim_ratio=\d+\.\d{3} so101_ratio=\d+\.\d{3} expert_min_success=\d\.\d\d", last), last
+    assert re.fullmatch(
+        r"sim_ratio=\d+\.\d{3} so101_ratio=\d+\.\d{3} expert_min_success=\d\.\d\d", last
+    ), last
     assert "pick_place" in res.stdout and "bare steps/s" in res.stdout
 
 
