@@ -163,12 +163,16 @@ class SimEnv:
         rng = self.rng
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
+        if self.cfg.randomize:
+            self._randomize_appearance(rng)
+        self.instruction = self.task.reset(d, rng, self.split)
         q0 = self.q_home.copy()
+        start = self.task.start_tool_pos(d, rng)
+        if start is not None:
+            q0 = self.kin.solve(start, self.kin.target_rotation(0.0), self.q_home, max_iters=100).q
         if self.cfg.randomize:
             q0 = np.clip(q0 + rng.normal(0.0, 0.03, size=q0.shape), self.kin.q_low, self.kin.q_high)
-            self._randomize_appearance(rng)
         self.controller.reset(d, q0, closure=0.0)
-        self.instruction = self.task.reset(d, rng, self.split)
         mujoco.mj_forward(m, d)
         self.episode_id = rng.bytes(8).hex()
         self.t = 0

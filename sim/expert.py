@@ -98,6 +98,8 @@ class ScriptedExpert:
         self.stop_phase = int(self.rng.integers(1, 4)) if self.mode is ExpertMode.PARTIAL else 99
         self.speed = c.speed * (self.rng.uniform(0.3, 0.6) if self.mode is ExpertMode.SLOW else 1.0)
         self.fail_offset = self._random_offset(2.2, 3.5)
+        self.partial_fraction = float(self.rng.uniform(0.25, 0.75))
+        self.start_distance: float | None = None
         self.idle_pos: np.ndarray | None = None
         return self.mode
 
@@ -149,7 +151,15 @@ class ScriptedExpert:
         else:
             target = env.goal_info()["target"]
         tool = self._tool()
-        self._advance(self.phase == 0 and np.linalg.norm(tool - target) < 3 * self.tol)
+        dist = float(np.linalg.norm(tool - target))
+        if self.start_distance is None:
+            self.start_distance = dist
+        if (
+            self.mode is ExpertMode.PARTIAL
+            and dist < (1 - self.partial_fraction) * self.start_distance
+        ):
+            self.stop_phase = 0  # give up part-way: idle from the next step on
+        self._advance(self.phase == 0 and dist < 3 * self.tol)
         return Waypoint(target, 0.0, 0.0)
 
     # --- push ----------------------------------------------------------------------------

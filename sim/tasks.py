@@ -102,6 +102,10 @@ class Task(abc.ABC):
     def goal_info(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         """Privileged object and goal poses, for the scripted expert only."""
 
+    def start_tool_pos(self, data: mujoco.MjData, rng: np.random.Generator) -> np.ndarray | None:
+        """Where the tool starts this episode (called after :meth:`reset`); None: the home pose."""
+        return None
+
     # --- helpers -----------------------------------------------------------------------
     def sample_xy(
         self,
@@ -234,6 +238,19 @@ class ReachTask(Task):
         self.set_color("distractor", d)
         self.colors = {"target": c, "distractor": d}
         return self.phrasings.pick(rng, split).format(c=c)
+
+    def start_tool_pos(self, data: mujoco.MjData, rng: np.random.Generator) -> np.ndarray:
+        """Start across the work area from the target, so reaching it takes a real motion."""
+        target = data.mocap_pos[self.model.body("target").mocapid[0]]
+        center = np.array(self.arm.work_center_xy)
+        half = np.array(self.arm.work_half_extent_xy)
+        xy = (
+            center
+            - (target[:2] - center) * rng.uniform(0.6, 1.0)
+            + rng.normal(0.0, 0.01 * self.scale, 2)
+        )
+        xy = np.clip(xy, center - half, center + half)
+        return np.array([*xy, rng.uniform(0.06, 0.09) * self.scale])
 
     def success(self, data: mujoco.MjData) -> bool:
         tool = data.site_xpos[self.site_id]

@@ -289,3 +289,18 @@ def test_gymnasium_ids_are_registered_and_work():
     obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
     assert isinstance(reward, float) and not truncated
     env.close()
+
+
+def test_partial_reach_gives_up_before_the_target(envs):
+    env = envs("so101", "reach")
+    expert = ScriptedExpert(env, ExpertConfig(p_partial=1.0), seed=1)
+    for seed in range(3):
+        env.reset(seed=seed)
+        assert expert.reset() is ExpertMode.PARTIAL
+        start = np.linalg.norm(env.controller.tool_pose(env.data)[0] - env.goal_info()["target"])
+        for _ in range(env.step_limit):
+            r = env.step(expert.act())
+            if r.terminated or r.truncated:
+                break
+        end = np.linalg.norm(env.controller.tool_pose(env.data)[0] - env.goal_info()["target"])
+        assert not r.success and end < start  # it moved towards the ball, then stopped short
