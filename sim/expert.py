@@ -154,11 +154,12 @@ class ScriptedExpert:
         dist = float(np.linalg.norm(tool - target))
         if self.start_distance is None:
             self.start_distance = dist
-        if (
-            self.mode is ExpertMode.PARTIAL
-            and dist < (1 - self.partial_fraction) * self.start_distance
-        ):
-            self.stop_phase = 0  # give up part-way: idle from the next step on
+        give_up_at = max(
+            (1 - self.partial_fraction) * self.start_distance, 2 * self.env.task.tolerance_m
+        )
+        if self.mode is ExpertMode.PARTIAL and dist - self.env.arm.max_ee_step_m < give_up_at:
+            self.stop_phase = 0  # give up part-way, before the next step could arrive
+            return self._idle()
         self._advance(self.phase == 0 and dist < 3 * self.tol)
         return Waypoint(target, 0.0, 0.0)
 
