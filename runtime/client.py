@@ -1,6 +1,6 @@
 """The actor-side client of the inference server: deadlines, typed errors, reconnects.
 
-Needs only numpy, pyzmq and msgpack (and Pillow when sending JPEG), never torch::
+Needs only numpy, pyzmq and msgpack (and OpenCV when sending JPEG), never torch::
 
     with InferenceClient("tcp://127.0.0.1:5555", timeout_s=0.5) as client:
         reply = client.act(obs)          # reply.actions: float32[chunk, A]

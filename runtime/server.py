@@ -1,15 +1,16 @@
 """The inference server: one ROUTER socket, many actor loops, batched policy and critic calls.
 
-Three threads, each owning its sockets:
+The **serving thread** owns the ROUTER. It reads and decodes every request as it arrives
+(answering hello, heartbeat and bad requests at once), queues act and critic requests in a
+:class:`~limbic.runtime.batching.Batcher`, and runs a batch when it is full, when its
+``max_wait_us`` window has passed, or at once when no other client is due. An idle server
+calls the model on the serving thread itself, which saves two thread wake-ups per round
+trip; a busy one (more requests queued or due) hands the call to the **model thread** and
+keeps reading, decoding and timestamping requests meanwhile. Staged weights are swapped in
+between batches.
 
-* the **I/O thread** receives on the ROUTER, decodes and validates each request (answering
-  hello, heartbeat and bad requests at once, so health checks never wait on the model), and
-  forwards the replies that the batch thread hands back over an inproc socket;
-* the **batch thread** takes the requests queued so far (one kind at a time, up to
-  ``max_batch``), waits up to ``max_wait_us`` for more only while other recently active
-  clients may still send, runs the model, and swaps staged weights between batches;
-* the **weight thread** (:mod:`limbic.runtime.weights`) receives new weights from a learner
-  and stages them.
+A **weight thread** (:mod:`limbic.runtime.weights`) receives new weights from a learner and
+loads them off the serving path.
 
 Nothing a client sends can stop the server: every failure is an error reply naming the field.
 """
@@ -17,24 +18,23 @@ Nothing a client sends can stop the server: every failure is an error reply nami
 from __future__ import annotations
 
 import logging
+import os
+import select
 import threading
 import time
-import traceback
-from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
-import numpy as np
 import zmq
 
 from limbic.contracts import ContractError, check_image
-from limbic.runtime import _value, auth
+from limbic.runtime import auth
 from limbic.runtime.backends import ModelConfig, ModelRunner, build_runner
+from limbic.runtime.batching import ActBatch, Batch, Batcher, CriticBatch, Pending
 from limbic.runtime.protocol import (
-    ActReply,
     ActRequest,
-    CriticReply,
     CriticRequest,
     ErrorCode,
     ErrorReply,
@@ -43,16 +43,13 @@ from limbic.runtime.protocol import (
     Limits,
     ProtocolError,
     ServerInfo,
-    Timings,
     decode,
     encode,
+    encode_timed,
 )
 from limbic.runtime.weights import WeightReceiver
 
 log = logging.getLogger(__name__)
-
-_RECENT_S = 1.0
-"""A client that sent a request of a kind within this window may send another soon: batching waits for it."""
 
 
 @dataclass
@@ -147,63 +144,60 @@ class ClientState:
     requests: int = 0
 
 
-@dataclass
-class _Pending:
-    envelope: list[bytes]
-    client: bytes
-    request: ActRequest | CriticRequest
-    decoded_at: float
-    decode_us: float
+class _Waiter:
+    """Waits for socket input or the model thread, with microsecond timeouts.
+
+    ``zmq_poll`` counts whole milliseconds, too coarse for a 500 us batching window, so this
+    selects on the socket's ``FD`` instead. That FD is edge-triggered: it is meaningful only
+    after ``EVENTS`` has been read and the socket drained, which the loop does before every wait.
+    """
+
+    def __init__(self, sock: zmq.Socket, model_fd: int):
+        self._sock, self._fds = sock, [sock.getsockopt(zmq.FD), model_fd]
+
+    def __call__(self, timeout_s: float) -> None:
+        deadline = time.perf_counter() + timeout_s
+        while not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            readable, _, _ = select.select(self._fds, [], [], remaining)
+            if self._fds[1] in readable:
+                return
 
 
-class _Batcher:
-    """Decoded requests waiting for the batch thread, one FIFO per kind."""
+class _ModelThread:
+    """Runs one batch's model call in the background and signals completion through a pipe."""
 
-    def __init__(self, max_batch: int, max_wait_s: float):
-        self.max_batch, self.max_wait_s = max_batch, max_wait_s
-        self._queues: dict[str, deque[_Pending]] = {"act": deque(), "critic": deque()}
-        self._recent: dict[str, dict[bytes, float]] = {"act": {}, "critic": {}}
-        self._cond = threading.Condition()
+    def __init__(self):
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limbic-model")
 
-    def put(self, kind: str, item: _Pending) -> None:
-        with self._cond:
-            self._queues[kind].append(item)
-            self._recent[kind][item.client] = item.decoded_at
-            self._cond.notify()
+    @property
+    def fd(self) -> int:
+        """Readable once a submitted call has finished."""
+        return self._read_fd
 
-    def __len__(self) -> int:
-        with self._cond:
-            return sum(len(q) for q in self._queues.values())
+    def submit(self, batch: Batch) -> Future:
+        """Start ``batch.call_model()``."""
+        future = self._pool.submit(batch.call_model)
+        future.add_done_callback(lambda _: os.write(self._write_fd, b"."))
+        return future
 
-    def take(self, idle_timeout_s: float) -> tuple[str, list[_Pending]]:
-        """The next batch (oldest kind first), or ``("", [])`` after ``idle_timeout_s`` idle."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: any(self._queues.values()), timeout=idle_timeout_s):
-                return "", []
-            kind = min((q[0].decoded_at, k) for k, q in self._queues.items() if q)[1]
-            queue, recent = self._queues[kind], self._recent[kind]
-            deadline = queue[0].decoded_at + self.max_wait_s
-            while len(queue) < self.max_batch:
-                now = time.perf_counter()
-                for client in [c for c, t in recent.items() if now - t > _RECENT_S]:
-                    del recent[client]
-                waiting = {p.client for p in queue}
-                # Wait only for clients that may still send: a lone client never waits.
-                if now >= deadline or not (recent.keys() - waiting):
-                    break
-                self._cond.wait(deadline - now)
-            return kind, [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
+    def clear(self) -> None:
+        """Consume completion signals."""
+        try:
+            while os.read(self._read_fd, 64):
+                pass
+        except BlockingIOError:
+            pass
 
-
-def _encode_timed(reply: Any) -> bytes:
-    """Encode a reply, filling in its own encoding time: pack once to time it, then for real."""
-    timings = getattr(reply, "timings", None)
-    if timings is None:
-        return encode(reply)
-    t0 = time.perf_counter()
-    encode(reply)
-    timings.encode_us = (time.perf_counter() - t0) * 1e6
-    return encode(reply)
+    def close(self) -> None:
+        """Wait for a running call, then release the thread and the pipe."""
+        self._pool.shutdown(wait=True)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
 
 
 class InferenceServer:
@@ -240,7 +234,7 @@ class InferenceServer:
         }
         self.endpoint = ""
         self.weights_endpoint = ""
-        self._batcher = _Batcher(config.max_batch, config.max_wait_us * 1e-6)
+        self._batcher = Batcher(config.max_batch, config.max_wait_us * 1e-6)
         self._staged: dict[str, tuple[Any, int, threading.Event]] = {}
         self._staged_lock = threading.Lock()
         self._stop = threading.Event()
@@ -268,14 +262,6 @@ class InferenceServer:
                 auth.make_server(router, *keys)
             router.bind(cfg.endpoint)
             self.endpoint = router.getsockopt_string(zmq.LAST_ENDPOINT)
-            pull = self._ctx.socket(zmq.PULL)
-            pull.setsockopt(zmq.LINGER, 0)
-            inproc = f"inproc://replies-{id(self)}"
-            pull.bind(inproc)
-            push = self._ctx.socket(zmq.PUSH)
-            push.setsockopt(zmq.LINGER, 0)
-            push.setsockopt(zmq.SNDHWM, 0)
-            push.connect(inproc)
             receiver = None
             if cfg.weights_endpoint:
                 runners = {
@@ -299,16 +285,10 @@ class InferenceServer:
         self._threads = [
             threading.Thread(
                 target=self._guard,
-                args=(self._io_loop, router, pull),
-                name="limbic-serve-io",
+                args=(self._serve_loop, router),
+                name="limbic-serve",
                 daemon=True,
-            ),
-            threading.Thread(
-                target=self._guard,
-                args=(self._batch_loop, push),
-                name="limbic-serve-batch",
-                daemon=True,
-            ),
+            )
         ]
         if receiver is not None:
             self._threads.append(
@@ -389,32 +369,57 @@ class InferenceServer:
                 if isinstance(sock, zmq.Socket):
                     sock.close(linger=0)
 
-    # ------------------------------------------------------------ I/O thread
+    # ------------------------------------------------------------ serving thread
 
-    def _io_loop(self, router: zmq.Socket, pull: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(pull, zmq.POLLIN)
+    def _serve_loop(self, router: zmq.Socket) -> None:
+        model = _ModelThread()
+        wait = _Waiter(router, model.fd)
+        running: tuple[Batch, Future] | None = None
         next_sweep = time.monotonic()
-        while not self._stop.is_set():
-            events = dict(poller.poll(100))
-            if pull in events:
-                while True:
-                    try:
-                        frames = pull.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._send(router, frames)
-            if router in events:
-                for _ in range(4 * self.config.max_batch):
-                    try:
-                        frames = router.recv_multipart(zmq.NOBLOCK, copy=True)
-                    except zmq.Again:
-                        break
-                    self._handle(router, frames)
-            if time.monotonic() >= next_sweep:
-                self._forget_silent_clients()
-                next_sweep = time.monotonic() + min(1.0, self.config.client_timeout_s / 4)
+        try:
+            while not self._stop.is_set():
+                self._drain(router)
+                if running is not None:
+                    if running[1].done():
+                        model.clear()
+                        self._reply_batch(router, running[0])
+                        running = None
+                        continue
+                    wait(0.1)
+                    continue
+                self._apply_staged()  # between batches only
+                now = time.perf_counter()
+                kind, wait_s = self._batcher.plan(now)
+                if kind and wait_s <= 0:
+                    batch = self._make_batch(kind)
+                    # Busy (more requests queued or due): call the model on the model thread so
+                    # this one keeps reading and timestamping requests. Idle: call it here,
+                    # saving two thread wake-ups on the round trip.
+                    horizon = now + self.config.max_wait_us * 1e-6 + 1e-3
+                    if not batch.empty and (
+                        len(self._batcher) or self._batcher.others_due(kind, now, horizon)
+                    ):
+                        running = (batch, model.submit(batch))
+                        continue
+                    batch.call_model()
+                    self._reply_batch(router, batch)
+                    continue
+                wait(wait_s if kind else 0.1)
+                if time.monotonic() >= next_sweep:
+                    self._forget_silent_clients()
+                    self._batcher.forget(time.perf_counter())
+                    next_sweep = time.monotonic() + min(1.0, self.config.client_timeout_s / 4)
+        finally:
+            model.close()
+
+    def _drain(self, router: zmq.Socket) -> None:
+        """Receive and decode what has arrived (bounded, so a flood cannot starve the model)."""
+        for _ in range(4 * self.config.max_batch):
+            try:
+                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._handle(router, frames)
 
     def _send(self, router: zmq.Socket, frames: list[bytes]) -> None:
         try:
@@ -443,10 +448,10 @@ class InferenceServer:
             self.counters["errors"] += 1
         self._send(router, [*envelope, encode(message)])
 
-    def _handle(self, router: zmq.Socket, frames: list[bytes]) -> None:
+    def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         t0 = time.perf_counter()
         # DEALER peers send [payload], REQ peers [b"", payload]; anything else cannot be routed back.
-        envelope, payload = frames[:-1], frames[-1]
+        envelope, payload = [f.bytes for f in frames[:-1]], frames[-1].buffer
         if len(envelope) not in (1, 2) or (len(envelope) == 2 and envelope[1] != b""):
             self.counters["dropped_frames"] += 1
             return
@@ -469,7 +474,7 @@ class InferenceServer:
                 kind = self._validate(message)
                 decode_us = (time.perf_counter() - t0) * 1e6
                 self._batcher.put(
-                    kind, _Pending(envelope, client, message, time.perf_counter(), decode_us)
+                    kind, Pending(envelope, client, message, time.perf_counter(), decode_us)
                 )
         except ProtocolError as e:
             self._reply(router, envelope, ErrorReply.of(e.request_id, e))
@@ -507,7 +512,7 @@ class InferenceServer:
                 )
             spec = self.policy.spec
             try:
-                message.observation.validate(
+                message.obs.validate(
                     views=spec.views, state_dim=spec.state_dim, image_hw=spec.image_hw
                 )
             except ContractError as e:
@@ -557,168 +562,22 @@ class InferenceServer:
             log.info("%s weights v%d are live", target, version)
             live.set()
 
-    def _batch_loop(self, push: zmq.Socket) -> None:
-        while not self._stop.is_set():
-            self._apply_staged()
-            kind, batch = self._batcher.take(idle_timeout_s=0.05)
-            if not batch:
-                continue
-            self._apply_staged()
-            started = time.perf_counter()
-            live, replies = [], []
-            for p in batch:
-                budget = p.request.timeout_ms
-                if budget is not None and (started - p.decoded_at) * 1e3 > budget:
-                    waited = (started - p.decoded_at) * 1e3
-                    error = ProtocolError(
-                        ErrorCode.DEADLINE_EXCEEDED,
-                        "timeout_ms",
-                        f"queued {waited:.1f} ms, past the {budget} ms budget",
-                    )
-                    replies.append((p, ErrorReply.of(p.request.id, error)))
-                else:
-                    live.append(p)
-            if live:
-                try:
-                    run = self._run_act if kind == "act" else self._run_critic
-                    replies += run(live, started)
-                except Exception as e:  # a model failure fails this batch, never the server
-                    log.exception("%s batch of %d failed", kind, len(live))
-                    text = traceback.format_exc(limit=8)
-                    replies += [
-                        (
-                            p,
-                            ErrorReply(
-                                p.request.id,
-                                ErrorCode.INTERNAL,
-                                f"{type(e).__name__}: {e}",
-                                None,
-                                text,
-                            ),
-                        )
-                        for p in live
-                    ]
-                self.counters["batches"] += 1
-            for p, reply in replies:
-                if isinstance(reply, ErrorReply):
-                    self.counters["errors"] += 1
-                push.send_multipart([*p.envelope, _encode_timed(reply)])
+    def _make_batch(self, kind: str) -> Batch:
+        requests = self._batcher.pop(kind)
+        if kind == "act":
+            return ActBatch(requests, self.policy, self.config.max_batch)
+        return CriticBatch(requests, self.critic, self.config.max_batch)
 
-    def _run_act(self, batch: list[_Pending], started: float) -> list[tuple[_Pending, Any]]:
-        runner = self.policy
-        spec = runner.spec
-        h, w = spec.image_hw
-        images = np.empty((len(batch), len(spec.views), h, w, 3), dtype=np.uint8)
-        state = np.empty((len(batch), spec.state_dim), dtype=np.float32)
-        for i, p in enumerate(batch):
-            obs = p.request.observation
-            for j, view in enumerate(spec.views):
-                images[i, j] = obs.images[view]
-            state[i] = obs.state
-        lang = runner.encoder.encode([p.request.observation.instruction for p in batch])
-        t_infer = time.perf_counter()
-        (actions,) = runner.run(images, state, lang)
-        t_done = time.perf_counter()
-        expected = (len(batch), spec.chunk_len, spec.action_dim)
-        if tuple(actions.shape) != expected:
-            raise RuntimeError(
-                f"policy returned actions of shape {tuple(actions.shape)}, expected {expected}"
-            )
-        version = runner.version
-        replies = []
-        for i, p in enumerate(batch):
-            chunk = np.ascontiguousarray(actions[i], dtype=np.float32)
-            if not np.isfinite(chunk).all():
-                error = ProtocolError(
-                    ErrorCode.INVALID_OUTPUT,
-                    "actions",
-                    f"policy v{version} produced non-finite actions",
-                )
-                replies.append((p, ErrorReply.of(p.request.id, error)))
-                continue
-            timings = self._timings(p, started, t_infer, t_done, len(batch))
-            replies.append((p, ActReply(p.request.id, chunk, version, timings)))
-        return replies
-
-    def _timings(
-        self, p: _Pending, started: float, t_infer: float, t_done: float, size: int
-    ) -> Timings:
-        return Timings(
-            queue_us=(started - p.decoded_at) * 1e6,
-            decode_us=p.decode_us,
-            assemble_us=(t_infer - started) * 1e6,
-            infer_us=(t_done - t_infer) * 1e6,
-            batch_size=size,
-        )
-
-    def _run_critic(self, batch: list[_Pending], started: float) -> list[tuple[_Pending, Any]]:
-        """Expand each window into frame pairs, run them in chunks of max_batch, fuse values."""
-        runner = self.critic
-        spec = runner.spec
-        rows_a, rows_b, row_lang, layout = [], [], [], []
-        lang = runner.encoder.encode([p.request.instruction for p in batch])
-        for k, p in enumerate(batch):
-            req = p.request
-            stacked = [np.stack([f[v] for v in spec.views]) for f in req.frames]
-            n = len(stacked)
-            pairs = [(stacked[i], stacked[i + 1]) for i in range(n - 1)]  # incremental
-            pairs += [
-                (stacked[0], stacked[t]) for t in range(2, n)
-            ]  # forward (t = 1 is the first incremental)
-            if req.goal is not None:
-                goal = np.stack([req.goal[v] for v in spec.views])
-                pairs += [(goal, stacked[t]) for t in range(1, n)]  # backward
-            layout.append((len(rows_a), n))
-            for a, b in pairs:
-                rows_a.append(a)
-                rows_b.append(b)
-                row_lang.append(k)
-        images_a, images_b = np.stack(rows_a), np.stack(rows_b)
-        lang_rows = lang[np.asarray(row_lang)]
-        t_infer = time.perf_counter()
-        progress, done = [], []
-        step = self.config.max_batch
-        for s in range(0, len(rows_a), step):
-            c, d = runner.run(
-                images_a[s : s + step], images_b[s : s + step], lang_rows[s : s + step]
-            )
-            progress.append(c)
-            done.append(d)
-        t_done = time.perf_counter()
-        progress, done = np.concatenate(progress).reshape(-1), np.concatenate(done).reshape(-1)
-        if progress.shape != (len(rows_a),) or done.shape != (len(rows_a),):
-            raise RuntimeError(
-                f"critic returned {progress.shape}/{done.shape}, expected ({len(rows_a)},) each"
-            )
-        version = runner.version
-        replies = []
-        for (start, n), p in zip(layout, batch, strict=True):
-            end = start + (n - 1) + (n - 2) + ((n - 1) if p.request.goal is not None else 0)
-            c_all, d_all = progress[start:end], done[start:end]
-            if not (np.isfinite(c_all).all() and np.isfinite(d_all).all()):
-                error = ProtocolError(
-                    ErrorCode.INVALID_OUTPUT,
-                    "progress",
-                    f"critic v{version} produced non-finite outputs",
-                )
-                replies.append((p, ErrorReply.of(p.request.id, error)))
-                continue
-            c_all = np.clip(c_all, -1.0, 1.0)
-            c_inc = c_all[: n - 1]
-            c_fwd = np.concatenate([c_inc[:1], c_all[n - 1 : 2 * n - 3]])
-            c_bwd = c_all[2 * n - 3 :] if p.request.goal is not None else None
-            value = _value.fused_value(c_inc, c_fwd, c_bwd, p.request.phi0)
-            done_prob = np.clip(d_all[: n - 1], 0.0, 1.0).astype(np.float32)
-            timings = self._timings(p, started, t_infer, t_done, len(batch))
-            replies.append(
-                (
-                    p,
-                    CriticReply(
-                        p.request.id, c_inc.astype(np.float32), done_prob, value, version, timings
-                    ),
-                )
-            )
-        return replies
+    def _reply_batch(self, router: zmq.Socket, batch: Batch) -> None:
+        if not batch.empty:
+            self.counters["batches"] += 1
+        for p, reply in batch.replies():
+            if isinstance(reply, ErrorReply):
+                self.counters["errors"] += 1
+                payload = encode(reply)
+            else:
+                payload = encode_timed(reply)
+            self._send(router, [*p.envelope, payload])
 
 
 @dataclass

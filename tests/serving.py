@@ -119,31 +119,51 @@ def wait_until(
 
 
 class GatedPolicy(SmallConvPolicy):
-    """A small policy whose forward blocks while ``gate`` is closed: lets a test hold a batch open."""
+    """A small policy whose forward can be held: after ``hold()`` each call waits for a permit.
+
+    The server runs batches on one thread, so holding the model holds the server: requests sent
+    meanwhile wait in the socket and are read together when the model lets go.
+    """
 
     def __init__(self, **kwargs: Any):
-        super().__init__(
-            **{
-                **dict(
-                    views=VIEWS,
-                    image_hw=HW,
-                    state_dim=STATE_DIM,
-                    action_dim=ACTION_DIM,
-                    chunk_len=CHUNK,
-                    lang_dim=LANG,
-                ),
-                **kwargs,
-            }
+        dims = dict(
+            views=VIEWS,
+            image_hw=HW,
+            state_dim=STATE_DIM,
+            action_dim=ACTION_DIM,
+            chunk_len=CHUNK,
+            lang_dim=LANG,
         )
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
+        super().__init__(**{**dims, **kwargs})
+        self._open = threading.Event()
+        self._open.set()
+        self._permits = threading.Semaphore(0)
+        self.calls = 0
+
+    def hold(self) -> None:
+        """From now on every forward waits for :meth:`release` (or :meth:`open`)."""
+        self._open.clear()
+
+    def release(self, n: int = 1) -> None:
+        """Let ``n`` held forward calls through."""
+        self._permits.release(n)
+
+    def open(self) -> None:
+        """Stop holding."""
+        self._open.set()
 
     def forward(
         self, images: torch.Tensor, state: torch.Tensor, lang: torch.Tensor
     ) -> torch.Tensor:
-        """Signal entry, wait for the gate (bounded), then act as the small policy."""
-        self.entered.set()
-        if not self.gate.wait(30):
-            raise RuntimeError("test gate never opened")
+        """Count the call, wait while held (bounded), then act as the small policy."""
+        self.calls += 1
+        deadline = time.monotonic() + 30
+        while not self._open.is_set() and not self._permits.acquire(timeout=0.01):
+            if time.monotonic() > deadline:
+                raise RuntimeError("test never released the held model")
         return super().forward(images, state, lang)
+
+
+def let_loopback_deliver() -> None:
+    """Give sent loopback messages time to reach the server's socket (a margin, not a measurement)."""
+    time.sleep(0.5)

@@ -109,11 +109,11 @@ def test_every_message_round_trips():
             else:
                 assert got == value, key
     back = decode(encode(ActRequest(4, obs, 50)))
-    assert back.timeout_ms == 50 and back.observation.instruction == obs.instruction
-    assert back.observation.frame_timestamps_ns == obs.frame_timestamps_ns
-    np.testing.assert_array_equal(back.observation.state, obs.state)
+    assert back.timeout_ms == 50 and back.obs.instruction == obs.instruction
+    assert back.obs.frame_timestamps_ns == obs.frame_timestamps_ns
+    np.testing.assert_array_equal(back.obs.state, obs.state)
     for view in VIEWS:
-        np.testing.assert_array_equal(back.observation.images[view], obs.images[view])
+        np.testing.assert_array_equal(back.obs.images[view], obs.images[view])
 
 
 def test_jpeg_frames_decode_close_to_the_original():
@@ -123,7 +123,7 @@ def test_jpeg_frames_decode_close_to_the_original():
     obs.images = {v: smooth for v in VIEWS}
     wire = raw_map(ActRequest(1, obs), image_format="jpeg", jpeg_quality=95)
     assert wire["obs"]["images"]["front"]["format"] == "jpeg"
-    back = decode(repack(wire)).observation.images["front"]
+    back = decode(repack(wire)).obs.images["front"]
     assert back.shape == smooth.shape and back.dtype == np.uint8
     assert np.abs(back.astype(int) - smooth).mean() < 3
 
@@ -289,3 +289,20 @@ def test_value_rule_and_fusion():
     np.testing.assert_allclose(_value.fused_value(inc, fwd, bwd), expected, rtol=1e-6)
     # from phi0 = 0.5, progress 0.5 -> 0.75 on both chains
     np.testing.assert_allclose(_value.fused_value([0.5], [0.5], phi0=0.5), [0.75])
+
+
+def test_jpegs_from_other_encoders_decode_the_same():
+    from limbic.runtime import jpeg
+
+    y, x = np.mgrid[0 : HW[0], 0 : HW[1]]
+    smooth = np.stack([x * 7, y * 9, (x + y) * 3], axis=-1).astype(np.uint8)
+    for progressive in (False, True):
+        out = io.BytesIO()
+        Image.fromarray(smooth).save(out, format="JPEG", quality=95, progressive=progressive)
+        assert jpeg.header(out.getvalue()) == (HW[0], HW[1], 3)
+        decoded = jpeg.decode(out.getvalue(), "frame", HW[0] * HW[1])
+        assert np.abs(decoded.astype(int) - smooth).mean() < 3
+    cmyk = io.BytesIO()
+    Image.new("CMYK", (8, 8)).save(cmyk, format="JPEG")
+    with pytest.raises(ProtocolError, match="4 channel"):
+        jpeg.decode(cmyk.getvalue(), "frame", 64)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import msgpack
 import numpy as np
@@ -14,6 +15,7 @@ from serving import (
     GatedPolicy,
     critic_runner,
     frames,
+    let_loopback_deliver,
     local_actions,
     make_obs,
     policy_runner,
@@ -51,8 +53,11 @@ def test_act_replies_match_the_model_called_directly():
 
 def test_requests_that_arrive_together_are_batched_and_routed_back():
     module = GatedPolicy()
-    module.gate.clear()
     rng = np.random.default_rng(1)
+    obs = [make_obs(rng, i, instruction=f"task {i}") for i in range(6)]
+    expected = [local_actions(module, o) for o in obs]
+    module.calls = 0
+    module.hold()
     ctx = zmq.Context.instance()
     with running_server(policy_runner(module), max_batch=16) as server:
         socks = [ctx.socket(zmq.DEALER) for _ in range(6)]
@@ -60,21 +65,19 @@ def test_requests_that_arrive_together_are_batched_and_routed_back():
             for s in socks:
                 s.setsockopt(zmq.LINGER, 0)
                 s.connect(server.endpoint)
-            obs = [make_obs(rng, i, instruction=f"task {i}") for i in range(6)]
             socks[0].send(encode(ActRequest(100, obs[0])))
-            assert module.entered.wait(
-                10
-            )  # the first batch is inside the model, holding the thread
-            for i in range(1, 6):
+            wait_until(lambda: module.calls == 1, what="the first batch inside the model")
+            for i in range(1, 6):  # these arrive while the server is busy with the first
                 socks[i].send(encode(ActRequest(100 + i, obs[i])))
-            wait_until(lambda: server.stats()["queued"] == 5, what="5 queued requests")
-            module.gate.set()
+            let_loopback_deliver()
+            module.open()
             for i, s in enumerate(socks):
                 assert s.poll(10_000)
                 reply = decode(s.recv())
                 assert reply.id == 100 + i  # each client got its own answer
                 assert reply.timings.batch_size == (1 if i == 0 else 5)
-                np.testing.assert_allclose(reply.actions, local_actions(module, obs[i]), atol=1e-5)
+                np.testing.assert_allclose(reply.actions, expected[i], atol=1e-5)
+            assert module.calls == 2
         finally:
             for s in socks:
                 s.close(0)
@@ -151,32 +154,38 @@ def test_critic_request_without_a_critic_is_not_served():
 
 def test_requests_queued_past_their_budget_are_not_run():
     module = GatedPolicy()
-    module.gate.clear()
+    module.hold()
     rng = np.random.default_rng(4)
     ctx = zmq.Context.instance()
-    with running_server(policy_runner(module)) as server:
-        first, late = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
+    with running_server(policy_runner(module), max_batch=1) as server:
+        first, second = ctx.socket(zmq.DEALER), ctx.socket(zmq.DEALER)
         try:
-            for s in (first, late):
+            for s in (first, second):
                 s.setsockopt(zmq.LINGER, 0)
                 s.connect(server.endpoint)
             first.send(encode(ActRequest(1, make_obs(rng))))
-            assert module.entered.wait(10)
-            late.send(encode(ActRequest(2, make_obs(rng), timeout_ms=1)))
-            wait_until(lambda: server.stats()["queued"] == 1, what="the late request queued")
-            threading.Event().wait(0.01)  # let its 1 ms budget run out while the model is busy
-            module.gate.set()
-            assert late.poll(10_000)
-            reply = msgpack.unpackb(late.recv(), raw=False)
-            assert (
-                reply["type"] == "error"
-                and reply["code"] == "deadline_exceeded"
-                and reply["id"] == 2
-            )
+            wait_until(lambda: module.calls == 1, what="request 1 inside the model")
+            # One socket keeps 3 ahead of 2 (the ROUTER fair-queues between sockets, not messages).
+            second.send(encode(ActRequest(3, make_obs(rng))))
+            second.send(encode(ActRequest(2, make_obs(rng), timeout_ms=1)))
+            let_loopback_deliver()
+            module.release()  # 1 finishes; 3 and 2 are read together; 3 (older) runs and is held
+            wait_until(lambda: module.calls == 2, what="request 3 inside the model")
+            time.sleep(0.01)  # 2's 1 ms budget runs out while it waits behind 3
+            module.open()
             assert first.poll(10_000) and decode(first.recv()).id == 1
+            replies = {}
+            for _ in range(2):
+                assert second.poll(10_000)
+                reply = msgpack.unpackb(second.recv(), raw=False)
+                replies[reply["id"]] = reply
+            assert replies[3]["type"] == "act_reply"
+            assert replies[2]["type"] == "error" and replies[2]["code"] == "deadline_exceeded"
+            assert replies[2]["field"] == "timeout_ms"
+            assert module.calls == 2  # 2 never reached the model
         finally:
             first.close(0)
-            late.close(0)
+            second.close(0)
 
 
 def test_non_finite_model_output_is_refused_and_model_failures_are_reported():
@@ -346,3 +355,33 @@ def test_serve_from_the_hydra_config_with_a_safetensors_checkpoint(tmp_path):
         stop.set()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_a_partial_batch_waits_only_for_clients_that_are_due():
+    """The batching policy on synthetic times: no wall clock involved."""
+    from limbic.runtime.batching import Batcher, Pending
+
+    def pending(client: bytes, t: float) -> Pending:
+        return Pending([client], client, None, t, 0.0)
+
+    batcher = Batcher(max_batch=4, max_wait_s=0.001)
+    assert batcher.plan(0.0) == ("", 0.0)
+    batcher.put("act", pending(b"lone", 0.0))
+    assert batcher.plan(0.0) == ("act", 0.0)  # nobody else is due: run at once
+    assert len(batcher.pop("act")) == 1
+    for t in (0.010, 0.020):  # two clients in a 10 ms rhythm
+        batcher.put("act", pending(b"a", t))
+        batcher.put("act", pending(b"b", t + 0.0001))
+        batcher.pop("act")
+    batcher.put("act", pending(b"a", 0.030))
+    kind, wait = batcher.plan(0.0301)
+    assert kind == "act" and 0 < wait <= 0.001  # b is due at ~0.0301: wait for it
+    assert batcher.plan(0.032) == ("act", 0.0)  # past the deadline: run
+    batcher.pop("act")
+    batcher.put("act", pending(b"a", 0.080))
+    assert batcher.plan(0.0801) == ("act", 0.0)  # b is long overdue (gone): do not wait
+    for i in range(4):
+        batcher.put("critic", pending(bytes([i]), 0.09))
+    assert batcher.plan(0.0902) == ("act", 0.0)  # the oldest kind goes first
+    batcher.pop("act")
+    assert batcher.plan(0.0902) == ("critic", 0.0)  # a full batch never waits
