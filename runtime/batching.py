@@ -99,9 +99,11 @@ class Batcher:
             return kind, 0.0
         return kind, (deadline - now) if self.others_due(kind, now, deadline) else 0.0
 
-    def others_due(self, kind: str, now: float, horizon: float) -> bool:
-        """Whether a client without a queued request of ``kind`` is due before ``horizon``."""
-        waiting = {p.client for p in self._queues[kind]}
+    def others_due(
+        self, kind: str, now: float, horizon: float, exclude: set[bytes] = frozenset()
+    ) -> bool:
+        """Whether a client with no queued request of ``kind`` (and not in ``exclude``) is due by ``horizon``."""
+        waiting = {p.client for p in self._queues[kind]} | exclude
         return any(
             c.due_within(now, horizon)
             for client, c in self._cadence[kind].items()
@@ -122,6 +124,8 @@ class Batcher:
 
 class Batch:
     """One model call for a list of requests; the replies are built after it has run."""
+
+    kind = ""
 
     def __init__(self, requests: list[Pending], runner: ModelRunner, max_rows: int):
         self.started = time.perf_counter()
@@ -199,6 +203,8 @@ class Batch:
 class ActBatch(Batch):
     """Observations -> ``uint8[B, V, H, W, 3]``, ``float32[B, S]``, ``float32[B, D]`` -> action chunks."""
 
+    kind = "act"
+
     def _assemble(self) -> None:
         spec = self.runner.spec
         h, w = spec.image_hw
@@ -242,6 +248,8 @@ class CriticBatch(Batch):
     first forward pair is the first incremental one) and, with a goal, ``n - 1`` backward
     pairs; pairs run in model calls of at most ``max_rows``.
     """
+
+    kind = "critic"
 
     def _assemble(self) -> None:
         spec = self.runner.spec

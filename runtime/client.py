@@ -71,6 +71,9 @@ class RequestTooLargeError(InferenceError):
     """The encoded request exceeds the server's ``max_message_bytes``; it was not sent."""
 
 
+# Plain ints: arithmetic on pyzmq's IntFlag constants builds enum objects on the hot path.
+_NOBLOCK, _POLLIN = int(zmq.NOBLOCK), int(zmq.POLLIN)
+
 _REPLY_TYPES = ("hello_reply", "heartbeat", "act_reply", "critic_reply", "error", "weights_reply")
 
 
@@ -145,7 +148,7 @@ class Connection:
             )
         sock = self._socket()
         try:
-            sock.send(payload, zmq.NOBLOCK)
+            sock.send(payload, _NOBLOCK)
         except zmq.Again:
             self.reset()
             raise ServerTimeoutError(
@@ -153,7 +156,7 @@ class Connection:
             ) from None
         while True:
             remaining_ms = (deadline - time.monotonic()) * 1000
-            if remaining_ms <= 0 or not sock.poll(max(1, int(remaining_ms)), zmq.POLLIN):
+            if remaining_ms <= 0 or not sock.poll(max(1, int(remaining_ms)), _POLLIN):
                 self.reset()
                 raise ServerTimeoutError(
                     f"no reply to {message.TYPE} from {self.endpoint} within {timeout_s:.3f} s; check that "

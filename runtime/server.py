@@ -51,6 +51,9 @@ from limbic.runtime.weights import WeightReceiver
 
 log = logging.getLogger(__name__)
 
+# Plain ints: arithmetic on pyzmq's IntFlag constants builds enum objects on the hot path.
+_NOBLOCK, _SNDMORE, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.POLLIN)
+
 
 @dataclass
 class CurveConfig:
@@ -157,7 +160,7 @@ class _Waiter:
 
     def __call__(self, timeout_s: float) -> None:
         deadline = time.perf_counter() + timeout_s
-        while not self._sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while not self._sock.getsockopt(zmq.EVENTS) & _POLLIN:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 return
@@ -235,6 +238,7 @@ class InferenceServer:
         self.endpoint = ""
         self.weights_endpoint = ""
         self._batcher = Batcher(config.max_batch, config.max_wait_us * 1e-6)
+        self._infer_s: dict[str, float] = {}  # the last model call's duration, per kind
         self._staged: dict[str, tuple[Any, int, threading.Event]] = {}
         self._staged_lock = threading.Lock()
         self._stop = threading.Event()
@@ -392,12 +396,14 @@ class InferenceServer:
                 kind, wait_s = self._batcher.plan(now)
                 if kind and wait_s <= 0:
                     batch = self._make_batch(kind)
-                    # Busy (more requests queued or due): call the model on the model thread so
-                    # this one keeps reading and timestamping requests. Idle: call it here,
-                    # saving two thread wake-ups on the round trip.
-                    horizon = now + self.config.max_wait_us * 1e-6 + 1e-3
+                    # Busy (more requests queued, or another client's due before this call would
+                    # end): call the model on the model thread so this one keeps reading and
+                    # timestamping requests. Idle: call it here, saving two thread wake-ups.
+                    horizon = now + self._infer_s.get(kind, 0.0)
+                    batch_clients = {p.client for p in batch.requests}
                     if not batch.empty and (
-                        len(self._batcher) or self._batcher.others_due(kind, now, horizon)
+                        len(self._batcher)
+                        or self._batcher.others_due(kind, now, horizon, batch_clients)
                     ):
                         running = (batch, model.submit(batch))
                         continue
@@ -415,15 +421,17 @@ class InferenceServer:
     def _drain(self, router: zmq.Socket) -> None:
         """Receive and decode what has arrived (bounded, so a flood cannot starve the model)."""
         for _ in range(4 * self.config.max_batch):
-            try:
-                frames = router.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            # Asking EVENTS is cheaper than a failed non-blocking recv raising zmq.Again.
+            if not router.getsockopt(zmq.EVENTS) & _POLLIN:
                 return
-            self._handle(router, frames)
+            self._handle(router, router.recv_multipart(_NOBLOCK, copy=False))
 
     def _send(self, router: zmq.Socket, frames: list[bytes]) -> None:
         try:
-            router.send_multipart(frames, zmq.NOBLOCK)
+            # Frame by frame with int flags: send_multipart ORs IntFlag enums per frame.
+            for frame in frames[:-1]:
+                router.send(frame, _NOBLOCK | _SNDMORE)
+            router.send(frames[-1], _NOBLOCK)
         except zmq.Again:
             self.counters["undeliverable"] += 1  # the client is not reading: never block on it
         except zmq.ZMQError as e:
@@ -571,6 +579,7 @@ class InferenceServer:
     def _reply_batch(self, router: zmq.Socket, batch: Batch) -> None:
         if not batch.empty:
             self.counters["batches"] += 1
+            self._infer_s[batch.kind] = batch.t_done - batch.t_infer
         for p, reply in batch.replies():
             if isinstance(reply, ErrorReply):
                 self.counters["errors"] += 1
