@@ -10,6 +10,8 @@ reply per request, each with its timings.
 
 from __future__ import annotations
 
+import abc
+import logging
 import time
 import traceback
 from collections import deque
@@ -30,6 +32,8 @@ from limbic.runtime.protocol import (
     ProtocolError,
     Timings,
 )
+
+log = logging.getLogger(__name__)
 
 CADENCE_MEMORY_S = 10.0
 """A client's request rhythm is forgotten after this long without a request."""
@@ -122,7 +126,7 @@ class Batcher:
                 del cadences[client]
 
 
-class Batch:
+class Batch(abc.ABC):
     """One model call for a list of requests; the replies are built after it has run."""
 
     kind = ""
@@ -150,6 +154,7 @@ class Batch:
         try:
             step()
         except Exception as e:  # a model failure fails this batch, never the server
+            log.exception("%s batch of %d request(s) failed", self.kind, len(self.requests))
             self._error = (e, traceback.format_exc(limit=8))
 
     @property
@@ -168,15 +173,13 @@ class Batch:
         """One reply per request: the model's answer or an error naming why not."""
         out = list(self.early)
         if self._error is None and self.requests:
-            self._guard(lambda: out.extend(self._replies()))
+            self._guard(lambda: out.extend(self._replies()))  # all or nothing
         if self._error is not None:
             e, text = self._error
             message = f"{type(e).__name__}: {e}"
-            done = {id(p) for p, _ in out}
             out += [
                 (p, ErrorReply(p.request.id, ErrorCode.INTERNAL, message, None, text))
                 for p in self.requests
-                if id(p) not in done
             ]
         return out
 
@@ -190,14 +193,17 @@ class Batch:
             batch_size=len(self.requests),
         )
 
+    @abc.abstractmethod
     def _assemble(self) -> None:
-        raise NotImplementedError
+        """Stack the requests into model inputs (serving thread)."""
 
+    @abc.abstractmethod
     def _call(self) -> None:
-        raise NotImplementedError
+        """Call the model on the inputs, setting ``_outputs`` (any thread)."""
 
+    @abc.abstractmethod
     def _replies(self) -> list[tuple[Pending, Any]]:
-        raise NotImplementedError
+        """Turn ``_outputs`` into one reply per request (serving thread)."""
 
 
 class ActBatch(Batch):

@@ -236,7 +236,9 @@ class InferenceClient:
 
     # ------------------------------------------------------------ plumbing
 
-    def _call(self, message: Any, timeout_s: float | None, **encoding: Any) -> Any:
+    def _call(
+        self, message: Any, timeout_s: float | None, check: Any = None, **encoding: Any
+    ) -> Any:
         timeout_s = self.timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + timeout_s
         if not self._lock.acquire(timeout=timeout_s):
@@ -244,6 +246,8 @@ class InferenceClient:
         try:
             if self.info is None:
                 self._hello(deadline)
+            if check is not None:
+                check(self.info)  # local checks against what the server said it serves
             if hasattr(message, "timeout_ms"):
                 message.timeout_ms = max(1, int((deadline - time.monotonic()) * 1000))
             max_bytes = self.info.max_message_bytes if self.info else None
@@ -301,14 +305,22 @@ class InferenceClient:
     def act(
         self, obs: Observation, timeout_s: float | None = None, image_format: str | None = None
     ) -> ActReply:
-        """An action chunk for ``obs`` (``reply.actions``: ``float32[chunk, A]``)."""
-        if self.validate and self.info is not None and self.info.policy is not None:
-            spec = self.info.policy
-            obs.validate(views=spec.views, state_dim=spec.state_dim, image_hw=spec.image_hw)
+        """An action chunk for ``obs`` (``reply.actions``: ``float32[chunk, A]``).
+
+        With ``validate`` (default) the observation is checked against the served policy's
+        spec before it is sent, raising :class:`~limbic.contracts.ContractError` locally.
+        """
+
+        def check(info: ServerInfo) -> None:
+            if self.validate and info.policy is not None:
+                spec = info.policy
+                obs.validate(views=spec.views, state_dim=spec.state_dim, image_hw=spec.image_hw)
+
         request = ActRequest(self._conn.next_id(), obs)
         return self._call(
             request,
             timeout_s,
+            check,
             image_format=image_format or self.image_format,
             jpeg_quality=self.jpeg_quality,
         )

@@ -382,6 +382,10 @@ class InferenceServer:
         next_sweep = time.monotonic()
         try:
             while not self._stop.is_set():
+                if time.monotonic() >= next_sweep:  # also under sustained load
+                    self._forget_silent_clients()
+                    self._batcher.forget(time.perf_counter())
+                    next_sweep = time.monotonic() + min(1.0, self.config.client_timeout_s / 4)
                 self._drain(router)
                 if running is not None:
                     if running[1].done():
@@ -411,10 +415,6 @@ class InferenceServer:
                     self._reply_batch(router, batch)
                     continue
                 wait(wait_s if kind else 0.1)
-                if time.monotonic() >= next_sweep:
-                    self._forget_silent_clients()
-                    self._batcher.forget(time.perf_counter())
-                    next_sweep = time.monotonic() + min(1.0, self.config.client_timeout_s / 4)
         finally:
             model.close()
 

@@ -61,11 +61,14 @@ def test_no_server_is_a_timeout_and_bad_input_a_server_error():
         assert info.value.code == ErrorCode.BAD_FIELD and info.value.field == "obs.images"
         assert "missing view(s) ['wrist']" in str(info.value)
         assert client.act(make_obs(rng)).actions.shape == (4, 3)
-    with running_server() as server, InferenceClient(server.endpoint, timeout_s=10) as client:
+    with running_server() as server:
+        client = InferenceClient(server.endpoint, timeout_s=10, heartbeat_interval_s=0)
         obs = make_obs(rng)
         obs.state = obs.state[:2]
-        with pytest.raises(ContractError, match="state"):  # checked locally against the hello spec
+        with pytest.raises(ContractError, match="state"):  # checked locally, even on a first call
             client.act(obs)
+        assert server.stats()["requests"] == 1  # the hello; the bad observation never left
+        client.close()
 
 
 def test_oversized_requests_are_refused_before_sending():
