@@ -161,10 +161,12 @@ class TorchRunner(ModelRunner):
         """Run one batch on the live module."""
         torch = self._torch
         with torch.inference_mode():
-            args = [torch.from_numpy(x).to(self.device, non_blocking=True) for x in inputs]
+            args = [torch.from_numpy(x) for x in inputs]
+            if self.device.type != "cpu":
+                args = [a.to(self.device, non_blocking=True) for a in args]
             out = self.active(*args)
             outs = out if isinstance(out, tuple | list) else (out,)
-            return tuple(o.float().cpu().numpy() for o in outs)
+            return tuple(o.to("cpu", torch.float32).numpy() for o in outs)
 
     def expected_tensors(self) -> dict[str, TensorSpec]:
         """Every state-dict entry of the served module."""

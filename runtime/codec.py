@@ -10,6 +10,7 @@ only (JPEG lazily loads OpenCV). Every failure is a :class:`ProtocolError` namin
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
@@ -344,15 +345,23 @@ def wire(codec: Codec, default: Any = MISSING, optional: bool = False) -> Any:
     )
 
 
+@functools.cache
+def _field_table(cls: type) -> tuple[tuple[str, Codec, bool, bool], ...]:
+    """``(name, codec, optional, has_default)`` per field; cached, as ``fields()`` is slow per call."""
+    return tuple(
+        (f.name, f.metadata["codec"], f.metadata["optional"], f.default is not MISSING)
+        for f in fields(cls)
+    )
+
+
 def pack_fields(obj: Any, enc: Encoding | None = None) -> dict[str, Any]:
     """A wire dataclass as a plain map (``None`` stays nil); frames packed as ``enc`` says."""
     enc = enc or Encoding()
-    return {
-        f.name: None
-        if getattr(obj, f.name) is None
-        else f.metadata["codec"].pack(getattr(obj, f.name), enc)
-        for f in fields(obj)
-    }
+    out = {}
+    for name, codec, _, _ in _field_table(type(obj)):
+        value = getattr(obj, name)
+        out[name] = None if value is None else codec.pack(value, enc)
+    return out
 
 
 def unpack_fields(
@@ -365,19 +374,20 @@ def unpack_fields(
     """
     if not isinstance(d, dict):
         raise bad(path or "message", f"expected a map, got {show(d)}")
+    table = _field_table(cls)
     if strict:
-        check_keys(d, path, {f.name for f in fields(cls)} | extra)
+        check_keys(d, path, {name for name, *_ in table} | extra)
     values = {}
-    for f in fields(cls):
-        name = f"{path}.{f.name}" if path else f.name
-        value = d.get(f.name)
+    for name, codec, optional, has_default in table:
+        where = f"{path}.{name}" if path else name
+        value = d.get(name)
         if value is None:
-            if not f.metadata["optional"]:
-                raise bad(name, "missing")
-            if f.default is MISSING:
-                values[f.name] = None  # optional without a default: nil
+            if not optional:
+                raise bad(where, "missing")
+            if not has_default:
+                values[name] = None  # optional without a default: nil
             continue  # else the dataclass default applies
-        values[f.name] = f.metadata["codec"].unpack(value, name, limits)
+        values[name] = codec.unpack(value, where, limits)
     obj = cls(**values)
     check = getattr(obj, "check", None)
     if check is not None:
