@@ -60,7 +60,10 @@ def example_inputs(
 
 
 def export_onnx(module: Any, kind: str, path: str | Path, opset: int = 18) -> Path:
-    """Write ``module`` (a servable ``policy`` or ``critic``) to ``path`` as ONNX."""
+    """Write ``module`` (a servable ``policy`` or ``critic``) to ``path`` as ONNX.
+
+    The module is put in eval mode on the CPU first (exporting traces it there).
+    """
     import onnx
     import torch
 
@@ -76,7 +79,11 @@ def export_onnx(module: Any, kind: str, path: str | Path, opset: int = 18) -> Pa
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's progress chatter, not problems
+        # Two known harmless messages of torch 2.10's exporter; anything else still shows.
+        warnings.filterwarnings(
+            "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+        )
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
         program = torch.onnx.export(
             module,
             args,

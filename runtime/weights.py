@@ -76,7 +76,9 @@ class WeightPublisher:
         """Send ``state_dict`` as ``target`` (``policy`` or ``critic``) ``version``; return once live.
 
         Raises :class:`~limbic.runtime.client.ServerError` (``stale_version``, ``bad_field``
-        naming the tensor, ``not_served``) or :class:`~limbic.runtime.client.ServerTimeoutError`.
+        naming the tensor, ``not_served``) or :class:`~limbic.runtime.client.ServerTimeoutError`
+        (also what an update above the server's ``server.max_weights_bytes`` gets: its socket
+        drops the connection).
         """
         update = WeightsUpdate(
             self._conn.next_id(), target, int(version), to_numpy_tensors(state_dict)
