@@ -1,0 +1,166 @@
+"""Real-time action chunking: one action per control tick, the next chunk fetched early.
+
+The policy answers with a chunk of actions starting at the tick of the observation it saw.
+:class:`ActionChunkBroker` hands them out one per tick and, while enough of the current
+chunk is left to cover the server's round trip, asks for the next chunk in the background
+with the latest observation. When the new chunk arrives ``k`` ticks after its observation,
+its first ``k`` actions are already in the past and are skipped, so the arm switches to the
+new plan at the action meant for *now* and never waits for the network. Only a chunk that
+runs out before its successor arrives makes the arm wait (counted in ``starved_ticks``).
+
+With ``chunk_len = 1`` there is nothing to prefetch; the broker then asks every tick.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
+
+import numpy as np
+
+from limbic.contracts import Observation
+
+
+class ChunkStarvationError(TimeoutError):
+    """The current chunk ran out and the next one did not arrive within the deadline."""
+
+
+class ActionChunkBroker:
+    """Turns ``infer(obs) -> float32[chunk, A]`` into ``act(obs) -> float32[A]`` once per tick.
+
+    ``control_dt_s`` is the control period; ``margin_ticks`` extra ticks of slack on top of
+    the worst recent round trip; ``timeout_s`` bounds any wait for a chunk.
+    """
+
+    def __init__(
+        self,
+        infer: Callable[[Observation], np.ndarray],
+        control_dt_s: float,
+        *,
+        margin_ticks: int = 1,
+        timeout_s: float = 1.0,
+        latency_window: int = 20,
+    ):
+        if control_dt_s <= 0:
+            raise ValueError(f"control_dt_s must be > 0, got {control_dt_s}")
+        self.infer = infer
+        self.control_dt_s = control_dt_s
+        self.margin_ticks = margin_ticks
+        self.timeout_s = timeout_s
+        self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limbic-chunk")
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the current chunk (at an episode's start); a pending request is discarded."""
+        self.tick = 0
+        self._chunk: np.ndarray | None = None
+        self._chunk_tick = 0
+        self._pending: tuple[int, Future] | None = None
+        self.starved_ticks = 0
+        self.chunks_used = 0
+        self.skipped_actions = 0
+        self.last_error: BaseException | None = None
+
+    @property
+    def lead_ticks(self) -> int:
+        """Ticks before a chunk runs out at which the next one is requested."""
+        worst = max(self._latencies, default=0.0)
+        return math.ceil(worst / self.control_dt_s) + self.margin_ticks
+
+    @property
+    def in_flight(self) -> bool:
+        """True while a requested chunk has not arrived yet."""
+        return self._pending is not None and not self._pending[1].done()
+
+    @property
+    def chunk_origin(self) -> int:
+        """Tick of the observation the current chunk was planned from (its actions' age)."""
+        return self._chunk_tick
+
+    def _timed_infer(self, obs: Observation) -> np.ndarray:
+        t0 = time.monotonic()
+        chunk = np.asarray(self.infer(obs), dtype=np.float32)
+        self._latencies.append(time.monotonic() - t0)
+        if chunk.ndim != 2 or chunk.shape[0] < 1:
+            raise ValueError(
+                f"infer returned shape {chunk.shape}, expected [chunk_len, action_dim]"
+            )
+        return chunk
+
+    def _adopt(self, chunk: np.ndarray, requested_tick: int) -> None:
+        self._chunk, self._chunk_tick = chunk, requested_tick
+        self.chunks_used += 1
+        self.skipped_actions += max(0, self.tick - requested_tick)
+
+    def _covers_now(self) -> bool:
+        return self._chunk is not None and 0 <= self.tick - self._chunk_tick < len(self._chunk)
+
+    def _collect(self) -> None:
+        """Adopt the prefetched chunk if it has arrived; a failed prefetch is retried next tick."""
+        if self._pending is None or not self._pending[1].done():
+            return
+        (requested, future), self._pending = self._pending, None
+        try:
+            chunk = future.result()
+        except Exception as e:
+            self.last_error = (
+                e  # the current chunk still covers the arm; raised only if it must wait
+            )
+            return
+        if self.tick - requested < len(chunk):
+            self._adopt(chunk, requested)
+
+    def act(self, obs: Observation) -> np.ndarray:
+        """The action for this tick; call once per control period with the newest observation."""
+        with self._lock:
+            self._collect()
+            if not self._covers_now():
+                if self._chunk is not None:
+                    self.starved_ticks += 1
+                self._wait_for_chunk(obs)
+            index = self.tick - self._chunk_tick
+            action = self._chunk[index]
+            left = len(self._chunk) - index - 1
+            if self._pending is None and len(self._chunk) > 1 and left <= self.lead_ticks:
+                self._pending = (self.tick, self._pool.submit(self._timed_infer, obs))
+            self.tick += 1
+            return action
+
+    def _wait_for_chunk(self, obs: Observation) -> None:
+        """Block (the arm waits) until a chunk covers this tick; raise the client's error or
+        :class:`ChunkStarvationError` after ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        while not self._covers_now():
+            if self._pending is None:
+                self._pending = (self.tick, self._pool.submit(self._timed_infer, obs))
+            requested, future = self._pending
+            remaining = deadline - time.monotonic()
+            try:
+                chunk = future.result(timeout=max(0.0, remaining))
+            except FutureTimeout:
+                raise ChunkStarvationError(
+                    f"no action chunk within {self.timeout_s} s at tick {self.tick}"
+                ) from None
+            finally:
+                if future.done():
+                    self._pending = None
+            if self.tick - requested < len(chunk):
+                self._adopt(chunk, requested)
+
+    def close(self) -> None:
+        """Stop the background worker."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> ActionChunkBroker:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

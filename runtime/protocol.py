@@ -1,0 +1,516 @@
+"""The wire protocol between actor loops, the inference server and the learner.
+
+One module that both sides import; it needs only numpy, msgpack and ``limbic.contracts``
+(JPEG frames lazily import OpenCV through :mod:`limbic.runtime.jpeg`). ``docs/protocol.md``
+describes the same bytes for clients written without limbic; keep the two in step.
+
+Every message is one msgpack map with string keys ``v`` (protocol version), ``type`` and
+``id`` (chosen by the requester, echoed in the reply), plus the fields of its dataclass
+below. Each field names the :class:`~limbic.runtime.codec.Codec` that packs it and checks it
+on the way in (:mod:`limbic.runtime.codec`: arrays, frames, checked scalars), so the schema
+is the dataclasses themselves. Unpacking is bounded and strictly typed: no ext types,
+string map keys only, never pickle. Every decoding failure is a :class:`ProtocolError`
+naming the field, the value and the expected form.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+from limbic.contracts import SCHEMA_VERSION, ContractError, Observation
+from limbic.runtime.codec import (
+    COUNT,
+    DTYPES,
+    FRAMES,
+    ID,
+    IMAGE_FORMATS,
+    IMAGE_HW,
+    MAX_ID,
+    MICROS,
+    NAME,
+    NAMES,
+    POSITIVE,
+    TENSORS,
+    TEXT,
+    UNIT,
+    VERSION,
+    VIEWS,
+    Codec,
+    Encoding,
+    ErrorCode,
+    Limits,
+    ProtocolError,
+    array_of,
+    bad,
+    check_int,
+    check_keys,
+    check_str,
+    check_type,
+    nested,
+    pack_array,
+    pack_fields,
+    pack_image,
+    pack_views,
+    show,
+    unpack_array,
+    unpack_fields,
+    unpack_image,
+    unpack_views,
+    wire,
+)
+
+__all__ = [
+    "DTYPES",
+    "IMAGE_FORMATS",
+    "MESSAGE_TYPES",
+    "PROTOCOL_VERSION",
+    "ActReply",
+    "ActRequest",
+    "CriticReply",
+    "CriticRequest",
+    "CriticSpec",
+    "Encoding",
+    "ErrorCode",
+    "ErrorReply",
+    "Heartbeat",
+    "Hello",
+    "Limits",
+    "Message",
+    "PolicySpec",
+    "ProtocolError",
+    "ServerInfo",
+    "Timings",
+    "WeightsAck",
+    "WeightsUpdate",
+    "decode",
+    "encode",
+    "encode_timed",
+    "pack_array",
+    "pack_image",
+    "peek_id",
+    "unpack_array",
+    "unpack_image",
+    "unpack_map",
+]
+
+PROTOCOL_VERSION = 1
+"""Version of this wire format; a message carrying another ``v`` gets ``version_mismatch``."""
+
+# ---------------------------------------------------------------- model metadata
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    """What a served policy consumes and produces; sent to clients in :class:`ServerInfo`."""
+
+    views: tuple[str, ...] = wire(NAMES)
+    image_hw: tuple[int, int] = wire(IMAGE_HW)
+    state_dim: int = wire(COUNT)
+    action_dim: int = wire(POSITIVE)
+    chunk_len: int = wire(POSITIVE)
+    lang_dim: int = wire(POSITIVE)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for the wire and for ONNX metadata."""
+        return pack_fields(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "policy") -> PolicySpec:
+        """Inverse of :meth:`to_dict`, with errors naming the field."""
+        return unpack_fields(cls, d, path, Limits(), strict=False)
+
+
+@dataclass(frozen=True)
+class CriticSpec:
+    """What a served progress critic consumes; sent to clients in :class:`ServerInfo`."""
+
+    views: tuple[str, ...] = wire(NAMES)
+    image_hw: tuple[int, int] = wire(IMAGE_HW)
+    lang_dim: int = wire(POSITIVE)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form for the wire and for ONNX metadata."""
+        return pack_fields(self)
+
+    @classmethod
+    def from_dict(cls, d: Any, path: str = "critic") -> CriticSpec:
+        """Inverse of :meth:`to_dict`, with errors naming the field."""
+        return unpack_fields(cls, d, path, Limits(), strict=False)
+
+
+@dataclass
+class Timings:
+    """Where a request's time went inside the server, in microseconds.
+
+    ``queue_us`` from decoded to picked up by a batch (a request that arrives while an idle
+    server runs a lone request's model call waits in the socket first, not counted);
+    ``decode_us`` unpacking, validating and JPEG-decoding it; ``assemble_us`` stacking the
+    batch; ``infer_us`` the model call for the whole batch; ``encode_us`` packing this reply;
+    ``batch_size`` requests in the batch.
+    """
+
+    queue_us: float = wire(MICROS, 0.0)
+    decode_us: float = wire(MICROS, 0.0)
+    assemble_us: float = wire(MICROS, 0.0)
+    infer_us: float = wire(MICROS, 0.0)
+    encode_us: float = wire(MICROS, 0.0)
+    batch_size: int = wire(COUNT, 0)
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _observation_codec() -> Codec:
+    keys = frozenset(
+        {
+            "timestamp_ns",
+            "images",
+            "frame_timestamps_ns",
+            "state",
+            "instruction",
+            "episode_id",
+            "step",
+        }
+    )
+
+    def pack(obs: Observation, enc: Encoding) -> dict[str, Any]:
+        return {
+            "timestamp_ns": int(obs.timestamp_ns),
+            "images": pack_views(obs.images, enc),
+            "frame_timestamps_ns": {k: int(v) for k, v in obs.frame_timestamps_ns.items()},
+            "state": pack_array(np.asarray(obs.state)),
+            "instruction": obs.instruction,
+            "episode_id": obs.episode_id,
+            "step": int(obs.step),
+        }
+
+    def unpack(d: Any, path: str, limits: Limits) -> Observation:
+        if not isinstance(d, dict):
+            raise bad(path, f"expected an observation map, got {show(d)}")
+        check_keys(d, path, keys)
+        for key in keys - {"frame_timestamps_ns"}:
+            if d.get(key) is None:
+                raise bad(f"{path}.{key}", "missing")
+        stamps = d.get("frame_timestamps_ns") or {}
+        obs = Observation(
+            timestamp_ns=check_int(d["timestamp_ns"], f"{path}.timestamp_ns"),
+            images=unpack_views(d["images"], f"{path}.images", limits),
+            state=unpack_array(d["state"], f"{path}.state", dtype="float32", ndim=1),
+            instruction=check_str(d["instruction"], f"{path}.instruction"),
+            episode_id=check_str(d["episode_id"], f"{path}.episode_id"),
+            step=check_int(d["step"], f"{path}.step"),
+            frame_timestamps_ns=check_type(stamps, f"{path}.frame_timestamps_ns", dict, "a map"),
+        )
+        try:
+            return obs.validate()
+        except ContractError as e:
+            raise bad(f"{path}.{e.field}", str(e).split(": ", 1)[1]) from None
+
+    return Codec(pack, unpack)
+
+
+OBSERVATION = _observation_codec()
+
+
+class Message:
+    """Base of every wire message: ``TYPE`` names it; requests (``STRICT``) reject unknown keys."""
+
+    TYPE: ClassVar[str] = ""
+    STRICT: ClassVar[bool] = False
+
+    def to_wire(self, enc: Encoding | None = None) -> dict[str, Any]:
+        """The fields as a plain map (without ``v`` and ``type``)."""
+        return pack_fields(self, enc)
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any], limits: Limits) -> Any:
+        """Parse and check a map (with ``v`` and ``type``); raise naming the bad field."""
+        return unpack_fields(cls, d, "", limits, strict=cls.STRICT, extra=frozenset({"v", "type"}))
+
+
+@dataclass
+class Hello(Message):
+    """Client -> server on connect: asks for :class:`ServerInfo`."""
+
+    TYPE: ClassVar[str] = "hello"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    client: str = wire(NAME, "limbic-client")
+
+
+@dataclass
+class ServerInfo(Message):
+    """Server -> client reply to :class:`Hello`: what is served and the limits in force."""
+
+    TYPE: ClassVar[str] = "hello_reply"
+    id: int = wire(ID)
+    server: str = wire(NAME)
+    max_message_bytes: int = wire(ID)
+    heartbeat_interval_ms: int = wire(ID)
+    client_timeout_ms: int = wire(ID)
+    policy: PolicySpec | None = wire(nested(PolicySpec), None)
+    critic: CriticSpec | None = wire(nested(CriticSpec), None)
+    policy_version: int = wire(VERSION, -1)
+    critic_version: int = wire(VERSION, -1)
+    backend: str = wire(NAME, "torch")
+    protocol_version: int = wire(ID, PROTOCOL_VERSION)
+    schema_version: int = wire(ID, SCHEMA_VERSION)
+    image_formats: tuple[str, ...] = wire(NAMES, IMAGE_FORMATS)
+
+
+@dataclass
+class Heartbeat(Message):
+    """Liveness probe, both ways; the server's carries the live model versions."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    time_ns: int = wire(ID, 0)
+    policy_version: int = wire(VERSION, -1)
+    critic_version: int = wire(VERSION, -1)
+
+
+@dataclass
+class ActRequest(Message):
+    """Client -> server: an observation; the reply is an :class:`ActReply` or an error.
+
+    ``timeout_ms`` is the client's remaining budget: a request still queued past it is
+    answered with ``deadline_exceeded`` instead of being run.
+    """
+
+    TYPE: ClassVar[str] = "act"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    obs: Observation = wire(OBSERVATION)
+    timeout_ms: int | None = wire(ID, None)
+
+
+@dataclass
+class ActReply(Message):
+    """Server -> client: an action chunk ``float32[chunk, A]`` and who computed it."""
+
+    TYPE: ClassVar[str] = "act_reply"
+    id: int = wire(ID)
+    actions: np.ndarray = wire(array_of("float32", 2))
+    policy_version: int = wire(VERSION)
+    timings: Timings = wire(nested(Timings))
+
+
+@dataclass
+class CriticRequest(Message):
+    """Client -> server: judge progress along ``frames`` (two or more, each a view map).
+
+    Entry ``i`` of the reply describes ``frames[i + 1]``: progress from ``frames[i]``, the done
+    probability, and the fused value. ``phi0`` is the value of ``frames[0]`` (0 at an episode's
+    start); ``goal`` (optional) is a frame of the finished task for the backward estimate.
+    """
+
+    TYPE: ClassVar[str] = "critic"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    instruction: str = wire(NAME)
+    frames: list[dict[str, np.ndarray]] = wire(FRAMES)
+    goal: dict[str, np.ndarray] | None = wire(VIEWS, None)
+    phi0: float = wire(UNIT, 0.0)
+    timeout_ms: int | None = wire(ID, None)
+
+    def check(self, path: str) -> None:
+        """A window needs two frames at least."""
+        if len(self.frames) < 2:
+            raise bad("frames", f"expected at least 2 frames, got {len(self.frames)}")
+
+
+@dataclass
+class CriticReply(Message):
+    """Server -> client: per step progress, done probability and value, ``float32[N - 1]`` each."""
+
+    TYPE: ClassVar[str] = "critic_reply"
+    id: int = wire(ID)
+    progress: np.ndarray = wire(array_of("float32", 1))
+    done_prob: np.ndarray = wire(array_of("float32", 1))
+    value: np.ndarray = wire(array_of("float32", 1))
+    critic_version: int = wire(VERSION)
+    timings: Timings = wire(nested(Timings))
+
+
+@dataclass
+class ErrorReply(Message):
+    """Server -> client: the request failed; ``field`` names the bad field when there is one.
+
+    ``id`` is ``None`` when the request could not be parsed far enough to read its id.
+    """
+
+    TYPE: ClassVar[str] = "error"
+    id: int | None = wire(ID, optional=True)
+    code: ErrorCode = wire(
+        Codec(lambda v, enc: ErrorCode(v).value, lambda v, p, lim: _error_code(v, p))
+    )
+    message: str = wire(TEXT)
+    field: str | None = wire(TEXT, None)
+    traceback: str = wire(TEXT, "")
+
+    @classmethod
+    def of(cls, request_id: int | None, error: ProtocolError) -> ErrorReply:
+        """The reply for a :class:`ProtocolError`."""
+        return cls(request_id, error.code, str(error), error.field)
+
+
+def _error_code(value: Any, path: str) -> ErrorCode:
+    try:
+        return ErrorCode(check_str(value, path))
+    except ValueError:
+        raise bad(path, f"unknown error code {value!r}") from None
+
+
+@dataclass
+class WeightsUpdate(Message):
+    """Learner -> server (weights endpoint): new weights for ``target`` at ``version``.
+
+    ``tensors`` maps every state-dict key of the served model to an array of the same shape;
+    the version must be above the live one. The reply is :class:`WeightsAck` once live.
+    """
+
+    TYPE: ClassVar[str] = "weights"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    target: str = wire(NAME)
+    version: int = wire(ID)
+    tensors: dict[str, np.ndarray] = wire(TENSORS)
+
+    def check(self, path: str) -> None:
+        """Only the policy and the critic take weights."""
+        if self.target not in ("policy", "critic"):
+            raise bad("target", f"expected 'policy' or 'critic', got {self.target!r}")
+
+
+@dataclass
+class WeightsAck(Message):
+    """Server -> learner: ``version`` of ``target`` is live; every later reply uses it or newer."""
+
+    TYPE: ClassVar[str] = "weights_reply"
+    id: int = wire(ID)
+    target: str = wire(NAME)
+    version: int = wire(ID)
+
+
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (Hello, ServerInfo, Heartbeat, ActRequest, ActReply, CriticRequest, CriticReply)
+    + (ErrorReply, WeightsUpdate, WeightsAck)
+}
+"""Every message class by its wire ``type``."""
+
+
+# ---------------------------------------------------------------- bytes
+
+
+def encode(message: Message, *, image_format: str = "raw", jpeg_quality: int = 90) -> bytes:
+    """Serialise a message; ``image_format`` (``raw`` or ``jpeg``) applies to its frames."""
+    body = message.to_wire(Encoding(image_format, jpeg_quality))
+    return msgpack.packb({"v": PROTOCOL_VERSION, "type": message.TYPE, **body}, use_bin_type=True)
+
+
+def encode_timed(reply: ActReply | CriticReply) -> bytes:
+    """Encode a reply, filling its ``timings.encode_us`` with the time the encoding took.
+
+    Everything but the small ``timings`` map is packed and timed first; the timings go last,
+    so the reply is packed once and the figure covers all of it but those few bytes.
+    """
+    t0 = time.perf_counter()
+    body = reply.to_wire()
+    del body["timings"]
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(body) + 3)]
+    for key, value in (("v", PROTOCOL_VERSION), ("type", reply.TYPE), *body.items()):
+        parts += [packer.pack(key), packer.pack(value)]
+    reply.timings.encode_us = (time.perf_counter() - t0) * 1e6
+    parts += [packer.pack("timings"), packer.pack(pack_fields(reply.timings))]
+    return b"".join(parts)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(ErrorCode.MALFORMED, None, f"msgpack extension type {code} is not allowed")
+
+
+def unpack_map(data: bytes, limits: Limits) -> dict[str, Any]:
+    """Bounded, strictly typed msgpack unpacking of one message map (no ext types)."""
+    if len(data) > limits.max_message_bytes:
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            None,
+            f"message of {len(data)} bytes exceeds {limits.max_message_bytes}",
+        )
+    try:
+        d = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_message_bytes,
+            max_array_len=limits.max_array_len,
+            max_map_len=limits.max_map_len,
+            max_ext_len=0,
+            ext_hook=_reject_ext,
+        )
+    except ProtocolError:
+        raise
+    except (ValueError, TypeError) as e:
+        # msgpack's errors (ExtraData, FormatError, StackError, bad UTF-8) are ValueErrors.
+        raise ProtocolError(
+            ErrorCode.MALFORMED, None, f"not one msgpack map: {type(e).__name__}: {e}"
+        ) from None
+    if not isinstance(d, dict):
+        raise ProtocolError(
+            ErrorCode.MALFORMED, None, f"expected a msgpack map, got {type(d).__name__}"
+        )
+    return d
+
+
+def peek_id(d: dict[str, Any]) -> int | None:
+    """The request id of a parsed map if it is a valid one, else None (for error replies)."""
+    value = d.get("id")
+    return (
+        value
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID
+        else None
+    )
+
+
+def decode(
+    data: bytes, limits: Limits | None = None, *, accept: tuple[str, ...] | None = None
+) -> Message:
+    """Parse and check one message; raise :class:`ProtocolError` naming what is wrong.
+
+    ``accept`` restricts the message types an endpoint handles (others get ``unknown_type``).
+    """
+    limits = limits or Limits()
+    d = unpack_map(data, limits)
+    try:
+        v = d.get("v")
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ProtocolError(
+                ErrorCode.MALFORMED, "v", f"expected the integer protocol version, got {show(v)}"
+            )
+        if v != PROTOCOL_VERSION:
+            problem = f"protocol version {v} is not supported; this side speaks {PROTOCOL_VERSION}"
+            raise ProtocolError(ErrorCode.VERSION_MISMATCH, "v", problem)
+        kind = d.get("type")
+        if (
+            not isinstance(kind, str)
+            or kind not in MESSAGE_TYPES
+            or (accept is not None and kind not in accept)
+        ):
+            expected = sorted(accept if accept is not None else MESSAGE_TYPES)
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_TYPE, "type", f"expected one of {expected}, got {show(kind)}"
+            )
+        return MESSAGE_TYPES[kind].from_wire(d, limits)
+    except ProtocolError as e:
+        e.request_id = peek_id(d)
+        raise
