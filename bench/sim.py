@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import limbic.sim  # noqa: F401  (chooses the headless GL backend before mujoco loads)
 import mujoco
 import numpy as np
+
+import limbic.sim  # noqa: F401  (chooses the headless GL backend before mujoco loads)
 from limbic.sim.env import SimConfig, SimEnv
 from limbic.sim.expert import ScriptedExpert
 from limbic.sim.scene import CameraConfig

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from limbic.contracts import ActionSpec, ContractError, Observation
 from limbic.data import schema
 

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import hydra
 from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
 from limbic.launch.components import OperatorConfig, RobotConfig, make_operator, make_robot
 from limbic.launch.config import ConfigError, require, to_object
-from omegaconf import DictConfig
 
 
 @dataclass

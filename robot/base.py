@@ -10,6 +10,7 @@ import abc
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
 from limbic.contracts import ActionSpec, Observation
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import mujoco
 import numpy as np
+
 from limbic.contracts import ActionKind, ActionSpec
 from limbic.launch.config import require
 from limbic.sim.arms import ArmSpec

@@ -14,6 +14,7 @@ from typing import Any
 
 import mujoco
 import numpy as np
+
 from limbic.contracts import ActionSpec, Observation
 from limbic.launch.config import require
 from limbic.sim.arms import ArmSpec, get_arm

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
+
 from limbic.launch.config import require
 from limbic.sim.env import SimEnv
 

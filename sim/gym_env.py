@@ -18,6 +18,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
 from limbic.sim.env import SimConfig, SimEnv
 
 ENV_IDS: dict[str, tuple[str, str]] = {

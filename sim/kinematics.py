@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import mujoco
 import numpy as np
+
 from limbic.sim.arms import ArmSpec
 
 ROT_WEIGHT_M_PER_RAD = 0.15

@@ -7,6 +7,7 @@ from the policy when the intervention protocol asks for it.
 from __future__ import annotations
 
 import numpy as np
+
 from limbic.contracts import Observation
 from limbic.sim.expert import ExpertConfig, ExpertMode, ScriptedExpert
 from limbic.sim.robot import SimRobot

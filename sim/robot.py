@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from limbic.contracts import ActionSpec, Observation
 from limbic.robot.base import Robot
 from limbic.sim.env import SimConfig, SimEnv, StepResult

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import mujoco
 import numpy as np
+
 from limbic.launch.config import require
 from limbic.sim.arms import ArmSpec
 

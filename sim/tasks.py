@@ -12,6 +12,7 @@ from enum import StrEnum
 
 import mujoco
 import numpy as np
+
 from limbic.sim.arms import ArmSpec
 from limbic.sim.scene import add_cube, add_marker, add_tray
 

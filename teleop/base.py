@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 
 import numpy as np
+
 from limbic.contracts import Observation
 
 

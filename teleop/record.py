@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from limbic.data.writer import EpisodeWriter, stop_on_signals
 from limbic.robot.base import EpisodicRobot, Robot
 from limbic.teleop.base import Teleoperator
-from tqdm import tqdm
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from limbic.contracts import (
     ActionKind,
     ActionSpec,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
 from limbic.data import schema
 from limbic.data.writer import DatasetLayout, EpisodeWriter, read_limbic_episodes
 from limbic.launch.components import OperatorConfig, RobotConfig

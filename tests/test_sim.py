@@ -4,6 +4,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 import pytest
+
 from limbic.contracts import ContractError
 from limbic.launch.config import ConfigError
 from limbic.sim.control import ActionConfig
