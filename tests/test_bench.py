@@ -30,3 +30,14 @@ def test_sim_benchmark_prints_its_summary_line():
 def test_unknown_benchmark_is_refused():
     res = run_bench("warp")
     assert res.returncode == 2 and "unknown benchmark 'warp'" in res.stderr
+
+
+def test_wire_benchmark_prints_its_summary_line():
+    res = run_bench("wire", "--requests", "20", "--seconds", "0.3", "--model-ms", "1")
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert re.match(
+        r"wire_overhead_ratio=\d+\.\d\d .*p50_ms=\d+\.\d{3} echo_p50_ms=\d+\.\d{3} batching_gain_8v1=\d",
+        last,
+    ), last
+    assert "bare pyzmq echo, same bytes" in res.stdout
