@@ -1,0 +1,156 @@
+"""The VLA actor's trainable parts: a language-conditioned observation encoder, a tanh-Gaussian
+action head over an action chunk, and an ensemble of Q heads.
+
+They work on *tokens* — the vision backbone's per-view feature maps — so that with a frozen
+backbone the tokens are computed once per frame at acting time and stored in the replay, and
+learner updates never run the backbone. Language conditions vision twice: FiLM on every
+token, and the attention-pooling queries that decide where each view looks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
+from torch import nn
+
+LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+
+
+class ObservationEncoder(nn.Module):
+    """``tokens float[B, V, N, D] + state float[B, S] + lang float[B, L] -> feature float[B, F]``."""
+
+    def __init__(
+        self,
+        n_views: int,
+        n_tokens: int,
+        token_dim: int,
+        state_dim: int,
+        lang_dim: int,
+        d_model: int = 64,
+        n_queries: int = 4,
+        feature_dim: int = 256,
+    ):
+        super().__init__()
+        self.n_views, self.n_tokens, self.d, self.k = n_views, n_tokens, d_model, n_queries
+        self.proj = nn.Linear(token_dim, d_model)
+        self.token_norm = nn.LayerNorm(d_model)
+        self.pos = nn.Parameter(torch.randn(n_views, n_tokens, d_model) * 0.02)
+        self.film = nn.Linear(lang_dim, 2 * n_views * d_model)
+        nn.init.zeros_(self.film.weight)  # starts as the identity modulation
+        nn.init.zeros_(self.film.bias)
+        self.query = nn.Parameter(torch.randn(n_views, n_queries, d_model) * 0.02)
+        self.lang_query = nn.Linear(lang_dim, n_views * n_queries * d_model)
+        self.key = nn.Linear(d_model, d_model, bias=False)
+        self.state_proj = nn.Linear(state_dim, d_model)
+        self.lang_proj = nn.Linear(lang_dim, d_model)
+        pooled = n_views * n_queries * d_model + 2 * d_model
+        self.out = nn.Sequential(
+            nn.Linear(pooled, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
+        )
+        self.feature_dim = feature_dim
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor,
+        lang: torch.Tensor,
+        view_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, v, n, _ = tokens.shape
+        x = self.token_norm(self.proj(tokens.float())) + self.pos  # [B, V, N, d]
+        gamma, beta = self.film(lang).view(b, 2, v, 1, self.d).unbind(1)
+        x = F.relu(x * (1.0 + gamma) + beta)
+        q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]
+        attn = torch.einsum("bvkd,bvnd->bvkn", q, self.key(x)) / math.sqrt(self.d)
+        pooled = torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x)  # [B, V, K, d]
+        if view_mask is not None:  # a missing view contributes nothing
+            pooled = pooled * view_mask.view(b, v, 1, 1).float()
+        parts = [pooled.reshape(b, -1), self.state_proj(state), self.lang_proj(lang)]
+        return self.out(torch.cat(parts, dim=-1))
+
+
+def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:
+    """LayerNorm-ReLU MLP (stable for off-policy learning with high update ratios)."""
+    mods: list[nn.Module] = []
+    d = in_dim
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.LayerNorm(hidden), nn.ReLU()]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class TanhGaussianActor(nn.Module):
+    """Feature -> a squashed Gaussian over ``chunk_len x action_dim`` actions in ``[-1, 1]``."""
+
+    def __init__(self, feature_dim: int, action_dim: int, chunk_len: int = 1, hidden: int = 256):
+        super().__init__()
+        self.action_dim, self.chunk_len = action_dim, chunk_len
+        self.net = mlp(feature_dim, hidden, 2 * action_dim * chunk_len)
+
+    def distribution(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pre-squash mean and standard deviation, ``[B, chunk_len * action_dim]`` each."""
+        mean, log_std = self.net(feature).chunk(2, dim=-1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+        return mean, log_std.exp()
+
+    def forward(
+        self, feature: torch.Tensor, deterministic: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A flattened action ``[B, chunk_len * action_dim]`` in [-1, 1] and its log-probability ``[B]``."""
+        mean, std = self.distribution(feature)
+        if deterministic:
+            return torch.tanh(mean), torch.zeros(mean.shape[0], device=mean.device)
+        u = mean + std * torch.randn_like(mean)
+        return torch.tanh(u), squashed_log_prob(u, mean, std)
+
+    def log_prob(
+        self, feature: torch.Tensor, action: torch.Tensor, eps: float = 1e-4
+    ) -> torch.Tensor:
+        """Log-probability ``[B]`` of given actions in [-1, 1] (clamped off the boundary)."""
+        mean, std = self.distribution(feature)
+        a = action.clamp(-1.0 + eps, 1.0 - eps)
+        return squashed_log_prob(torch.atanh(a), mean, std)
+
+
+def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log pi(tanh(u)) for u ~ N(mean, std): the Gaussian density with the tanh change of variables."""
+    gauss = -0.5 * ((u - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    # log(1 - tanh(u)^2), written stably: 2 * (log 2 - u - softplus(-2u))
+    jac = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+    return (gauss - jac).sum(-1)
+
+
+class QEnsemble(nn.Module):
+    """``E`` independent LayerNorm Q-MLPs evaluated as one batched module: ``[E, B]`` values."""
+
+    def __init__(self, feature_dim: int, action_dim: int, n_heads: int = 4, hidden: int = 256):
+        super().__init__()
+        self.n_heads = n_heads
+        dims = [feature_dim + action_dim, hidden, hidden]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.norms = nn.ModuleList()
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=True):
+            self.weights.append(nn.Parameter(_ensemble_init(n_heads, d_in, d_out)))
+            self.biases.append(nn.Parameter(torch.zeros(n_heads, 1, d_out)))
+            self.norms.append(
+                nn.LayerNorm(d_out, elementwise_affine=False)
+            )  # no parameters shared across heads
+        self.w_out = nn.Parameter(_ensemble_init(n_heads, hidden, 1))
+        self.b_out = nn.Parameter(torch.zeros(n_heads, 1, 1))
+
+    def forward(self, feature: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([feature, action], dim=-1).unsqueeze(0).expand(self.n_heads, -1, -1)
+        for w, b, norm in zip(self.weights, self.biases, self.norms, strict=True):
+            x = F.relu(norm(torch.baddbmm(b, x, w)))
+        return torch.baddbmm(self.b_out, x, self.w_out).squeeze(-1)
+
+
+def _ensemble_init(n: int, d_in: int, d_out: int) -> torch.Tensor:
+    w = torch.empty(n, d_in, d_out)
+    for i in range(n):
+        nn.init.kaiming_uniform_(w[i].T, a=math.sqrt(5))  # nn.Linear's default, per head
+    return w

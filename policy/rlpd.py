@@ -1,0 +1,273 @@
+"""The learning algorithm: off-policy actor-critic in the RLPD/SAC family, plus behaviour cloning.
+
+One update, top to bottom:
+
+1. Critic: soft TD targets from a Polyak-averaged target critic, the minimum over a random
+   subset of its ensemble heads (REDQ), regressed by every head.
+2. Actor: maximise ``mean_e Q_e(s, pi(s)) - alpha * log pi`` and, on rows that came from a
+   human (demonstrations, interventions), imitate the human's action (BC term).
+3. Temperature: ``alpha`` tracks a target entropy.
+4. Target networks: Polyak averaging.
+
+Actor and critic each have their own :class:`ObservationEncoder`: the critic's is shaped by
+TD learning, the actor's by behaviour cloning and the actor loss. Actions are normalised to
+``[-1, 1]`` per component (``ActionNormalizer``) before they reach the networks.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from limbic.contracts import ActionSpec
+from limbic.launch.config import require
+from limbic.policy.losses import (
+    actor_loss,
+    bc_loss,
+    critic_loss,
+    polyak_update,
+    td_target,
+    temperature_loss,
+)
+from limbic.policy.networks import ObservationEncoder, QEnsemble, TanhGaussianActor
+
+
+@dataclass
+class AgentConfig:
+    """Network sizes and the actor-critic's hyper-parameters."""
+
+    d_model: int = 64
+    """Width of the projected vision tokens."""
+    n_queries: int = 4
+    """Language-conditioned attention-pooling queries per view."""
+    feature_dim: int = 256
+    """Width of the observation feature the heads read."""
+    hidden: int = 256
+    """Width of the actor and Q MLPs."""
+    n_q: int = 4
+    """Q heads in the ensemble."""
+    q_subset: int = 2
+    """Heads whose minimum forms the TD target."""
+    gamma: float = 0.95
+    """Discount per control tick."""
+    tau: float = 0.01
+    """Polyak rate of the target critic."""
+    lr: float = 3e-4
+    """Adam learning rate of all three optimisers."""
+    init_alpha: float = 0.05
+    """Initial entropy temperature."""
+    target_entropy_per_dim: float = -0.5
+    """Target entropy per action dimension (SAC's -1 is often too random for manipulation)."""
+    bc_weight: float = 1.0
+    """Weight of the BC term on human rows during RL."""
+    grad_clip: float = 10.0
+    """Global gradient-norm clip for every optimiser step."""
+
+    def __post_init__(self) -> None:
+        require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
+        require(
+            1 <= self.q_subset <= self.n_q,
+            "agent.q_subset",
+            f"must be in [1, n_q={self.n_q}], got {self.q_subset}",
+        )
+        require(0.0 < self.gamma < 1.0, "agent.gamma", f"must be in (0, 1), got {self.gamma}")
+        require(0.0 < self.tau <= 1.0, "agent.tau", f"must be in (0, 1], got {self.tau}")
+        require(self.lr > 0, "agent.lr", f"must be > 0, got {self.lr}")
+        require(self.init_alpha > 0, "agent.init_alpha", f"must be > 0, got {self.init_alpha}")
+        require(self.bc_weight >= 0, "agent.bc_weight", f"must be >= 0, got {self.bc_weight}")
+
+
+@dataclass(frozen=True)
+class ObsShape:
+    """What the agent's inputs look like: token maps per view, state, language."""
+
+    n_views: int
+    n_tokens: int
+    token_dim: int
+    state_dim: int
+    lang_dim: int
+    action_dim: int
+    chunk_len: int = 1
+
+
+class ActionNormalizer:
+    """Maps env actions (declared bounds) to ``[-1, 1]`` per component and back."""
+
+    def __init__(self, spec: ActionSpec):
+        self.low = spec.low.astype(np.float32)
+        self.high = spec.high.astype(np.float32)
+        self.half = (self.high - self.low) / 2
+        self.mid = (self.high + self.low) / 2
+
+    def normalize(self, action: np.ndarray) -> np.ndarray:
+        """Env units -> [-1, 1]."""
+        return ((np.asarray(action, np.float32) - self.mid) / self.half).clip(-1.0, 1.0)
+
+    def denormalize(self, action: np.ndarray) -> np.ndarray:
+        """[-1, 1] -> env units, inside the declared bounds."""
+        return np.clip(np.asarray(action, np.float32) * self.half + self.mid, self.low, self.high)
+
+
+Batch = dict[str, torch.Tensor]
+"""``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors."""
+
+
+class RLPDAgent(nn.Module):
+    """Actor, critic ensemble, target critic, temperature and their optimisers."""
+
+    def __init__(self, cfg: AgentConfig, shape: ObsShape, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.cfg, self.shape = cfg, shape
+        self.action_size = shape.action_dim * shape.chunk_len
+
+        def encoder() -> ObservationEncoder:
+            return ObservationEncoder(
+                shape.n_views,
+                shape.n_tokens,
+                shape.token_dim,
+                shape.state_dim,
+                shape.lang_dim,
+                cfg.d_model,
+                cfg.n_queries,
+                cfg.feature_dim,
+            )
+
+        self.actor_encoder = encoder()
+        self.actor = TanhGaussianActor(
+            cfg.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
+        )
+        self.critic_encoder = encoder()
+        self.critic = QEnsemble(cfg.feature_dim, self.action_size, cfg.n_q, cfg.hidden)
+        self.target_encoder = copy.deepcopy(self.critic_encoder).requires_grad_(False)
+        self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
+        self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
+        self.target_entropy = cfg.target_entropy_per_dim * self.action_size
+        self.actor_opt = torch.optim.Adam(
+            [*self.actor_encoder.parameters(), *self.actor.parameters()], lr=cfg.lr
+        )
+        self.critic_opt = torch.optim.Adam(
+            [*self.critic_encoder.parameters(), *self.critic.parameters()], lr=cfg.lr
+        )
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.updates = 0
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        """The entropy temperature (detached)."""
+        return self.log_alpha.detach().exp()
+
+    # --- acting --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def act(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor,
+        lang: torch.Tensor,
+        deterministic: bool = False,
+    ) -> torch.Tensor:
+        """Normalised actions ``[B, chunk_len * action_dim]`` in [-1, 1]."""
+        feature = self.actor_encoder(tokens, state, lang)
+        return self.actor(feature, deterministic=deterministic)[0]
+
+    # --- learning ------------------------------------------------------------------------------
+    def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
+        """One critic step, and (when ``update_actor``) one actor and temperature step."""
+        cfg = self.cfg
+        metrics = self._critic_step(batch)
+        if update_actor:
+            metrics.update(self._actor_step(batch, cfg.bc_weight, rl=True))
+        polyak_update(self.target_encoder, self.critic_encoder, cfg.tau)
+        polyak_update(self.target_critic, self.critic, cfg.tau)
+        self.updates += 1
+        return metrics
+
+    def bc_update(self, batch: Batch) -> dict[str, float]:
+        """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline)."""
+        return self._actor_step(batch, bc_weight=1.0, rl=False)
+
+    def _critic_step(self, b: Batch) -> dict[str, float]:
+        cfg = self.cfg
+        with torch.no_grad():
+            next_action, next_logp = self.actor(
+                self.actor_encoder(b["next_tokens"], b["next_state"], b["lang"])
+            )
+            next_feature = self.target_encoder(b["next_tokens"], b["next_state"], b["lang"])
+            heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset]
+            next_q = self.target_critic(next_feature, next_action)[heads]
+            target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, cfg.gamma)
+        q = self.critic(self.critic_encoder(b["tokens"], b["state"], b["lang"]), b["action"])
+        loss = critic_loss(q, target)
+        self.critic_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(
+            [p for g in self.critic_opt.param_groups for p in g["params"]], cfg.grad_clip
+        )
+        self.critic_opt.step()
+        return {
+            "critic_loss": float(loss),
+            "q_mean": float(q.mean()),
+            "target_mean": float(target.mean()),
+        }
+
+    def _actor_step(self, b: Batch, bc_weight: float, rl: bool) -> dict[str, float]:
+        cfg = self.cfg
+        feature = self.actor_encoder(b["tokens"], b["state"], b["lang"])
+        mean_action = torch.tanh(self.actor.distribution(feature)[0])
+        imitation = bc_loss(mean_action, b["action"], b["human"])
+        metrics = {"bc_loss": float(imitation)}
+        loss = bc_weight * imitation
+        if rl:
+            action, logp = self.actor(feature)
+            with torch.no_grad():
+                critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
+            self.critic.requires_grad_(False)
+            q = self.critic(critic_feature, action)
+            self.critic.requires_grad_(True)
+            rl_loss = actor_loss(q, logp, self.alpha)
+            loss = loss + rl_loss
+            alpha_loss = temperature_loss(self.log_alpha, logp, self.target_entropy)
+            self.alpha_opt.zero_grad(set_to_none=True)
+            alpha_loss.backward()
+            self.alpha_opt.step()
+            metrics.update(
+                {
+                    "actor_loss": float(rl_loss),
+                    "alpha": float(self.alpha),
+                    "entropy": float(-logp.mean()),
+                }
+            )
+        self.actor_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(
+            [p for g in self.actor_opt.param_groups for p in g["params"]], cfg.grad_clip
+        )
+        self.actor_opt.step()
+        return metrics
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        """Everything needed to resume exactly: weights, optimiser states, counters, RNG."""
+        return {
+            "model": self.state_dict(),
+            "actor_opt": self.actor_opt.state_dict(),
+            "critic_opt": self.critic_opt.state_dict(),
+            "alpha_opt": self.alpha_opt.state_dict(),
+            "updates": self.updates,
+            "generator": self.generator.get_state(),
+        }
+
+    def restore(self, ckpt: dict) -> None:
+        """Inverse of :meth:`checkpoint`."""
+        self.load_state_dict(ckpt["model"])
+        self.actor_opt.load_state_dict(ckpt["actor_opt"])
+        self.critic_opt.load_state_dict(ckpt["critic_opt"])
+        self.alpha_opt.load_state_dict(ckpt["alpha_opt"])
+        self.updates = int(ckpt["updates"])
+        self.generator.set_state(ckpt["generator"])

@@ -1,0 +1,231 @@
+"""The replay: online rollouts, demonstrations and interventions as separate partitions.
+
+Each partition keeps its own ring buffer of frames (compact float16 vision tokens, state,
+instruction id) and of transitions (frame indices, normalised action, task reward, terminal,
+the critic's potential before and after). A batch mixes the partitions at a configured ratio
+(``human_ratio`` of it from demonstrations and interventions). The reward is assembled at
+sampling time from its parts, so the sparse task reward and the critic's potential-based
+shaping can be switched on and off without touching the stored data:
+
+    r = task_weight * r_task + shaping_weight * (gamma * (1 - terminal) * phi' - phi)
+
+``phi' = 0`` at a terminal state (Ng et al.'s condition for policy invariance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from limbic.launch.config import require
+
+PARTITIONS = ("online", "demo", "intervention")
+HUMAN = ("demo", "intervention")
+
+
+@dataclass
+class ReplayConfig:
+    """Sizes and the batch mix of the replay."""
+
+    online_capacity: int = 100_000
+    """Transitions kept from online rollouts (oldest dropped first)."""
+    human_capacity: int = 50_000
+    """Transitions kept per human partition (demonstrations, interventions)."""
+    human_ratio: float = 0.5
+    """Fraction of each batch drawn from the human partitions (RLPD's symmetric sampling: 0.5)."""
+    intervention_share: float = 0.5
+    """Fraction of the human part drawn from interventions when both human partitions have data."""
+
+    def __post_init__(self) -> None:
+        require(
+            0.0 <= self.human_ratio <= 1.0,
+            "replay.human_ratio",
+            f"must be in [0, 1], got {self.human_ratio}",
+        )
+        require(
+            0.0 <= self.intervention_share <= 1.0,
+            "replay.intervention_share",
+            f"must be in [0, 1], got {self.intervention_share}",
+        )
+        require(
+            self.online_capacity > 0 and self.human_capacity > 0,
+            "replay.capacity",
+            "capacities must be > 0",
+        )
+
+
+@dataclass
+class RewardConfig:
+    """Which reward terms the learner sees (switchable for ablations)."""
+
+    task_weight: float = 1.0
+    """Weight of the sparse task reward (1 on the success step)."""
+    shaping_weight: float = 1.0
+    """Weight of the critic's potential-based shaping term (0 turns it off)."""
+
+
+class Partition:
+    """Ring buffers of frames and transitions for one data source."""
+
+    def __init__(
+        self, capacity: int, token_shape: tuple[int, ...], state_dim: int, action_dim: int
+    ):
+        # Each episode adds one frame more than it adds transitions, so even one-step episodes
+        # cannot overwrite a frame that a stored transition still points at.
+        frames = 2 * capacity
+        self.tokens = np.zeros((frames, *token_shape), np.float16)
+        self.state = np.zeros((frames, state_dim), np.float32)
+        self.lang = np.zeros(frames, np.int32)
+        self.obs = np.zeros(capacity, np.int64)
+        self.next = np.zeros(capacity, np.int64)
+        self.action = np.zeros((capacity, action_dim), np.float32)
+        self.reward = np.zeros(capacity, np.float32)
+        self.terminal = np.zeros(capacity, bool)
+        self.phi = np.zeros(capacity, np.float32)
+        self.phi_next = np.zeros(capacity, np.float32)
+        self.capacity, self.frame_capacity = capacity, frames
+        self.size = self.ptr = self.frame_ptr = 0
+        self.episodes = 0
+
+    def _frame_slots(self, n: int) -> np.ndarray:
+        slots = (self.frame_ptr + np.arange(n)) % self.frame_capacity
+        self.frame_ptr = int((self.frame_ptr + n) % self.frame_capacity)
+        return slots
+
+    def add_episode(
+        self,
+        tokens: np.ndarray,
+        state: np.ndarray,
+        lang_id: int,
+        action: np.ndarray,
+        reward: np.ndarray,
+        terminal: np.ndarray,
+        phi: np.ndarray,
+    ) -> None:
+        """Store ``T`` transitions from ``T + 1`` frames (``phi`` has ``T + 1`` entries too)."""
+        t = action.shape[0]
+        if tokens.shape[0] != t + 1 or state.shape[0] != t + 1 or phi.shape[0] != t + 1:
+            raise ValueError(
+                f"an episode of {t} actions needs {t + 1} frames, states and potentials; got "
+                f"{tokens.shape[0]}, {state.shape[0]}, {phi.shape[0]}"
+            )
+        if t > self.capacity:
+            raise ValueError(f"episode of {t} steps is longer than the partition ({self.capacity})")
+        frames = self._frame_slots(t + 1)
+        self.tokens[frames] = tokens
+        self.state[frames] = state
+        self.lang[frames] = lang_id
+        rows = (self.ptr + np.arange(t)) % self.capacity
+        self.obs[rows], self.next[rows] = frames[:-1], frames[1:]
+        self.action[rows] = action
+        self.reward[rows] = reward
+        self.terminal[rows] = terminal
+        self.phi[rows], self.phi_next[rows] = phi[:-1], phi[1:]
+        self.ptr = int((self.ptr + t) % self.capacity)
+        self.size = min(self.size + t, self.capacity)
+        self.episodes += 1
+
+
+class ReplayMix:
+    """The three partitions, the instruction-embedding table, and mixed sampling."""
+
+    def __init__(
+        self,
+        cfg: ReplayConfig,
+        token_shape: tuple[int, ...],
+        state_dim: int,
+        action_dim: int,
+        lang_dim: int,
+    ):
+        self.cfg = cfg
+        self.partitions = {
+            name: Partition(
+                cfg.online_capacity if name == "online" else cfg.human_capacity,
+                token_shape,
+                state_dim,
+                action_dim,
+            )
+            for name in PARTITIONS
+        }
+        self.lang_dim = lang_dim
+        self._lang_ids: dict[str, int] = {}
+        self.lang_table = np.zeros((0, lang_dim), np.float32)
+
+    def instruction_id(self, text: str, embedding: np.ndarray) -> int:
+        """The id of an instruction's embedding (added on first sight)."""
+        if text not in self._lang_ids:
+            self._lang_ids[text] = len(self._lang_ids)
+            self.lang_table = np.vstack(
+                [self.lang_table, np.asarray(embedding, np.float32).reshape(1, -1)]
+            )
+        return self._lang_ids[text]
+
+    def add_episode(self, source: str, **arrays: np.ndarray | int) -> None:
+        """Store an episode in partition ``source`` (``online``, ``demo`` or ``intervention``)."""
+        if source not in self.partitions:
+            raise KeyError(f"unknown replay partition {source!r}; choose from {list(PARTITIONS)}")
+        self.partitions[source].add_episode(**arrays)
+
+    def __len__(self) -> int:
+        return sum(p.size for p in self.partitions.values())
+
+    def counts(self, batch_size: int) -> dict[str, int]:
+        """How many rows of a batch each partition gives (empty partitions give none)."""
+        sizes = {k: p.size for k, p in self.partitions.items()}
+        human = [k for k in HUMAN if sizes[k] > 0]
+        if not human and sizes["online"] == 0:
+            raise ValueError("the replay is empty")
+        n_human = (
+            0
+            if not human
+            else (batch_size if sizes["online"] == 0 else round(batch_size * self.cfg.human_ratio))
+        )
+        counts = {"online": batch_size - n_human, "demo": 0, "intervention": 0}
+        if len(human) == 2:
+            counts["intervention"] = round(n_human * self.cfg.intervention_share)
+            counts["demo"] = n_human - counts["intervention"]
+        elif human:
+            counts[human[0]] = n_human
+        if sizes["online"] == 0:
+            counts["online"] = 0
+        return counts
+
+    def sample(
+        self, batch_size: int, rng: np.random.Generator, reward: RewardConfig, gamma: float
+    ) -> dict[str, np.ndarray]:
+        """A mixed batch; ``human`` marks rows from demonstrations and interventions."""
+        parts: dict[str, list[np.ndarray]] = {
+            k: []
+            for k in (
+                "tokens",
+                "state",
+                "lang",
+                "action",
+                "reward",
+                "terminal",
+                "next_tokens",
+                "next_state",
+                "human",
+            )
+        }
+        for name, n in self.counts(batch_size).items():
+            if n == 0:
+                continue
+            p = self.partitions[name]
+            rows = rng.integers(0, p.size, size=n)
+            obs, nxt = p.obs[rows], p.next[rows]
+            term = p.terminal[rows]
+            shaped = gamma * (1.0 - term) * p.phi_next[rows] - p.phi[rows]
+            parts["tokens"].append(p.tokens[obs])
+            parts["next_tokens"].append(p.tokens[nxt])
+            parts["state"].append(p.state[obs])
+            parts["next_state"].append(p.state[nxt])
+            parts["lang"].append(self.lang_table[p.lang[obs]])
+            parts["action"].append(p.action[rows])
+            parts["reward"].append(
+                reward.task_weight * p.reward[rows] + reward.shaping_weight * shaped
+            )
+            parts["terminal"].append(term)
+            parts["human"].append(np.full(n, name in HUMAN))
+        return {k: np.concatenate(v) for k, v in parts.items()}

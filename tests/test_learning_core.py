@@ -1,0 +1,196 @@
+"""Losses on hand-computed cases, the networks' contracts, and the replay's mix and rewards."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from limbic.policy.losses import (
+    actor_loss,
+    bc_loss,
+    critic_loss,
+    polyak_update,
+    td_target,
+    temperature_loss,
+)
+from limbic.policy.networks import (
+    ObservationEncoder,
+    QEnsemble,
+    TanhGaussianActor,
+    squashed_log_prob,
+)
+from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
+
+
+def test_td_target_by_hand():
+    r = torch.tensor([1.0, 0.0])
+    terminal = torch.tensor([True, False])
+    next_q = torch.tensor([[5.0, 2.0], [3.0, 4.0]])  # [E=2, B=2]: min per column = [3, 2]
+    logp = torch.tensor([0.5, -1.0])
+    y = td_target(r, terminal, next_q, logp, alpha=0.1, gamma=0.9)
+    # row 0 is terminal: just the reward; row 1: 0 + 0.9 * (2 - 0.1 * -1) = 1.89
+    torch.testing.assert_close(y, torch.tensor([1.0, 1.89]))
+
+
+def test_critic_actor_temperature_and_bc_losses_by_hand():
+    q = torch.tensor([[1.0, 2.0], [3.0, 2.0]])
+    target = torch.tensor([2.0, 2.0])
+    # head 0: ((1-2)^2 + 0) / 2 = 0.5; head 1: (1 + 0) / 2 = 0.5; summed over heads
+    assert critic_loss(q, target).item() == pytest.approx(1.0)
+    logp = torch.tensor([-1.0, 1.0])
+    # mean_e q = [2, 2]; alpha*logp - q = [-0.2 - 2, 0.2 - 2] -> mean -2
+    assert actor_loss(q, logp, 0.2).item() == pytest.approx(-2.0)
+    log_alpha = torch.tensor(math.log(0.5), requires_grad=True)
+    loss = temperature_loss(log_alpha, torch.tensor([-1.0, -3.0]), target_entropy=-1.0)
+    # -(log_alpha * mean(logp + H_target)) = -(log 0.5 * mean([-2, -4])) = 3 log 0.5
+    assert loss.item() == pytest.approx(3 * math.log(0.5))
+    loss.backward()
+    assert log_alpha.grad.item() == pytest.approx(
+        3.0
+    )  # entropy 2 is above the target -1: alpha goes down
+    pred = torch.tensor([[0.0, 0.0], [1.0, 1.0], [5.0, 5.0]])
+    human = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    assert bc_loss(pred, human).item() == pytest.approx((1 + 0 + 50) / 3)
+    assert bc_loss(pred, human, torch.tensor([True, True, False])).item() == pytest.approx(0.5)
+
+
+def test_polyak_update_moves_target_by_tau():
+    online, target = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        online.weight.fill_(1.0)
+        target.weight.fill_(0.0)
+    polyak_update(target, online, 0.25)
+    torch.testing.assert_close(target.weight, torch.full((1, 2), 0.25))
+
+
+def test_squashed_log_prob_matches_change_of_variables():
+    u, mean, std = (
+        torch.tensor([[0.3, -1.2]]),
+        torch.tensor([[0.1, -0.5]]),
+        torch.tensor([[0.5, 0.8]]),
+    )
+    normal = torch.distributions.Normal(mean, std)
+    expected = (normal.log_prob(u) - torch.log(1 - torch.tanh(u) ** 2)).sum(-1)
+    torch.testing.assert_close(squashed_log_prob(u, mean, std), expected)
+
+
+def test_actor_samples_in_bounds_and_scores_its_own_actions():
+    torch.manual_seed(0)
+    actor = TanhGaussianActor(feature_dim=8, action_dim=3, chunk_len=2, hidden=16)
+    feature = torch.randn(5, 8)
+    action, logp = actor(feature)
+    assert action.shape == (5, 6) and logp.shape == (5,)
+    assert action.abs().max() < 1.0
+    torch.testing.assert_close(actor.log_prob(feature, action), logp, atol=2e-3, rtol=1e-3)
+    det, _ = actor(feature, deterministic=True)
+    torch.testing.assert_close(det, actor(feature, deterministic=True)[0])
+
+
+def test_q_ensemble_heads_are_independent():
+    torch.manual_seed(0)
+    q = QEnsemble(feature_dim=4, action_dim=2, n_heads=3, hidden=8)
+    f, a = torch.randn(6, 4), torch.randn(6, 2)
+    out = q(f, a)
+    assert out.shape == (3, 6)
+    out[0].sum().backward()  # a loss on head 0 only reaches head 0's parameters
+    assert q.weights[0].grad[1:].abs().sum() == 0 and q.weights[0].grad[0].abs().sum() > 0
+
+
+def test_language_changes_where_the_encoder_looks():
+    torch.manual_seed(0)
+    enc = ObservationEncoder(
+        n_views=2,
+        n_tokens=5,
+        token_dim=7,
+        state_dim=3,
+        lang_dim=4,
+        d_model=8,
+        n_queries=2,
+        feature_dim=16,
+    )
+    with torch.no_grad():
+        enc.film.weight.normal_()  # a trained FiLM, not the identity it starts as
+    tokens, state = torch.randn(1, 2, 5, 7), torch.randn(1, 3)
+    a = enc(tokens, state, torch.tensor([[1.0, 0, 0, 0]]))
+    b = enc(tokens, state, torch.tensor([[0, 1.0, 0, 0]]))
+    assert a.shape == (1, 16) and not torch.allclose(a, b)
+    masked = enc(
+        tokens, state, torch.tensor([[1.0, 0, 0, 0]]), view_mask=torch.tensor([[True, False]])
+    )
+    assert not torch.allclose(a, masked)
+
+
+def _episode(t: int, value: float, lang_id: int = 0, success: bool = False) -> dict:
+    return dict(
+        tokens=np.full((t + 1, 2, 3, 4), value, np.float16),
+        state=np.full((t + 1, 5), value, np.float32),
+        lang_id=lang_id,
+        action=np.full((t, 2), value / 10, np.float32),
+        reward=np.eye(1, t, t - 1, dtype=np.float32)[0] * float(success),
+        terminal=np.eye(1, t, t - 1, dtype=bool)[0] & success,
+        phi=np.linspace(0.0, 1.0, t + 1, dtype=np.float32),
+    )
+
+
+def make_replay(**cfg) -> ReplayMix:
+    replay = ReplayMix(
+        ReplayConfig(online_capacity=500, human_capacity=500, **cfg), (2, 3, 4), 5, 2, 3
+    )
+    replay.instruction_id("pick", np.ones(3))
+    return replay
+
+
+def test_mix_ratio_holds_over_many_batches():
+    replay = make_replay(human_ratio=0.25, intervention_share=0.4)
+    for i in range(10):
+        replay.add_episode("online", **_episode(20, 1.0))
+        replay.add_episode("demo", **_episode(20, 2.0))
+        replay.add_episode("intervention", **_episode(20, 3.0))
+    rng = np.random.default_rng(0)
+    seen = {1.0: 0, 2.0: 0, 3.0: 0}
+    for _ in range(200):
+        b = replay.sample(64, rng, RewardConfig(), gamma=0.9)
+        values, counts = np.unique(b["state"][:, 0], return_counts=True)
+        for v, c in zip(values, counts, strict=True):
+            seen[float(v)] += int(c)
+        assert b["human"].sum() == 16 and (b["human"] == (b["state"][:, 0] > 1.5)).all()
+    total = sum(seen.values())
+    assert seen[1.0] / total == pytest.approx(0.75)
+    assert seen[3.0] / total == pytest.approx(0.25 * 0.4, abs=0.01)
+
+
+def test_empty_partitions_give_their_share_away():
+    replay = make_replay()
+    replay.add_episode("demo", **_episode(10, 2.0))
+    b = replay.sample(32, np.random.default_rng(0), RewardConfig(), 0.9)
+    assert b["human"].all() and len(b["human"]) == 32
+    with pytest.raises(KeyError, match="unknown replay partition"):
+        replay.add_episode("rollouts", **_episode(3, 1.0))
+
+
+def test_reward_terms_switch_and_terminal_potential_is_zero():
+    replay = make_replay(human_ratio=0.0)
+    replay.add_episode("online", **_episode(4, 1.0, success=True))  # phi = 0, .25, .5, .75, 1
+    p = replay.partitions["online"]
+    rng = np.random.default_rng(0)
+    b = replay.sample(400, rng, RewardConfig(task_weight=1.0, shaping_weight=1.0), gamma=0.9)
+    last = b["terminal"]
+    # the last step: task reward 1, shaping 0.9 * 0 - 0.75 (phi' counts as 0 at a terminal)
+    np.testing.assert_allclose(b["reward"][last], 1.0 - 0.75)
+    # a middle step from phi=.25 to .5: 0.9 * 0.5 - 0.25
+    mid = np.isclose(b["state"][:, 0], 1.0) & ~last
+    assert np.any(np.isclose(b["reward"][mid], 0.9 * 0.5 - 0.25))
+    sparse = replay.sample(400, rng, RewardConfig(shaping_weight=0.0), gamma=0.9)
+    assert set(np.unique(sparse["reward"])) <= {0.0, 1.0}
+    assert p.episodes == 1 and p.size == 4
+
+
+def test_old_transitions_never_see_overwritten_frames():
+    replay = make_replay(human_ratio=0.0)
+    for i in range(600):  # one-step episodes wrap the 500-transition ring
+        replay.add_episode("online", **_episode(1, float(i % 7)))
+    p = replay.partitions["online"]
+    np.testing.assert_array_equal(
+        p.state[p.obs, 0], p.state[p.next, 0]
+    )  # each pair from one episode
