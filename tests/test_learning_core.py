@@ -143,7 +143,7 @@ def make_replay(**cfg) -> ReplayMix:
 
 def test_mix_ratio_holds_over_many_batches():
     replay = make_replay(human_ratio=0.25, intervention_share=0.4)
-    for i in range(10):
+    for _ in range(10):
         replay.add_episode("online", **_episode(20, 1.0))
         replay.add_episode("demo", **_episode(20, 2.0))
         replay.add_episode("intervention", **_episode(20, 3.0))
