@@ -17,8 +17,13 @@ from limbic.data.schema import EpisodeArrays
 TASKS: tuple[tuple[str, int, int], ...] = (
     ("push the red block onto the green target", 0, 0),
     ("push the blue block onto the yellow target", 1, 1),
+    ("push the red block onto the yellow target", 0, 1),
 )
-"""(instruction, block index, target index)."""
+"""(instruction, block index, target index). The last is a held-out task variation."""
+TRAIN_TASKS = (0, 1)
+HELD_OUT_TASK = 2
+TRAIN_TASKS = (0, 1)
+HELD_OUT_TASK = 2
 
 BLOCK_RGB = np.array([[0.85, 0.15, 0.1], [0.15, 0.3, 0.9]], dtype=np.float32)
 TARGET_RGB = np.array([[0.1, 0.75, 0.2], [0.95, 0.85, 0.1]], dtype=np.float32)
@@ -80,7 +85,7 @@ def make_episode(
     length: int | None = None,
 ) -> EpisodeArrays:
     """One toy episode; ``fail`` pushes the block part-way and then away from the target."""
-    task = int(rng.integers(len(TASKS))) if task is None else task
+    task = int(rng.choice(TRAIN_TASKS)) if task is None else task
     instruction, b, g = TASKS[task]
     blocks, targets, gripper = _random_layout(rng)
     length = int(rng.integers(24, 37)) if length is None else length
@@ -151,13 +156,18 @@ def make_episode(
 
 
 def make_episodes(
-    n: int, seed: int, hw: int = 64, fail_fraction: float = 0.0, start_index: int = 0
+    n: int,
+    seed: int,
+    hw: int = 64,
+    fail_fraction: float = 0.0,
+    start_index: int = 0,
+    tasks: tuple[int, ...] = TRAIN_TASKS,
 ) -> list[EpisodeArrays]:
-    """``n`` toy episodes from ``seed``, tasks alternating, the last ``fail_fraction`` of them failures."""
+    """``n`` toy episodes from ``seed``, ``tasks`` alternating, the last ``fail_fraction`` of them failures."""
     rng = np.random.default_rng(seed)
     n_fail = int(round(n * fail_fraction))
     return [
-        make_episode(start_index + i, rng, hw=hw, task=i % len(TASKS), fail=i >= n - n_fail)
+        make_episode(start_index + i, rng, hw=hw, task=tasks[i % len(tasks)], fail=i >= n - n_fail)
         for i in range(n)
     ]
 

@@ -80,6 +80,10 @@ def test_efficientnet_lite0_is_frozen_and_gives_spatial_tokens(lite0) -> None:
     assert lite0.num_tokens((128, 128)) == 16
     # float input in [0, 1] is the same as uint8 / 255
     torch.testing.assert_close(lite0(images.float() / 255), tokens)
+    fine = make_backbone("efficientnet_lite0:stride16")
+    assert fine(images).shape == (2, 64, 112) and fine.feature_dim == 112 and fine.frozen
+    with pytest.raises(ValueError, match="stride16"):
+        make_backbone("efficientnet_lite0:stride8")
 
 
 def test_small_cnn_is_trainable() -> None:

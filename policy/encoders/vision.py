@@ -7,7 +7,7 @@ spatial tokens, rather than one pooled vector, lets a language-conditioned head 
 attention pooling) decide *where* to look, and lets a frozen backbone's tokens be computed
 once per frame and cached across many training pairs.
 
-``make_backbone("efficientnet_lite0" | "small_cnn" | "hf:<local folder>")`` builds one; the
+``make_backbone("efficientnet_lite0[:stride16]" | "small_cnn" | "hf:<local folder>")`` builds one; the
 registry :data:`BACKBONES` is a plain dict from name to constructor.
 """
 
@@ -20,7 +20,11 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from torch import nn
 
-from limbic.policy.encoders.efficientnet_lite import HEAD_CHANNELS, load_pretrained_lite0
+from limbic.policy.encoders.efficientnet_lite import (
+    HEAD_CHANNELS,
+    LITE0_STAGES,
+    load_pretrained_lite0,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -84,20 +88,28 @@ def _flatten_map(fmap: torch.Tensor) -> torch.Tensor:
 
 
 class EfficientNetLite0Backbone(VisionBackbone):
-    """Frozen ImageNet EfficientNet-Lite0 (packaged weights, offline); 1280-d tokens at stride 32."""
+    """Frozen ImageNet EfficientNet-Lite0 (packaged weights, offline).
 
-    def __init__(self) -> None:
+    ``stride=32`` (default): the 1280-d head features, one token per 32×32 pixels.
+    ``stride=16``: the 112-d stage-5 features, one token per 16×16 pixels (finer positions).
+    """
+
+    def __init__(self, stride: int = 32) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        if stride not in (16, 32):
+            raise ValueError(f"efficientnet_lite0 stride: expected 16 or 32, got {stride}")
         net = load_pretrained_lite0()
         net.requires_grad_(False)
         self.net = net
-        self.feature_dim = HEAD_CHANNELS
+        self.stride = stride
+        self.feature_dim = HEAD_CHANNELS if stride == 32 else LITE0_STAGES[4][5]
         self.frozen = True
-        self.name = "efficientnet_lite0"
+        self.name = "efficientnet_lite0" if stride == 32 else "efficientnet_lite0:stride16"
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised images -> the 1280-channel map as ``[B, (H/32)*(W/32), 1280]``."""
-        return _flatten_map(self.net.forward_features(x))
+        """Normalised images -> ``[B, (H/stride)*(W/stride), feature_dim]`` tokens."""
+        fmap = self.net.forward_features(x) if self.stride == 32 else self.net.forward_stride16(x)
+        return _flatten_map(fmap)
 
     def imagenet_logits(self, images: torch.Tensor) -> torch.Tensor:
         """The pretrained classifier's ``float32[B, 1000]`` logits (to check the weights are real)."""
@@ -182,9 +194,12 @@ BackboneFactory = Callable[[str], VisionBackbone]
 
 
 def _efficientnet_lite0(arg: str) -> VisionBackbone:
-    if arg:
-        raise ValueError(f"backbone 'efficientnet_lite0' takes no argument, got ':{arg}'")
-    return EfficientNetLite0Backbone()
+    strides = {"": 32, "stride32": 32, "stride16": 16}
+    if arg not in strides:
+        raise ValueError(
+            f"backbone 'efficientnet_lite0:{arg}': expected no argument, ':stride32' or ':stride16'"
+        )
+    return EfficientNetLite0Backbone(strides[arg])
 
 
 def _small_cnn(arg: str) -> VisionBackbone:
