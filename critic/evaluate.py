@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from limbic.critic import metrics as critic_metrics
-from limbic.critic.features import FrameTokens, episode_images
+from limbic.critic.features import FrameTokens, episode_images, episode_tokens
 from limbic.critic.labels import done_labels, episode_progress
 from limbic.critic.model import ProgressCritic
 from limbic.critic.value import ValueConfig, ValueCurves, value_curves
@@ -71,20 +71,44 @@ class EpisodeScore:
     """Progress on ``mismatch_pairs`` pairs under another task's instruction (empty with one task)."""
 
 
-def _goal_tokens(
-    critic: ProgressCritic, episode: EpisodeArrays, pool: list[EpisodeArrays], k: int
-) -> torch.Tensor | None:
-    refs = [
-        r for r in pool if r is not episode and r.succeeded and r.instruction == episode.instruction
-    ]
-    if k == 0 or not refs:
-        return None
-    refs = [
-        refs[int(i)] for i in np.linspace(0, len(refs) - 1, min(k, len(refs))).round().astype(int)
-    ]
-    goals = np.stack([episode_images(critic, r)[0][-1] for r in refs])
-    with torch.no_grad():
-        return critic.encode_frames(goals).cpu()
+class GoalReferences:
+    """Goal frames of reference demonstrations, encoded once per reference episode."""
+
+    def __init__(self, critic: ProgressCritic, pool: list[EpisodeArrays], k: int):
+        self.critic, self.pool, self.k = critic, pool, k
+        self._tokens: dict[int, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def for_episode(self, episode: EpisodeArrays) -> torch.Tensor | None:
+        """Tokens ``[R, V, N, C]`` of up to ``k`` goal frames of other successes of the same instruction."""
+        refs = [
+            r
+            for r in self.pool
+            if r is not episode and r.succeeded and r.instruction == episode.instruction
+        ]
+        if self.k == 0 or not refs:
+            return None
+        picks = np.linspace(0, len(refs) - 1, min(self.k, len(refs))).round().astype(int)
+        out = []
+        for r in (refs[int(i)] for i in picks):
+            if id(r) not in self._tokens:
+                last = {v: frames[-1:] for v, frames in r.images.items()}
+                one = EpisodeArrays(
+                    r.episode_index,
+                    r.instruction,
+                    last,
+                    r.state[-1:],
+                    r.action[-1:],
+                    r.reward[-1:],
+                    r.success[-1:],
+                    r.done[-1:],
+                    r.intervention[-1:],
+                )
+                self._tokens[id(r)] = self.critic.encode_frames(
+                    episode_images(self.critic, one)[0]
+                ).cpu()
+            out.append(self._tokens[id(r)])
+        return torch.cat(out)
 
 
 @torch.no_grad()
@@ -95,17 +119,18 @@ def score_episodes(
     references: list[EpisodeArrays] | None = None,
     config: CriticEvalConfig | None = None,
 ) -> list[EpisodeScore]:
-    """Score every episode (``tokens`` may hold their precomputed frame tokens)."""
+    """Score every episode; ``tokens`` may hold their precomputed frame tokens (else one
+    episode is encoded at a time)."""
     config = config or CriticEvalConfig()
-    tokens = tokens if tokens is not None else FrameTokens(critic, episodes, cache_dtype="float32")
     pool = references if references is not None else episodes
+    goals = GoalReferences(critic, pool, config.goal_references)
     instructions = sorted({e.instruction for e in episodes} | {e.instruction for e in pool})
     lang_all = critic.encode_instructions(instructions)
     scores = []
     for i, ep in enumerate(episodes):
-        toks, present = tokens.episode(i)
+        toks, present = tokens.episode(i) if tokens is not None else episode_tokens(critic, ep)
         lang = lang_all[instructions.index(ep.instruction)]
-        goal = _goal_tokens(critic, ep, pool, config.goal_references)
+        goal = goals.for_episode(ep)
         curves = value_curves(critic, toks, lang, goal, config.value, present)
         rev = value_curves(critic, toks.flip(0), lang, goal, config.value, present.flip(0))
         mism = np.zeros(0, dtype=np.float32)

@@ -77,19 +77,19 @@ class FrameTokens:
         self.critic = critic
         self.cached = critic.backbone.frozen
         self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])]).astype(np.int64)
-        images, present = zip(*(episode_images(critic, e) for e in episodes), strict=True)
-        self.present = torch.from_numpy(np.concatenate(present))
-        if self.cached:
-            self.images = None
-            tokens = []
-            for e in tqdm(
-                episodes, desc="caching frame tokens", disable=not show_progress, leave=False
-            ):
-                tokens.append(episode_tokens(critic, e)[0].to(CACHE_DTYPES[cache_dtype]))
-            self.tokens: torch.Tensor | None = torch.cat(tokens)
-        else:
-            self.images = torch.from_numpy(np.concatenate(images))
-            self.tokens = None
+        present, tokens, images = [], [], []
+        for e in tqdm(episodes, desc="frame tokens", disable=not show_progress, leave=False):
+            if self.cached:  # keep only the tokens, never a second copy of the images
+                toks, mask = episode_tokens(critic, e)
+                tokens.append(toks.to(CACHE_DTYPES[cache_dtype]))
+                present.append(mask)
+            else:
+                frames, mask = episode_images(critic, e)
+                images.append(torch.from_numpy(frames))
+                present.append(torch.from_numpy(mask))
+        self.present = torch.cat(present)
+        self.tokens: torch.Tensor | None = torch.cat(tokens) if self.cached else None
+        self.images: torch.Tensor | None = None if self.cached else torch.cat(images)
 
     def index(self, episode: np.ndarray, frame: np.ndarray) -> torch.Tensor:
         """Flat frame indices of ``(episode, frame)`` pairs."""

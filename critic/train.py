@@ -180,7 +180,7 @@ def train_critic(
     sampler = PairSampler(episodes, config.pairs, seed=config.seed)
     tokens = FrameTokens(critic, episodes, config.cache_dtype, show_progress=config.progress_bar)
     lang_table = critic.encode_instructions(sampler.instructions)
-    val_tokens = FrameTokens(critic, val_episodes, "float32") if val_episodes else None
+    val_tokens = FrameTokens(critic, val_episodes, config.cache_dtype) if val_episodes else None
 
     from torch.utils.tensorboard import SummaryWriter
 
