@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--backbone",
-        default="efficientnet_lite0",
+        default=CriticModelConfig().backbone,
         help="backbone spec (default: the critic's default)",
     )
     parser.add_argument("--views", type=int, default=2, help="camera views per observation")

@@ -68,7 +68,8 @@ class CriticTrainConfig:
     resume: bool = True
     """Continue from ``<out_dir>/checkpoints/last.pt`` when it exists."""
     init_from: str = ""
-    """Start from the weights of this critic checkpoint (fine-tuning, e.g. on one demonstration)."""
+    """Start from the weights of this critic checkpoint (fine-tuning, e.g. on one demonstration);
+    a run that resumes from its own ``last.pt`` ignores it."""
     cache_dtype: str = "float16"
     """Dtype of cached frame tokens (frozen backbones): float16, bfloat16 or float32."""
     device: str = "cpu"

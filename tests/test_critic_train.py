@@ -41,7 +41,7 @@ def _config(tmp_path: Path, backbone: str, steps: int, **kw) -> CriticTrainConfi
 
 
 @pytest.mark.parametrize(
-    "backbone", ["efficientnet_lite0", "small_cnn"]
+    "backbone", ["efficientnet_lite0:stride16", "small_cnn"]
 )  # cached tokens / trained backbone
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path: Path, backbone: str) -> None:
     episodes = make_episodes(4, seed=0, hw=32, fail_fraction=0.25)
@@ -79,7 +79,7 @@ def test_resume_refuses_a_different_model(tmp_path: Path) -> None:
 def test_training_improves_held_out_voc_over_the_untrained_critic(tmp_path: Path) -> None:
     train = make_episodes(24, seed=1, hw=64, fail_fraction=0.25)
     held_out = make_episodes(8, seed=2, hw=64, fail_fraction=0.25, start_index=100)  # unseen seeds
-    model = CriticModelConfig(backbone="efficientnet_lite0", image_hw=[64, 64], d_model=64)
+    model = CriticModelConfig(image_hw=[64, 64], d_model=64)  # default backbone
     eval_cfg = CriticEvalConfig(plots=False)
     torch.manual_seed(0)
     before = evaluate_critic(ProgressCritic(model), held_out, tmp_path / "before", config=eval_cfg)
