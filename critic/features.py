@@ -1,0 +1,118 @@
+"""Backbone tokens of whole episodes, and the per-frame cache that makes CPU training feasible.
+
+With a frozen backbone a frame's tokens never change, so they are computed once per frame
+and every training pair that uses the frame indexes them; only the small language-
+conditioned head runs per pair. With a trainable backbone the tokens are recomputed from
+the images for every batch (with gradients).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from limbic.critic.model import ProgressCritic
+from limbic.data.schema import EpisodeArrays
+
+CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def episode_images(critic: ProgressCritic, episode: EpisodeArrays) -> tuple[np.ndarray, np.ndarray]:
+    """``(uint8[T, V, H, W, 3], present bool[T, V])`` in the critic's view order.
+
+    A view the episode lacks is zero-filled and marked missing; a view of the wrong size is
+    an error naming the view, its size and the critic's.
+    """
+    n = len(episode)
+    h, w = critic.image_hw
+    out = np.zeros((n, len(critic.views), h, w, 3), dtype=np.uint8)
+    present = np.zeros((n, len(critic.views)), dtype=bool)
+    if not any(v in episode.images for v in critic.views):
+        raise ValueError(
+            f"episode {episode.episode_index}: none of the critic's views {list(critic.views)} "
+            f"is among the episode's views {sorted(episode.images)}"
+        )
+    for k, view in enumerate(critic.views):
+        if view not in episode.images:
+            continue
+        frames = episode.images[view]
+        if frames.shape != (n, h, w, 3) or frames.dtype != np.uint8:
+            raise ValueError(
+                f"episode {episode.episode_index} images[{view!r}]: expected uint8{(n, h, w, 3)}, "
+                f"got {frames.dtype}{frames.shape} (set critic.model.image_hw to the recorded size)"
+            )
+        out[:, k] = frames
+        present[:, k] = True
+    return out, present
+
+
+@torch.no_grad()
+def episode_tokens(
+    critic: ProgressCritic, episode: EpisodeArrays, batch_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(tokens float32[T, V, N, C], present bool[T, V])`` of every frame of an episode."""
+    images, present = episode_images(critic, episode)
+    chunks = [
+        critic.encode_frames(images[i : i + batch_size]).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(chunks), torch.from_numpy(present)
+
+
+class FrameTokens:
+    """Tokens for ``(episode, frame)`` index pairs: cached for a frozen backbone, computed otherwise."""
+
+    def __init__(
+        self,
+        critic: ProgressCritic,
+        episodes: list[EpisodeArrays],
+        cache_dtype: str = "float16",
+        show_progress: bool = False,
+    ):
+        if cache_dtype not in CACHE_DTYPES:
+            raise ValueError(
+                f"cache_dtype: expected one of {sorted(CACHE_DTYPES)}, got {cache_dtype!r}"
+            )
+        self.critic = critic
+        self.cached = critic.backbone.frozen
+        self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])]).astype(np.int64)
+        present, tokens, images = [], [], []
+        for e in tqdm(episodes, desc="frame tokens", disable=not show_progress, leave=False):
+            if self.cached:  # keep only the tokens, never a second copy of the images
+                toks, mask = episode_tokens(critic, e)
+                tokens.append(toks.to(CACHE_DTYPES[cache_dtype]))
+                present.append(mask)
+            else:
+                frames, mask = episode_images(critic, e)
+                images.append(torch.from_numpy(frames))
+                present.append(torch.from_numpy(mask))
+        self.present = torch.cat(present)
+        self.tokens: torch.Tensor | None = torch.cat(tokens) if self.cached else None
+        self.images: torch.Tensor | None = None if self.cached else torch.cat(images)
+
+    def index(self, episode: np.ndarray, frame: np.ndarray) -> torch.Tensor:
+        """Flat frame indices of ``(episode, frame)`` pairs."""
+        return torch.from_numpy(self.offsets[episode] + frame)
+
+    def get(self, episode: np.ndarray, frame: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens float32[B, V, N, C], present bool[B, V])`` for the given frames."""
+        idx = self.index(episode, frame)
+        device = self.critic.pos_embed.device
+        if self.tokens is not None:
+            return self.tokens[idx].to(device, torch.float32), self.present[idx].to(device)
+        return self.critic.encode_frames(self.images[idx]), self.present[idx].to(device)  # type: ignore[index]
+
+    def episode(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """All frames of episode ``i`` (no gradients)."""
+        s, e = int(self.offsets[i]), int(self.offsets[i + 1])
+        if self.tokens is not None:
+            return self.tokens[s:e].float(), self.present[s:e]
+        with torch.no_grad():
+            toks = torch.cat(
+                [
+                    self.critic.encode_frames(self.images[j : min(j + 64, e)]).cpu()
+                    for j in range(s, e, 64)
+                ]
+            )  # type: ignore[index]
+        return toks, self.present[s:e]

@@ -1,0 +1,393 @@
+"""Training pairs for the progress critic and their labels.
+
+Progress of a frame. ``Φ_t`` is the episode's true task progress when the recorder stored
+one (``metadata["progress"]``, ``float32[T]`` in ``[0, 1]``); otherwise, for a successful
+episode of ``T`` frames, ``Φ_t = t / (T - 1)`` (the first frame 0, the last 1 — DESIGN.md's
+``t / T`` with ``T`` the index of the last frame). A failed episode without stored progress
+has no progress labels; it still teaches "not done".
+
+Pair label (DESIGN.md), from ``Φ_a`` to ``Φ_b``:
+
+* ``c = (Φ_b − Φ_a) / (1 − Φ_a)`` when ``Φ_b ≥ Φ_a`` (VLAC's forward ``Δt / (T − i)``),
+* ``c = (Φ_b − Φ_a) / Φ_a`` when ``Φ_b < Φ_a`` (Robo-Dopamine's backward hop),
+* ``c = 0`` under a mismatched instruction (a different task's instruction, drawn for
+  ``mismatch_fraction`` of the pairs) and between frames with no visible change (same
+  still segment, see :func:`still_segments`).
+
+Done label of a frame of a successful episode: 1 from 95 % of the episode on (the last
+frame always), 0 before 80 %, unlabelled in between; every frame of a failed episode: 0;
+under a mismatched instruction: 0.
+
+Balancing. Pairs drawn uniformly over frames pile up at small time gaps and at progress
+near 0. :class:`PairSampler` estimates once how often each (progress bin, time-gap bin)
+cell occurs among pairs within an episode, and draws every batch by importance resampling
+towards a target that is uniform over progress bins and, within a progress bin, uniform
+over the time-gap bins that occur there (small progress only happens over small gaps, so
+both marginals cannot be flat at once; the progress marginal is the one the regression
+needs flat). Probabilities are floored (``min_bin_prob``, ``min_gap_share``) so a rare pair
+is not repeated endlessly.
+
+Goal anchors. A fraction of pairs takes ``a`` from the goal frames (Φ ≥ ``done_after``) of
+*another* successful episode of the same instruction. Those pairs teach the backward value
+perspective ``1 + c(o_goal, o_t)``, which at evaluation uses a reference demonstration's
+goal frame, never the evaluated episode's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from limbic.data.schema import EpisodeArrays
+from limbic.launch.config import require
+
+PROGRESS_KEY = "progress"
+"""``EpisodeArrays.metadata`` key of an optional per-frame true progress ``float32[T]`` in [0, 1]."""
+
+
+@dataclass
+class PairSamplingConfig:
+    """How critic training pairs are drawn and labelled."""
+
+    mismatch_fraction: float = 0.08
+    """Share of pairs whose instruction is swapped for another task's (label 0, not done)."""
+    goal_anchor_fraction: float = 0.15
+    """Share of pairs anchored on another successful episode's goal frame (same instruction)."""
+    progress_bins: int = 10
+    """Bins over the progress label range [-1, 1] for balancing."""
+    gap_bins: int = 5
+    """Bins over the normalised time gap |t_b − t_a| / (T − 1) in [0, 1] for balancing."""
+    min_bin_prob: float = 0.01
+    """Floor on a progress bin's estimated probability, capping how much a rare bin is up-weighted."""
+    min_gap_share: float = 0.05
+    """Floor on a gap bin's share within its progress bin, likewise for rare (progress, gap) cells."""
+    pool_factor: int = 8
+    """Candidates drawn per returned pair before importance resampling."""
+    done_after: float = 0.95
+    """Frames at or past this fraction of a successful episode are done (label 1)."""
+    not_done_before: float = 0.8
+    """Frames before this fraction are not done (label 0); frames in between are unlabelled."""
+    still_threshold: float = 1.0
+    """Mean absolute pixel difference (0-255 units) under which two frames show no visible change."""
+
+    def __post_init__(self) -> None:
+        require(
+            0.0 <= self.mismatch_fraction < 0.5,
+            "critic.pairs.mismatch_fraction",
+            f"expected [0, 0.5), got {self.mismatch_fraction}",
+        )
+        require(
+            0.0 <= self.goal_anchor_fraction < 1.0,
+            "critic.pairs.goal_anchor_fraction",
+            f"expected [0, 1), got {self.goal_anchor_fraction}",
+        )
+        require(
+            self.progress_bins >= 2 and self.gap_bins >= 1,
+            "critic.pairs.progress_bins",
+            "need progress_bins >= 2 and gap_bins >= 1",
+        )
+        require(
+            0.0 < self.min_bin_prob < 1.0,
+            "critic.pairs.min_bin_prob",
+            f"expected (0, 1), got {self.min_bin_prob}",
+        )
+        require(
+            0.0 < self.min_gap_share <= 1.0,
+            "critic.pairs.min_gap_share",
+            f"expected (0, 1], got {self.min_gap_share}",
+        )
+        require(
+            self.pool_factor >= 1,
+            "critic.pairs.pool_factor",
+            f"expected >= 1, got {self.pool_factor}",
+        )
+        require(
+            0.0 < self.not_done_before <= self.done_after <= 1.0,
+            "critic.pairs.done_after",
+            "need 0 < not_done_before <= done_after <= 1",
+        )
+        require(
+            self.still_threshold >= 0.0,
+            "critic.pairs.still_threshold",
+            f"expected >= 0, got {self.still_threshold}",
+        )
+
+
+def hop_progress(phi_a: np.ndarray | float, phi_b: np.ndarray | float) -> np.ndarray:
+    """Signed progress label from ``Φ_a`` to ``Φ_b`` (forward and backward hop forms), in [-1, 1].
+
+    ``Φ_a = 1 = Φ_b`` and ``Φ_a = 0 = Φ_b`` give 0 (no change, nothing left to divide).
+    """
+    phi_a = np.asarray(phi_a, dtype=np.float64)
+    phi_b = np.asarray(phi_b, dtype=np.float64)
+    delta = phi_b - phi_a
+    forward = delta / np.maximum(1.0 - phi_a, 1e-12)
+    backward = delta / np.maximum(phi_a, 1e-12)
+    out = np.where(delta >= 0, forward, backward)
+    return np.clip(np.where(np.abs(delta) < 1e-12, 0.0, out), -1.0, 1.0).astype(np.float32)
+
+
+def apply_hop(phi_a: np.ndarray | float, c: np.ndarray | float) -> np.ndarray:
+    """Inverse of :func:`hop_progress`: ``Φ_b`` from ``Φ_a`` and the progress ``c``."""
+    phi_a = np.asarray(phi_a, dtype=np.float64)
+    c = np.asarray(c, dtype=np.float64)
+    return np.where(c >= 0, phi_a + c * (1.0 - phi_a), phi_a * (1.0 + c)).astype(np.float32)
+
+
+def episode_progress(episode: EpisodeArrays) -> np.ndarray | None:
+    """``Φ_t`` for every frame (see the module docstring), or None for a failure without it."""
+    n = len(episode)
+    stored = episode.metadata.get(PROGRESS_KEY)
+    if stored is not None:
+        phi = np.asarray(stored, dtype=np.float32)
+        if phi.shape != (n,) or not np.all(np.isfinite(phi)) or phi.min() < 0 or phi.max() > 1:
+            raise ValueError(
+                f"episode {episode.episode_index}: metadata[{PROGRESS_KEY!r}] must be float32[{n}] in [0, 1], "
+                f"got shape {phi.shape}, range [{phi.min():.3g}, {phi.max():.3g}]"
+            )
+        return phi
+    if episode.succeeded:
+        return (np.arange(n, dtype=np.float32) / max(n - 1, 1)).astype(np.float32)
+    return None
+
+
+def done_labels(
+    episode: EpisodeArrays, done_after: float = 0.95, not_done_before: float = 0.8
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(label float32[T], labelled bool[T])``: done past ``done_after`` of a success, 0 before ``not_done_before``."""
+    n = len(episode)
+    if not episode.succeeded:
+        return np.zeros(n, dtype=np.float32), np.ones(n, dtype=bool)
+    frac = np.arange(n) / max(n - 1, 1)
+    label = (frac >= done_after - 1e-9).astype(np.float32)
+    label[-1] = 1.0
+    labelled = (label == 1.0) | (frac < not_done_before)
+    return label, labelled
+
+
+def still_segments(images: dict[str, np.ndarray], threshold: float, stride: int = 1) -> np.ndarray:
+    """``int64[T]`` segment ids: consecutive frames within ``threshold`` of their segment's first frame share one.
+
+    The difference is the mean absolute pixel difference (0-255) over every view, on a
+    ``stride``-subsampled grid.
+    """
+    views = sorted(images)
+    if not views:
+        raise ValueError("images: expected at least one view")
+    frames = np.concatenate(
+        [images[v][:, ::stride, ::stride].reshape(images[v].shape[0], -1) for v in views], axis=1
+    ).astype(np.int16)
+    seg = np.zeros(frames.shape[0], dtype=np.int64)
+    start = 0
+    for t in range(1, frames.shape[0]):
+        if np.abs(frames[t] - frames[start]).mean() > threshold:
+            start = t
+            seg[t] = seg[t - 1] + 1
+        else:
+            seg[t] = seg[t - 1]
+    return seg
+
+
+@dataclass
+class PairBatch:
+    """A batch of labelled pairs as indices into the sampler's episodes (all arrays of length B)."""
+
+    episode_a: np.ndarray
+    """int64: episode of frame ``a`` (differs from ``episode_b`` for goal-anchored pairs)."""
+    frame_a: np.ndarray
+    episode_b: np.ndarray
+    frame_b: np.ndarray
+    instruction: np.ndarray
+    """int64 index into :attr:`PairSampler.instructions` (a mismatched one where ``mismatch``)."""
+    progress: np.ndarray
+    """float32 label in [-1, 1]."""
+    progress_mask: np.ndarray
+    """bool: the progress label is known."""
+    done: np.ndarray
+    """float32 done label of frame ``b``."""
+    done_mask: np.ndarray
+    """bool: the done label is known."""
+    mismatch: np.ndarray
+    """bool: the instruction is another task's."""
+
+    def __len__(self) -> int:
+        return int(self.frame_b.shape[0])
+
+
+class PairSampler:
+    """Draws labelled, balanced critic training pairs from a list of episodes."""
+
+    def __init__(self, episodes: list[EpisodeArrays], config: PairSamplingConfig, seed: int = 0):
+        if not episodes:
+            raise ValueError("episodes: expected at least one episode to sample pairs from")
+        self.config = config
+        self.episodes = episodes
+        self.lengths = np.array([len(e) for e in episodes], dtype=np.int64)
+        if self.lengths.min() < 2:
+            i = int(np.argmin(self.lengths))
+            raise ValueError(
+                f"episodes[{i}] (index {episodes[i].episode_index}) has {self.lengths[i]} frame(s); need >= 2"
+            )
+        self.instructions: list[str] = sorted({e.instruction for e in episodes})
+        self.instruction_of = np.array(
+            [self.instructions.index(e.instruction) for e in episodes], dtype=np.int64
+        )
+        self.phi = [episode_progress(e) for e in episodes]
+        dl = [done_labels(e, config.done_after, config.not_done_before) for e in episodes]
+        self.done = [d[0] for d in dl]
+        self.done_mask = [d[1] for d in dl]
+        self.segments = [still_segments(e.images, config.still_threshold) for e in episodes]
+        # Goal frames of successful episodes, per instruction, for goal-anchored pairs.
+        self.goal_frames: dict[int, list[tuple[int, int]]] = {}
+        for i, e in enumerate(episodes):
+            if e.succeeded and self.phi[i] is not None:
+                for t in np.flatnonzero(self.phi[i] >= config.done_after - 1e-6):
+                    self.goal_frames.setdefault(int(self.instruction_of[i]), []).append((i, int(t)))
+        self.cell_prob = self._estimate_cell_prob(np.random.default_rng([seed, 0x5EED]))
+        self.cell_weight = self._cell_weights()
+
+    @property
+    def num_cells(self) -> int:
+        """Progress bins × gap bins, plus one cell for pairs whose progress is unknown."""
+        return self.config.progress_bins * self.config.gap_bins + 1
+
+    def _uniform_pairs(self, n: int, rng: np.random.Generator) -> PairBatch:
+        """``n`` pairs of frames of one episode, drawn uniformly (episode, then both frames)."""
+        ep = rng.integers(len(self.episodes), size=n)
+        length = self.lengths[ep]
+        fa = (rng.random(n) * length).astype(np.int64)
+        fb = (rng.random(n) * length).astype(np.int64)
+        progress = np.zeros(n, dtype=np.float32)
+        known = np.zeros(n, dtype=bool)
+        for j in range(n):
+            i = int(ep[j])
+            phi = self.phi[i]
+            if phi is None:
+                continue
+            if self.segments[i][fa[j]] != self.segments[i][fb[j]]:
+                progress[j] = hop_progress(phi[fa[j]], phi[fb[j]])
+            known[j] = True
+        return self._with_done(ep, fa, ep, fb, progress, known)
+
+    def _goal_anchored_pairs(self, n: int, rng: np.random.Generator) -> PairBatch | None:
+        """``n`` pairs whose ``a`` is a goal frame of another success with the same instruction."""
+        usable = [
+            i
+            for i, phi in enumerate(self.phi)
+            if phi is not None
+            and any(g[0] != i for g in self.goal_frames.get(int(self.instruction_of[i]), []))
+        ]
+        if not usable:
+            return None
+        ep_b = np.array(usable, dtype=np.int64)[rng.integers(len(usable), size=n)]
+        fb = (rng.random(n) * self.lengths[ep_b]).astype(np.int64)
+        ep_a = np.zeros(n, dtype=np.int64)
+        fa = np.zeros(n, dtype=np.int64)
+        progress = np.zeros(n, dtype=np.float32)
+        for j in range(n):
+            i = int(ep_b[j])
+            others = [g for g in self.goal_frames[int(self.instruction_of[i])] if g[0] != i]
+            ep_a[j], fa[j] = others[int(rng.integers(len(others)))]
+            progress[j] = hop_progress(self.phi[int(ep_a[j])][fa[j]], self.phi[i][fb[j]])  # type: ignore[index]
+        return self._with_done(ep_a, fa, ep_b, fb, progress, np.ones(n, dtype=bool))
+
+    def _with_done(
+        self,
+        ep_a: np.ndarray,
+        fa: np.ndarray,
+        ep_b: np.ndarray,
+        fb: np.ndarray,
+        progress: np.ndarray,
+        known: np.ndarray,
+    ) -> PairBatch:
+        done = np.array(
+            [self.done[int(i)][t] for i, t in zip(ep_b, fb, strict=True)], dtype=np.float32
+        )
+        done_mask = np.array(
+            [self.done_mask[int(i)][t] for i, t in zip(ep_b, fb, strict=True)], dtype=bool
+        )
+        n = len(ep_b)
+        return PairBatch(
+            ep_a,
+            fa,
+            ep_b,
+            fb,
+            self.instruction_of[ep_b].copy(),
+            progress,
+            known,
+            done,
+            done_mask,
+            np.zeros(n, dtype=bool),
+        )
+
+    def cells(self, batch: PairBatch) -> np.ndarray:
+        """Balancing cell of every pair: (progress bin, time-gap bin), or the "unknown" cell."""
+        cfg = self.config
+        pbin = np.clip(
+            ((batch.progress + 1.0) / 2.0 * cfg.progress_bins).astype(np.int64),
+            0,
+            cfg.progress_bins - 1,
+        )
+        same = batch.episode_a == batch.episode_b
+        gap = np.where(
+            same,
+            np.abs(batch.frame_b - batch.frame_a)
+            / np.maximum(self.lengths[batch.episode_b] - 1, 1),
+            1.0,
+        )
+        gbin = np.clip((gap * cfg.gap_bins).astype(np.int64), 0, cfg.gap_bins - 1)
+        return np.where(batch.progress_mask, pbin * cfg.gap_bins + gbin, self.num_cells - 1)
+
+    def _estimate_cell_prob(self, rng: np.random.Generator, n: int = 20000) -> np.ndarray:
+        counts = np.bincount(self.cells(self._uniform_pairs(n, rng)), minlength=self.num_cells)
+        return counts / counts.sum()
+
+    def _cell_weights(self) -> np.ndarray:
+        """Importance weight per cell: flat over progress bins, then over the gap bins within one.
+
+        ``w = 1 / (max(P(bin), min_bin_prob) · max(P(gap | bin), min_gap_share) · n(bin))`` with
+        ``n(bin) = Σ_gap min(1, P(gap | bin) / min_gap_share)``, so every progress bin gets the
+        same mass and its gap bins equal shares (rare ones proportionally less). Pairs of
+        unknown progress keep their natural share.
+        """
+        cfg = self.config
+        grid = self.cell_prob[:-1].reshape(cfg.progress_bins, cfg.gap_bins)
+        row = grid.sum(1, keepdims=True)
+        share = grid / np.maximum(row, 1e-12)
+        n_eff = np.maximum(np.minimum(share / cfg.min_gap_share, 1.0).sum(1, keepdims=True), 1e-12)
+        w = 1.0 / (np.maximum(row, cfg.min_bin_prob) * np.maximum(share, cfg.min_gap_share) * n_eff)
+        known = (grid * w).sum()
+        w = w * (1.0 - self.cell_prob[-1]) / max(known, 1e-12)
+        return np.append(w.ravel(), 1.0)
+
+    def sample(self, n: int, rng: np.random.Generator) -> PairBatch:
+        """``n`` pairs: ``goal_anchor_fraction`` goal-anchored, the rest balanced within episodes;
+        then ``mismatch_fraction`` of all of them put under another task's instruction."""
+        cfg = self.config
+        n_anchor = int(rng.binomial(n, cfg.goal_anchor_fraction))
+        anchored = self._goal_anchored_pairs(n_anchor, rng) if n_anchor else None
+        n_within = n - (len(anchored) if anchored is not None else 0)
+        pool = self._uniform_pairs(n_within * cfg.pool_factor, rng)
+        weight = self.cell_weight[self.cells(pool)]
+        pick = rng.choice(len(pool), size=n_within, replace=True, p=weight / weight.sum())
+        parts = [pool] if anchored is None else [pool, anchored]
+        picks = [pick] if anchored is None else [pick, np.arange(len(anchored))]
+        batch = PairBatch(
+            *(
+                np.concatenate([getattr(b, f)[k] for b, k in zip(parts, picks, strict=True)])
+                for f in PairBatch.__dataclass_fields__
+            )
+        )
+        if len(self.instructions) > 1 and cfg.mismatch_fraction > 0:
+            mism = rng.random(n) < cfg.mismatch_fraction
+            shift = rng.integers(1, len(self.instructions), size=n)
+            batch.instruction = np.where(
+                mism, (batch.instruction + shift) % len(self.instructions), batch.instruction
+            )
+            batch.progress = np.where(mism, 0.0, batch.progress).astype(np.float32)
+            batch.progress_mask = batch.progress_mask | mism
+            batch.done = np.where(mism, 0.0, batch.done).astype(np.float32)
+            batch.done_mask = batch.done_mask | mism
+            batch.mismatch = mism
+        return batch

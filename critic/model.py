@@ -1,0 +1,340 @@
+"""The pairwise vision-language progress critic.
+
+``ProgressCritic(images_a, images_b, lang)`` predicts the signed progress ``c ∈ [-1, 1]``
+from observation ``a`` to observation ``b`` of one episode under an instruction, and the
+probability that the task is done at ``b``. It is built in three stages so that the cost
+stays low on a CPU:
+
+1. :meth:`ProgressCritic.encode_frames` — the vision backbone turns every view of a frame
+   into tokens. With a frozen backbone this is a pure function of the frame: training
+   computes it once per frame and reuses it across every pair; a control loop computes it
+   once per tick and reuses the previous tick's tokens.
+2. :meth:`ProgressCritic.embed_frame` — language conditions vision: the instruction
+   modulates every token (FiLM, twice with residuals) and then chooses where to look
+   (attention pooling with instruction-dependent queries) over the tokens of all views
+   together, so views are fused inside the model and a missing view is simply masked out.
+3. :meth:`ProgressCritic.pair_head` / :meth:`ProgressCritic.done_head` — small MLPs on the
+   two frame embeddings and the instruction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
+from torch import nn
+
+from limbic.launch.config import require
+from limbic.policy.encoders import LanguageEncoder, VisionBackbone, make_backbone
+
+CHECKPOINT_FORMAT = "limbic.critic/1"
+
+
+@dataclass
+class CriticModelConfig:
+    """Architecture of the progress critic."""
+
+    backbone: str = "efficientnet_lite0:stride16"
+    """Vision backbone: ``efficientnet_lite0[:stride16]`` (frozen, ImageNet), ``small_cnn`` or ``hf:<folder>``.
+
+    The default takes EfficientNet-Lite0's stride-16 features: on the toy push task they gave
+    held-out VOC 0.95 against 0.85 for the stride-32 head features, at half the backbone cost."""
+    views: list[str] = field(default_factory=lambda: ["front", "wrist"])
+    """Camera view names, in the order of the ``V`` axis of the image tensors."""
+    image_hw: list[int] = field(default_factory=lambda: [128, 128])
+    """Input image height and width in pixels."""
+    lang_dim: int = 384
+    """Instruction embedding size (all-MiniLM-L6-v2: 384)."""
+    d_model: int = 128
+    """Width of the token and frame embeddings."""
+    pool_heads: int = 4
+    """Instruction-conditioned attention-pooling queries per frame."""
+    dropout: float = 0.1
+    """Dropout in the heads (training only)."""
+
+    def __post_init__(self) -> None:
+        require(
+            len(self.views) > 0 and len(set(self.views)) == len(self.views),
+            "critic.model.views",
+            f"expected distinct view names, got {self.views}",
+        )
+        require(
+            len(self.image_hw) == 2 and min(self.image_hw) >= 16,
+            "critic.model.image_hw",
+            f"expected [H, W] of at least 16 px, got {self.image_hw}",
+        )
+        require(
+            self.d_model % self.pool_heads == 0,
+            "critic.model.d_model",
+            f"{self.d_model} must be divisible by pool_heads={self.pool_heads}",
+        )
+        require(
+            0.0 <= self.dropout < 1.0,
+            "critic.model.dropout",
+            f"expected [0, 1), got {self.dropout}",
+        )
+
+
+class FiLMBlock(nn.Module):
+    """Residual token MLP whose normalised input is scaled and shifted by the instruction."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.film = nn.Linear(d, 2 * d)
+        nn.init.zeros_(self.film.weight)
+        nn.init.zeros_(self.film.bias)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+
+    def forward(self, tokens: torch.Tensor, lang: torch.Tensor) -> torch.Tensor:
+        """``tokens: [B, N, d]``, ``lang: [B, d]`` -> ``[B, N, d]``."""
+        gamma, beta = self.film(lang).unsqueeze(1).chunk(2, dim=-1)
+        return tokens + self.mlp(self.norm(tokens) * (1 + gamma) + beta)
+
+
+class ProgressCritic(nn.Module):
+    """Pairwise progress critic: ``(images_a, images_b, lang) -> (progress[B], done_prob[B])``.
+
+    Metadata for servers and tools: :attr:`views`, :attr:`image_hw`, :attr:`lang_dim`,
+    :attr:`config`. Images are ``uint8[B, V, H, W, 3]`` with views in :attr:`views` order;
+    an all-zero view counts as missing unless ``view_mask`` says otherwise.
+    """
+
+    def __init__(self, config: CriticModelConfig, backbone: VisionBackbone | None = None):
+        super().__init__()
+        self.config = config
+        self.views: tuple[str, ...] = tuple(config.views)
+        self.image_hw: tuple[int, int] = (int(config.image_hw[0]), int(config.image_hw[1]))
+        self.lang_dim = config.lang_dim
+        self.backbone = backbone if backbone is not None else make_backbone(config.backbone)
+        self.num_tokens = self.backbone.num_tokens(self.image_hw)
+        d, v = config.d_model, len(self.views)
+        c = self.backbone.feature_dim
+        self.token_proj = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, d))
+        self.view_embed = nn.Parameter(torch.randn(v, 1, d) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, self.num_tokens, d) * 0.02)
+        self.lang_proj = nn.Sequential(nn.Linear(config.lang_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.film_blocks = nn.ModuleList([FiLMBlock(d), FiLMBlock(d)])
+        self.pool_query = nn.Linear(d, d)
+        self.pool_key = nn.Linear(d, d)
+        self.pool_value = nn.Linear(d, d)
+        self.pool_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        self.pair_mlp = nn.Sequential(
+            nn.Linear(4 * d, 2 * d),
+            nn.GELU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(2 * d, d),
+            nn.GELU(),
+            nn.Linear(d, 1),
+        )
+        self.done_mlp = nn.Sequential(
+            nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
+        )
+        self._language: LanguageEncoder | None = None
+
+    # ----- stage 1: vision tokens (cacheable with a frozen backbone) -----------------------
+
+    def encode_frames(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``uint8[B, V, H, W, 3]`` -> backbone tokens ``float32[B, V, N, C]``."""
+        images = self._check_images("images", images)
+        b, v = images.shape[:2]
+        tokens = self.backbone(images.reshape(b * v, *images.shape[2:]))
+        return tokens.reshape(b, v, *tokens.shape[1:])
+
+    # ----- stage 2: language-conditioned frame embedding ------------------------------------
+
+    def embed_lang(self, lang: torch.Tensor) -> torch.Tensor:
+        """``float32[B, lang_dim]`` instruction embeddings -> ``float32[B, d_model]``."""
+        if lang.ndim != 2 or lang.shape[1] != self.lang_dim:
+            raise ValueError(f"lang: expected shape (B, {self.lang_dim}), got {tuple(lang.shape)}")
+        return self.lang_proj(lang.float())
+
+    def embed_frame(
+        self, tokens: torch.Tensor, lang_d: torch.Tensor, view_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens ``[B, V, N, C]`` + projected instruction ``[B, d]`` -> frame embedding ``[B, d]``.
+
+        ``view_mask: bool[B, V]`` (True = present) drops missing views from the pooling.
+        """
+        b, v, n, _ = tokens.shape
+        if v != len(self.views) or n != self.num_tokens:
+            raise ValueError(
+                f"tokens: expected (B, {len(self.views)}, {self.num_tokens}, C), got {tuple(tokens.shape)}"
+            )
+        x = self.token_proj(tokens.float()) + self.view_embed + self.pos_embed  # [B, V, N, d]
+        x = x.reshape(b, v * n, -1)
+        for block in self.film_blocks:
+            x = block(x, lang_d)
+        heads = self.config.pool_heads
+        dh = x.shape[-1] // heads
+        q = self.pool_query(lang_d).reshape(b, heads, 1, dh)
+        k = self.pool_key(x).reshape(b, v * n, heads, dh).transpose(1, 2)
+        val = self.pool_value(x).reshape(b, v * n, heads, dh).transpose(1, 2)
+        scores = (q @ k.transpose(-1, -2)) / math.sqrt(dh)  # [B, heads, 1, V*N]
+        if view_mask is not None:
+            if view_mask.shape != (b, v):
+                raise ValueError(
+                    f"view_mask: expected shape ({b}, {v}), got {tuple(view_mask.shape)}"
+                )
+            if not bool(view_mask.any(dim=1).all()):
+                raise ValueError("view_mask: every sample needs at least one present view")
+            token_mask = view_mask.to(torch.bool).repeat_interleave(n, dim=1)[:, None, None, :]
+            scores = scores.masked_fill(~token_mask, float("-inf"))
+        pooled = (scores.softmax(-1) @ val).reshape(b, -1)
+        return self.pool_out(pooled)
+
+    # ----- stage 3: heads ------------------------------------------------------------------
+
+    def pair_head(self, z_a: torch.Tensor, z_b: torch.Tensor, lang_d: torch.Tensor) -> torch.Tensor:
+        """Frame embeddings of ``a`` and ``b`` -> progress ``float32[B]`` in ``[-1, 1]``."""
+        return torch.tanh(self.pair_mlp(torch.cat([z_a, z_b, z_b - z_a, lang_d], -1)).squeeze(-1))
+
+    def done_head(self, z_b: torch.Tensor, lang_d: torch.Tensor) -> torch.Tensor:
+        """Frame embedding of ``b`` -> done logit ``float32[B]`` (apply a sigmoid for the probability)."""
+        return self.done_mlp(torch.cat([z_b, lang_d], -1)).squeeze(-1)
+
+    def head(
+        self,
+        tokens_a: torch.Tensor,
+        tokens_b: torch.Tensor,
+        lang: torch.Tensor,
+        mask_a: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cached tokens of ``a`` and ``b`` + instruction embeddings -> ``(progress, done_logit)``."""
+        lang_d = self.embed_lang(lang)
+        z_a = self.embed_frame(tokens_a, lang_d, mask_a)
+        z_b = self.embed_frame(tokens_b, lang_d, mask_b)
+        return self.pair_head(z_a, z_b, lang_d), self.done_head(z_b, lang_d)
+
+    def forward(
+        self,
+        images_a: torch.Tensor | np.ndarray,
+        images_b: torch.Tensor | np.ndarray,
+        lang: torch.Tensor,
+        mask_a: torch.Tensor | None = None,
+        mask_b: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``uint8[B, V, H, W, 3]`` twice + ``float32[B, lang_dim]`` -> ``(progress[B], done_prob[B])``.
+
+        Masks are ``bool[B, V]`` (True = view present); when omitted, all-zero views are missing.
+        """
+        images_a = self._check_images("images_a", images_a)
+        images_b = self._check_images("images_b", images_b)
+        mask_a = self.present_views(images_a) if mask_a is None else mask_a
+        mask_b = self.present_views(images_b) if mask_b is None else mask_b
+        progress, done_logit = self.head(
+            self.encode_frames(images_a), self.encode_frames(images_b), lang, mask_a, mask_b
+        )
+        return progress, torch.sigmoid(done_logit)
+
+    # ----- conveniences --------------------------------------------------------------------
+
+    @property
+    def language(self) -> LanguageEncoder:
+        """The frozen sentence encoder, created on first use (kept out of the state dict)."""
+        if self._language is None:
+            object.__setattr__(self, "_language", LanguageEncoder())
+        return self._language  # type: ignore[return-value]
+
+    def encode_instructions(self, instructions: list[str]) -> torch.Tensor:
+        """Instruction strings -> ``float32[B, lang_dim]`` (cached per string)."""
+        lang = self.language(instructions)
+        if lang.shape[1] != self.lang_dim:
+            raise ValueError(
+                f"language encoder gives {lang.shape[1]}-d embeddings; this critic expects {self.lang_dim}"
+            )
+        return lang.to(self.pos_embed.device)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        images_a: torch.Tensor | np.ndarray,
+        images_b: torch.Tensor | np.ndarray,
+        instructions: list[str],
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Like :meth:`forward` but with instruction strings, in eval mode, returning numpy arrays."""
+        was_training = self.training
+        self.eval()
+        try:
+            progress, done = self(images_a, images_b, self.encode_instructions(list(instructions)))
+        finally:
+            self.train(was_training)
+        return progress.cpu().numpy(), done.cpu().numpy()
+
+    def present_views(self, images: torch.Tensor) -> torch.Tensor:
+        """``bool[B, V]``: True where a view has any non-zero pixel (a zeroed view is missing)."""
+        return images.reshape(*images.shape[:2], -1).ne(0).any(-1)
+
+    def _check_images(self, name: str, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(images)
+        h, w = self.image_hw
+        expected = f"(B, {len(self.views)}, {h}, {w}, 3) for views {list(self.views)}"
+        if images.ndim != 5 or tuple(images.shape[1:]) != (len(self.views), h, w, 3):
+            raise ValueError(f"{name}: expected shape {expected}, got {tuple(images.shape)}")
+        if images.dtype != torch.uint8 and not images.is_floating_point():
+            raise ValueError(
+                f"{name}: expected dtype uint8 (or float in [0, 1]), got {images.dtype}"
+            )
+        return images.to(self.pos_embed.device)
+
+    def train(self, mode: bool = True) -> ProgressCritic:
+        """Train mode for the heads; a frozen backbone stays in eval mode."""
+        super().train(mode)
+        self.backbone.train(mode)
+        return self
+
+    def metadata(self) -> dict[str, Any]:
+        """What a server advertises: views, image size, language size, backbone, token count."""
+        return {
+            "views": list(self.views),
+            "image_hw": list(self.image_hw),
+            "lang_dim": self.lang_dim,
+            "backbone": self.config.backbone,
+            "num_tokens": self.num_tokens,
+            "feature_dim": self.backbone.feature_dim,
+        }
+
+    def export_state(self) -> dict[str, Any]:
+        """Checkpoint payload that :meth:`from_checkpoint` rebuilds the critic from."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": asdict(self.config),
+            "model": self.state_dict(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ProgressCritic:
+        """Inverse of :meth:`export_state`."""
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(
+                f"critic checkpoint: expected format {CHECKPOINT_FORMAT!r}, got {state.get('format')!r}"
+            )
+        critic = cls(CriticModelConfig(**state["config"]))
+        critic.load_state_dict(state["model"])
+        return critic
+
+    @classmethod
+    def from_checkpoint(
+        cls, path: str | Path, map_location: str | torch.device = "cpu"
+    ) -> ProgressCritic:
+        """Load a critic (in eval mode) from a file written by :meth:`export_state` or by training."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"critic checkpoint {path}: no such file")
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+        state = payload.get("critic", payload)
+        return cls.from_state(state).eval()
+
+
+def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean binary cross-entropy over entries where ``mask`` is true (0 when none are)."""
+    mask = mask.float()
+    loss = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+    return (loss * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,0 +1,266 @@
+"""Train the progress critic on labelled pairs drawn from episodes.
+
+One function, :func:`train_critic`, reads top to bottom: build the critic, cache frame
+tokens (frozen backbone), then for every step draw a balanced batch of labelled pairs
+(:class:`limbic.critic.labels.PairSampler`), drop views at random, regress progress (MSE)
+and classify done (masked BCE). Logs go to TensorBoard under ``<out_dir>/tb``; checkpoints
+to ``<out_dir>/checkpoints``. Every step's randomness is derived from ``(seed, step)``, so a
+run resumed from a checkpoint continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
+from tqdm import tqdm
+
+from limbic.critic.evaluate import CriticEvalConfig, compute_metrics, score_episodes
+from limbic.critic.features import CACHE_DTYPES, FrameTokens
+from limbic.critic.labels import PairSampler, PairSamplingConfig
+from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.data.schema import EpisodeArrays
+from limbic.launch.config import require
+
+
+@dataclass
+class CriticTrainConfig:
+    """Everything that defines a critic training run."""
+
+    model: CriticModelConfig = field(default_factory=CriticModelConfig)
+    """Critic architecture."""
+    pairs: PairSamplingConfig = field(default_factory=PairSamplingConfig)
+    """Pair sampling and labels."""
+    eval: CriticEvalConfig = field(default_factory=lambda: CriticEvalConfig(plots=False))
+    """How validation episodes are scored during training."""
+    steps: int = 3000
+    """Optimiser steps in total (a resumed run stops at the same total)."""
+    batch_size: int = 64
+    """Pairs per step."""
+    lr: float = 3e-4
+    """Peak AdamW learning rate."""
+    weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    warmup_steps: int = 100
+    """Linear learning-rate warm-up; cosine decay to 10 % afterwards."""
+    grad_clip: float = 1.0
+    """Global gradient-norm clip."""
+    done_loss_weight: float = 0.5
+    """Weight of the done BCE beside the progress MSE."""
+    view_dropout: float = 0.15
+    """Probability of dropping each view of a pair (at least one view always stays)."""
+    seed: int = 0
+    """Seed of weights and of every step's pairs, dropout and view dropout."""
+    out_dir: str = "runs/critic"
+    """Where checkpoints and TensorBoard logs go."""
+    log_every: int = 50
+    """Steps between TensorBoard scalars."""
+    eval_every: int = 500
+    """Steps between validation passes (0: only at the end, when validation episodes are given)."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (the final step always writes one)."""
+    resume: bool = True
+    """Continue from ``<out_dir>/checkpoints/last.pt`` when it exists."""
+    init_from: str = ""
+    """Start from the weights of this critic checkpoint (fine-tuning, e.g. on one demonstration);
+    a run that resumes from its own ``last.pt`` ignores it."""
+    cache_dtype: str = "float16"
+    """Dtype of cached frame tokens (frozen backbones): float16, bfloat16 or float32."""
+    device: str = "cpu"
+    """Torch device."""
+    num_threads: int = 0
+    """torch CPU threads (0: leave torch's default)."""
+    progress_bar: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        require(self.steps >= 1, "critic.steps", f"expected >= 1, got {self.steps}")
+        require(self.batch_size >= 2, "critic.batch_size", f"expected >= 2, got {self.batch_size}")
+        require(self.lr > 0, "critic.lr", f"expected > 0, got {self.lr}")
+        require(
+            0.0 <= self.view_dropout < 1.0,
+            "critic.view_dropout",
+            f"expected [0, 1), got {self.view_dropout}",
+        )
+        require(
+            self.cache_dtype in CACHE_DTYPES,
+            "critic.cache_dtype",
+            f"expected one of {sorted(CACHE_DTYPES)}, got {self.cache_dtype!r}",
+        )
+        require(
+            self.checkpoint_every >= 1 and self.log_every >= 1,
+            "critic.checkpoint_every",
+            "checkpoint_every and log_every must be >= 1",
+        )
+
+
+@dataclass
+class TrainResult:
+    """What a training run leaves behind."""
+
+    critic: ProgressCritic
+    checkpoint: Path
+    """The last checkpoint (also loadable with :meth:`ProgressCritic.from_checkpoint`)."""
+    step: int
+    val_metrics: dict[str, float] = field(default_factory=dict)
+    """Metrics of the last validation pass (empty without validation episodes)."""
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def drop_views(present: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
+    """Drop each present view with probability ``p``, keeping at least one per sample."""
+    if p <= 0:
+        return present
+    keep = present & (torch.rand(present.shape, generator=generator) >= p).to(present.device)
+    empty = ~keep.any(1)
+    if empty.any():
+        # Restore one random present view where everything was dropped.
+        score = torch.rand(present.shape, generator=generator).to(present.device) * present
+        keep[empty] = F.one_hot(score[empty].argmax(1), present.shape[1]).bool()
+    return keep
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a crash mid-write never leaves a truncated checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def train_critic(
+    config: CriticTrainConfig,
+    episodes: list[EpisodeArrays],
+    val_episodes: list[EpisodeArrays] | None = None,
+    stop_at_step: int | None = None,
+) -> TrainResult:
+    """Train a :class:`ProgressCritic` on ``episodes``; validate on ``val_episodes`` when given.
+
+    ``stop_at_step`` ends this call early (with a checkpoint) as a preemption would; calling
+    again with the same config resumes and finishes the schedule of ``config.steps``.
+    """
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    out = Path(config.out_dir)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    device = torch.device(config.device)
+
+    torch.manual_seed(config.seed)
+    critic = ProgressCritic(config.model).to(device)
+    if config.init_from:
+        critic.load_state_dict(ProgressCritic.from_checkpoint(config.init_from).state_dict())
+    params = [p for p in critic.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: _lr_factor(s, config.warmup_steps, config.steps)
+    )
+    start = 0
+    if config.resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["critic"]["config"] != asdict(config.model):
+            raise ValueError(
+                f"resume: {ckpt_path} was trained with model config {state['critic']['config']}, not {asdict(config.model)}; use a new out_dir or resume=false"
+            )
+        critic.load_state_dict(state["critic"]["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+
+    sampler = PairSampler(episodes, config.pairs, seed=config.seed)
+    tokens = FrameTokens(critic, episodes, config.cache_dtype, show_progress=config.progress_bar)
+    lang_table = critic.encode_instructions(sampler.instructions)
+    val_tokens = FrameTokens(critic, val_episodes, config.cache_dtype) if val_episodes else None
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"), purge_step=start)
+    val_metrics: dict[str, float] = {}
+    end = config.steps if stop_at_step is None else min(stop_at_step, config.steps)
+    bar = tqdm(
+        range(start, end),
+        initial=start,
+        total=config.steps,
+        desc="critic",
+        disable=not config.progress_bar,
+    )
+    try:
+        for step in bar:
+            rng = np.random.default_rng([config.seed, step])
+            gen = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
+            torch.manual_seed(config.seed * 1_000_003 + step)  # dropout layers
+            critic.train()
+            batch = sampler.sample(config.batch_size, rng)
+            tok_a, present_a = tokens.get(batch.episode_a, batch.frame_a)
+            tok_b, present_b = tokens.get(batch.episode_b, batch.frame_b)
+            views = drop_views(present_a & present_b, config.view_dropout, gen)
+            lang = lang_table[torch.from_numpy(batch.instruction)]
+            progress, done_logit = critic.head(tok_a, tok_b, lang, views, views)
+
+            p_mask = torch.from_numpy(batch.progress_mask).to(device).float()
+            p_target = torch.from_numpy(batch.progress).to(device)
+            progress_loss = ((progress - p_target) ** 2 * p_mask).sum() / p_mask.sum().clamp(
+                min=1.0
+            )
+            d_mask = torch.from_numpy(batch.done_mask).to(device).float()
+            d_target = torch.from_numpy(batch.done).to(device)
+            done_loss = (
+                F.binary_cross_entropy_with_logits(done_logit, d_target, reduction="none") * d_mask
+            ).sum() / d_mask.sum().clamp(min=1.0)
+            loss = progress_loss + config.done_loss_weight * done_loss
+
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            done_steps = step + 1
+
+            if done_steps % config.log_every == 0 or done_steps == config.steps:
+                writer.add_scalar("loss/total", loss.item(), done_steps)
+                writer.add_scalar("loss/progress", progress_loss.item(), done_steps)
+                writer.add_scalar("loss/done", done_loss.item(), done_steps)
+                writer.add_scalar("train/grad_norm", float(grad_norm), done_steps)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done_steps)
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    progress=f"{progress_loss.item():.4f}",
+                    done=f"{done_loss.item():.3f}",
+                )
+            if val_episodes and (
+                (config.eval_every and done_steps % config.eval_every == 0)
+                or done_steps == config.steps
+            ):
+                scores = score_episodes(critic, val_episodes, val_tokens, config=config.eval)
+                val_metrics = compute_metrics(val_episodes, scores, config.eval.done_threshold)
+                for k, v in val_metrics.items():
+                    if np.isfinite(v):
+                        writer.add_scalar(f"val/{k}", v, done_steps)
+            if done_steps % config.checkpoint_every == 0 or done_steps in (config.steps, end):
+                save_checkpoint(
+                    ckpt_path,
+                    {
+                        "critic": critic.export_state(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "step": done_steps,
+                        "train_config": asdict(config),
+                        "val_metrics": val_metrics,
+                    },
+                )
+    finally:
+        bar.close()
+        writer.close()
+    critic.eval()
+    return TrainResult(critic, ckpt_path, max(start, end), val_metrics)

@@ -1,0 +1,77 @@
+"""``limbic-train-critic``: train the progress critic on LeRobotDataset folders.
+
+    limbic-train-critic datasets='[data/demos,data/failures]' split=train \
+        val_datasets='[data/demos]' val_split=test critic.steps=5000
+
+The config is ``launch/conf/train_critic.yaml`` (critic options in the ``critic/`` group);
+the typed schema is :class:`TrainCriticJob`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from limbic.critic.train import CriticTrainConfig, train_critic
+from limbic.data.reader import load_many
+from limbic.launch.config import require, to_object
+
+
+@dataclass
+class TrainCriticJob:
+    """A critic training job: where the episodes come from and how to train."""
+
+    datasets: list[str] = field(default_factory=list)
+    """LeRobotDataset folders to train on (demos, noisy and failed episodes)."""
+    split: str | None = None
+    """Split of ``meta/info.json`` to take from each training dataset (None: all episodes)."""
+    val_datasets: list[str] = field(default_factory=list)
+    """Held-out LeRobotDataset folders scored during training (may repeat ``datasets`` with another split)."""
+    val_split: str | None = None
+    """Split to take from each validation dataset."""
+    critic: CriticTrainConfig = field(default_factory=CriticTrainConfig)
+    """Model, labels and optimisation."""
+
+    def __post_init__(self) -> None:
+        require(
+            len(self.datasets) > 0,
+            "datasets",
+            "give at least one LeRobotDataset folder, e.g. datasets='[data/demos]'",
+        )
+
+
+ConfigStore.instance().store(name="train_critic_schema", node=TrainCriticJob)
+
+
+def run(job: TrainCriticJob) -> None:
+    """Load the episodes and train; prints where the checkpoint went."""
+    views = job.critic.model.views
+    episodes = load_many(job.datasets, split=job.split, views=views)
+    val = (
+        load_many(job.val_datasets, split=job.val_split, views=views) if job.val_datasets else None
+    )
+    print(
+        f"training on {len(episodes)} episodes ({sum(e.succeeded for e in episodes)} successful)"
+        + (f", validating on {len(val)}" if val else "")
+    )
+    result = train_critic(job.critic, episodes, val)
+    if result.val_metrics:
+        print("validation: " + " ".join(f"{k}={v:.4f}" for k, v in result.val_metrics.items()))
+    print(f"checkpoint={result.checkpoint} step={result.step}")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train_critic")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(to_object(cfg, TrainCriticJob))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""limbic-train-critic and limbic-eval-critic end to end on a LeRobotDataset written to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from synthetic_episodes import make_episodes, write_dataset
+
+
+def _run(module: str, *overrides: str, cwd: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_train_then_eval_from_dataset_folders(tmp_path: Path) -> None:
+    episodes = make_episodes(6, seed=0, hw=32, fail_fraction=0.34)
+    write_dataset(
+        episodes, tmp_path / "toy", splits={"train": "0:4", "test": "4:6"}, with_progress=True
+    )
+    common = [f"hydra.run.dir={tmp_path / 'hydra'}"]
+    out = _run(
+        "limbic.launch.train_critic",
+        f"datasets=[{tmp_path / 'toy'}]",
+        "split=train",
+        f"val_datasets=[{tmp_path / 'toy'}]",
+        "val_split=test",
+        "critic=small_cnn",
+        "critic.model.image_hw=[32,32]",
+        "critic.model.d_model=32",
+        "critic.steps=6",
+        "critic.batch_size=8",
+        "critic.eval_every=3",
+        f"critic.out_dir={tmp_path / 'run'}",
+        "critic.progress_bar=false",
+        *common,
+        cwd=tmp_path,
+    )
+    assert "training on 4 episodes" in out and "validation: voc=" in out
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert checkpoint.exists()
+    out = _run(
+        "limbic.launch.eval_critic",
+        f"checkpoint={checkpoint}",
+        f"datasets=[{tmp_path / 'toy'}]",
+        "split=test",
+        f"reference_datasets=[{tmp_path / 'toy'}]",
+        "reference_split=train",
+        f"out_dir={tmp_path / 'eval'}",
+        *common,
+        cwd=tmp_path,
+    )
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("voc=") and all(
+        f" {k}=" in last for k in ("voc_f1", "done_f1", "mismatch", "cls_acc")
+    )
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["episodes"] == 2 and len(metrics["per_episode"]) == 2
+    assert len(list((tmp_path / "eval" / "curves").glob("*.png"))) == 2
+
+
+def test_train_config_errors_name_the_key(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from limbic.launch.config import ConfigError, to_object
+    from limbic.launch.train_critic import TrainCriticJob
+
+    conf = Path(__file__).resolve().parents[1] / "launch" / "conf"
+    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
+        job = to_object(
+            compose("train_critic", overrides=["datasets=[a]", "critic=small_cnn"]), TrainCriticJob
+        )
+        assert (
+            job.critic.model.backbone == "small_cnn" and job.critic.pairs.mismatch_fraction == 0.08
+        )
+        with pytest.raises(ConfigError, match="critic.pairs.mismatch_fraction"):
+            to_object(
+                compose(
+                    "train_critic", overrides=["datasets=[a]", "critic.pairs.mismatch_fraction=0.9"]
+                ),
+                TrainCriticJob,
+            )
+        with pytest.raises(ConfigError, match="datasets"):
+            to_object(compose("train_critic", overrides=["datasets=[]"]), TrainCriticJob)

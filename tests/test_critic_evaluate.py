@@ -1,0 +1,55 @@
+"""evaluate_critic on toy episodes: files, per-task metrics, reversed and mismatched scoring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from synthetic_episodes import make_episodes
+
+from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic, score_episodes, summary_line
+from limbic.critic.model import CriticModelConfig, ProgressCritic
+
+torch.set_num_threads(1)
+
+
+def _critic() -> ProgressCritic:
+    torch.manual_seed(0)
+    cfg = CriticModelConfig(backbone="small_cnn", image_hw=[32, 32], d_model=32, pool_heads=2)
+    return ProgressCritic(cfg).eval()
+
+
+def test_evaluate_writes_metrics_json_and_a_curve_per_episode(tmp_path: Path) -> None:
+    episodes = make_episodes(4, seed=0, hw=32, fail_fraction=0.5)
+    metrics = evaluate_critic(_critic(), episodes, tmp_path)
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["episodes"] == 4 and saved["successes"] == 2
+    assert sorted(saved["per_task"]) == sorted({e.instruction for e in episodes})
+    assert [e["episode_index"] for e in saved["per_episode"]] == [0, 1, 2, 3]
+    assert len(list((tmp_path / "curves").glob("*.png"))) == 4
+    line = summary_line(metrics)
+    assert [kv.split("=")[0] for kv in line.split()] == [
+        "voc",
+        "voc_f1",
+        "done_f1",
+        "mismatch",
+        "cls_acc",
+    ]
+
+
+def test_scores_cover_every_frame_reversal_and_wrong_instruction() -> None:
+    episodes = make_episodes(4, seed=1, hw=32)
+    config = CriticEvalConfig(goal_references=2, mismatch_pairs=6, plots=False)
+    scores = score_episodes(_critic(), episodes, config=config)
+    for ep, s in zip(episodes, scores, strict=True):
+        n = len(ep)
+        assert s.curves.fused.shape == s.reversed_fused.shape == s.curves.done_prob.shape == (n,)
+        assert s.curves.hops.shape == (n - 1,)
+        assert s.curves.backward is not None  # another success of the same task exists
+        assert s.mismatch_progress.shape == (6,)
+        assert np.all((s.curves.fused >= 0) & (s.curves.fused <= 1))
+    # a lone episode has no reference goal (its own goal is never used) and no wrong instruction
+    (alone,) = score_episodes(_critic(), episodes[:1], config=config)
+    assert alone.curves.backward is None and alone.mismatch_progress.size == 0

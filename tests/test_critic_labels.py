@@ -1,0 +1,214 @@
+"""Critic pair labels on hand-computed cases, and the balanced pair sampler."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from limbic.critic.labels import (
+    PairSampler,
+    PairSamplingConfig,
+    apply_hop,
+    done_labels,
+    episode_progress,
+    hop_progress,
+    still_segments,
+)
+from limbic.data.schema import EpisodeArrays
+from limbic.launch.config import ConfigError
+
+
+def _episode(
+    n: int,
+    success: bool = True,
+    instruction: str = "push",
+    index: int = 0,
+    images=None,
+    progress=None,
+) -> EpisodeArrays:
+    if images is None:
+        # Every frame visibly different: the scene brightens step by step.
+        images = np.repeat((np.arange(n) * 200 // n).astype(np.uint8), 16 * 16 * 3).reshape(
+            n, 16, 16, 3
+        )
+    succ = np.zeros(n, dtype=bool)
+    succ[-1] = success
+    meta = {} if progress is None else {"progress": np.asarray(progress, dtype=np.float32)}
+    return EpisodeArrays(
+        episode_index=index,
+        instruction=instruction,
+        images={"front": images},
+        state=np.zeros((n, 2), np.float32),
+        action=np.zeros((n, 2), np.float32),
+        reward=succ.astype(np.float32),
+        success=succ,
+        done=np.eye(n, dtype=bool)[-1],
+        intervention=np.zeros(n, dtype=bool),
+        metadata=meta,
+    )
+
+
+def test_hop_progress_hand_computed() -> None:
+    assert hop_progress(0.2, 0.6) == pytest.approx(0.5)  # (0.6 - 0.2) / (1 - 0.2)
+    assert hop_progress(0.8, 0.2) == pytest.approx(-0.75)  # (0.2 - 0.8) / 0.8
+    assert hop_progress(0.0, 1.0) == pytest.approx(1.0)
+    assert hop_progress(1.0, 0.0) == pytest.approx(-1.0)
+    assert hop_progress(0.4, 0.4) == 0.0
+    assert hop_progress(1.0, 1.0) == 0.0 and hop_progress(0.0, 0.0) == 0.0
+    # VLAC's forward form Δt / (T − i) for time-based progress: i=2, j=5, T=10.
+    assert hop_progress(2 / 10, 5 / 10) == pytest.approx(3 / 8)
+
+
+@given(st.floats(0.0, 1.0), st.floats(0.0, 1.0))
+def test_apply_hop_inverts_hop_progress(phi_a: float, phi_b: float) -> None:
+    c = hop_progress(phi_a, phi_b)
+    assert -1.0 <= c <= 1.0
+    assert apply_hop(phi_a, c) == pytest.approx(phi_b, abs=1e-5)
+
+
+def test_episode_progress_sources() -> None:
+    np.testing.assert_allclose(episode_progress(_episode(5)), [0, 0.25, 0.5, 0.75, 1.0])
+    assert episode_progress(_episode(5, success=False)) is None
+    stored = [0.0, 0.2, 0.1, 0.3, 0.3]
+    np.testing.assert_allclose(
+        episode_progress(_episode(5, success=False, progress=stored)), stored
+    )
+    with pytest.raises(ValueError, match=r"metadata\['progress'\]"):
+        episode_progress(_episode(5, progress=[0.0, 2.0, 0, 0, 0]))
+
+
+def test_done_labels_last_5_and_first_80_percent() -> None:
+    label, labelled = done_labels(_episode(21))  # t / 20
+    np.testing.assert_array_equal(np.flatnonzero(label), [19, 20])
+    np.testing.assert_array_equal(np.flatnonzero(~labelled), [16, 17, 18])
+    label, labelled = done_labels(_episode(21, success=False))
+    assert not label.any() and labelled.all()
+    label, _ = done_labels(_episode(4))
+    assert label[-1] == 1.0  # the last frame of a success is always done
+
+
+def test_still_segments_group_frames_without_visible_change() -> None:
+    base = np.full((6, 8, 8, 3), 100, dtype=np.uint8)
+    base[2] += 1  # sensor noise: not a visible change
+    base[3:5] = 180
+    base[5] = 20
+    np.testing.assert_array_equal(
+        still_segments({"front": base}, threshold=2.0, stride=1), [0, 0, 0, 1, 1, 2]
+    )
+
+
+def test_config_rejects_bad_values_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match="critic.pairs.mismatch_fraction"):
+        PairSamplingConfig(mismatch_fraction=0.7)
+
+
+def _sampler(**kw) -> PairSampler:
+    episodes = [
+        _episode(20 + i, instruction=("push red" if i % 2 else "push blue"), index=i)
+        for i in range(6)
+    ]
+    episodes.append(_episode(15, success=False, instruction="push red", index=6))
+    return PairSampler(episodes, PairSamplingConfig(**kw), seed=0)
+
+
+def test_sampled_labels_follow_the_hop_rule() -> None:
+    sampler = _sampler(mismatch_fraction=0.0, goal_anchor_fraction=0.0)
+    batch = sampler.sample(512, np.random.default_rng(0))
+    for j in range(len(batch)):
+        ea, eb = int(batch.episode_a[j]), int(batch.episode_b[j])
+        assert ea == eb
+        phi = sampler.phi[eb]
+        if phi is None:  # the failure without stored progress: done labels only
+            assert not batch.progress_mask[j]
+            assert batch.done_mask[j] and batch.done[j] == 0.0
+            continue
+        expected = hop_progress(phi[batch.frame_a[j]], phi[batch.frame_b[j]])
+        assert batch.progress[j] == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_pairs_without_visible_change_are_labelled_zero() -> None:
+    frames = np.zeros((10, 16, 16, 3), dtype=np.uint8)
+    for t in range(10):
+        frames[t, min(t, 6)] = 255  # the scene stops changing after frame 6
+    sampler = PairSampler(
+        [_episode(10, images=frames)],
+        PairSamplingConfig(mismatch_fraction=0.0, goal_anchor_fraction=0.0),
+    )
+    batch = sampler.sample(400, np.random.default_rng(1))
+    still = (batch.frame_a >= 6) & (batch.frame_b >= 6)
+    assert still.any() and np.all(batch.progress[still] == 0.0)
+    moving = (batch.frame_a < 6) & (batch.frame_b != batch.frame_a)
+    assert np.all(batch.progress[moving] != 0.0)
+
+
+def test_mismatched_instructions_get_zero_progress_and_not_done() -> None:
+    sampler = _sampler(mismatch_fraction=0.08)
+    batch = sampler.sample(4000, np.random.default_rng(2))
+    rate = batch.mismatch.mean()
+    assert 0.06 < rate < 0.10
+    own = sampler.instruction_of[batch.episode_b]
+    np.testing.assert_array_equal(batch.instruction != own, batch.mismatch)
+    assert np.all(batch.progress[batch.mismatch] == 0.0) and np.all(
+        batch.progress_mask[batch.mismatch]
+    )
+    assert np.all(batch.done[batch.mismatch] == 0.0) and np.all(batch.done_mask[batch.mismatch])
+
+
+def test_goal_anchored_pairs_come_from_another_success_of_the_same_task() -> None:
+    sampler = _sampler(mismatch_fraction=0.0, goal_anchor_fraction=0.3)
+    batch = sampler.sample(1000, np.random.default_rng(3))
+    cross = batch.episode_a != batch.episode_b
+    assert 0.2 < cross.mean() < 0.4
+    for j in np.flatnonzero(cross):
+        ea, eb = int(batch.episode_a[j]), int(batch.episode_b[j])
+        assert sampler.instruction_of[ea] == sampler.instruction_of[eb]
+        assert sampler.episodes[ea].succeeded
+        phi_a = sampler.phi[ea][batch.frame_a[j]]
+        assert phi_a >= 0.95 - 1e-6
+        assert batch.progress[j] == pytest.approx(
+            float(hop_progress(phi_a, sampler.phi[eb][batch.frame_b[j]])), abs=1e-6
+        )
+
+
+def test_balancing_flattens_progress_bins_and_gaps_within_them() -> None:
+    # Half of every episode is a still tail: uniform pairs are dominated by progress 0.
+    episodes = []
+    for i in range(4):
+        frames = np.repeat(
+            (np.minimum(np.arange(30), 15) * 12).astype(np.uint8), 16 * 16 * 3
+        ).reshape(30, 16, 16, 3)
+        episodes.append(_episode(30, images=frames, index=i))
+    sampler = PairSampler(
+        episodes, PairSamplingConfig(mismatch_fraction=0.0, goal_anchor_fraction=0.0)
+    )
+    rng = np.random.default_rng(4)
+
+    def grid(batch) -> np.ndarray:
+        counts = np.bincount(sampler.cells(batch), minlength=sampler.num_cells)[:-1]
+        return counts.reshape(sampler.config.progress_bins, sampler.config.gap_bins) / len(batch)
+
+    uniform, balanced = grid(sampler._uniform_pairs(20000, rng)), grid(sampler.sample(20000, rng))
+    zero_bin = sampler.config.progress_bins // 2
+    assert uniform.sum(1)[zero_bin] > 0.3  # progress-0 pairs dominate without balancing
+    rows = balanced.sum(1)
+    assert rows.max() / rows.min() < 1.3  # about 1/10 of the pairs in every progress bin
+    # Within the top progress bin, the time gaps are spread out instead of piling up.
+    top = balanced[-1][balanced[-1] > 0] / balanced[-1].sum()
+    top_uniform = uniform[-1][uniform[-1] > 0] / uniform[-1].sum()
+    assert top.max() / top.min() < top_uniform.max() / top_uniform.min()
+    assert top.max() / top.min() < 1.5
+
+
+def test_sampling_is_a_function_of_the_rng() -> None:
+    sampler = _sampler()
+    a = sampler.sample(64, np.random.default_rng([7, 3]))
+    b = sampler.sample(64, np.random.default_rng([7, 3]))
+    for name in a.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+
+
+def test_sampler_rejects_too_short_episodes() -> None:
+    with pytest.raises(ValueError, match="1 frame"):
+        PairSampler([_episode(1)], PairSamplingConfig())
