@@ -1,0 +1,1 @@
+"""Hydra configs of the entry points (a package so installed console scripts can find them)."""
