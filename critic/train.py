@@ -181,7 +181,9 @@ def train_critic(
     # A pair needs two frames; one-frame episodes (the task done on the first step) teach nothing.
     usable = [e for e in episodes if len(e) >= 2]
     if len(usable) < len(episodes):
-        print(f"train_critic: skipping {len(episodes) - len(usable)} episode(s) shorter than 2 frames")
+        print(
+            f"train_critic: skipping {len(episodes) - len(usable)} episode(s) shorter than 2 frames"
+        )
     episodes = usable
     sampler = PairSampler(episodes, config.pairs, seed=config.seed)
     tokens = FrameTokens(critic, episodes, config.cache_dtype, show_progress=config.progress_bar)

@@ -63,7 +63,8 @@ class ObservationEncoder(nn.Module):
         gamma, beta = self.film(lang).view(b, 2, v, 1, self.d).unbind(1)
         x = F.relu(x * (1.0 + gamma) + beta)
         q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]
-        attn = torch.einsum("bvkd,bvnd->bvkn", q, self.key(x)) / math.sqrt(self.d)
+        # q . (W x) = (W^T q) . x: project the K queries instead of all N tokens.
+        attn = torch.einsum("bvkd,bvnd->bvkn", q @ self.key.weight, x) / math.sqrt(self.d)
         pooled = torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x)  # [B, V, K, d]
         if view_mask is not None:  # a missing view contributes nothing
             pooled = pooled * view_mask.view(b, v, 1, 1).float()

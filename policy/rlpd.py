@@ -180,9 +180,11 @@ class RLPDAgent(nn.Module):
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
         """One critic step, and (when ``update_actor``) one actor and temperature step."""
         cfg = self.cfg
-        metrics = self._critic_step(batch)
+        metrics, critic_feature = self._critic_step(batch)
         if update_actor:
-            metrics.update(self._actor_step(batch, cfg.bc_weight, rl=True))
+            metrics.update(
+                self._actor_step(batch, cfg.bc_weight, rl=True, critic_feature=critic_feature)
+            )
         polyak_update(self.target_encoder, self.critic_encoder, cfg.tau)
         polyak_update(self.target_critic, self.critic, cfg.tau)
         self.updates += 1
@@ -192,7 +194,7 @@ class RLPDAgent(nn.Module):
         """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline)."""
         return self._actor_step(batch, bc_weight=1.0, rl=False)
 
-    def _critic_step(self, b: Batch) -> dict[str, float]:
+    def _critic_step(self, b: Batch) -> tuple[dict[str, float], torch.Tensor]:
         cfg = self.cfg
         with torch.no_grad():
             next_action, next_logp = self.actor(
@@ -202,7 +204,8 @@ class RLPDAgent(nn.Module):
             heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset]
             next_q = self.target_critic(next_feature, next_action)[heads]
             target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, cfg.gamma)
-        q = self.critic(self.critic_encoder(b["tokens"], b["state"], b["lang"]), b["action"])
+        feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
+        q = self.critic(feature, b["action"])
         loss = critic_loss(q, target)
         self.critic_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -210,23 +213,27 @@ class RLPDAgent(nn.Module):
             [p for g in self.critic_opt.param_groups for p in g["params"]], cfg.grad_clip
         )
         self.critic_opt.step()
-        return {
-            "critic_loss": float(loss),
-            "q_mean": float(q.mean()),
+        metrics = {
+            "critic_loss": float(loss.detach()),
+            "q_mean": float(q.detach().mean()),
             "target_mean": float(target.mean()),
         }
+        return metrics, feature.detach()
 
-    def _actor_step(self, b: Batch, bc_weight: float, rl: bool) -> dict[str, float]:
+    def _actor_step(
+        self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
+    ) -> dict[str, float]:
         cfg = self.cfg
         feature = self.actor_encoder(b["tokens"], b["state"], b["lang"])
         mean_action = torch.tanh(self.actor.distribution(feature)[0])
         imitation = bc_loss(mean_action, b["action"], b["human"])
-        metrics = {"bc_loss": float(imitation)}
+        metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
         if rl:
             action, logp = self.actor(feature)
-            with torch.no_grad():
-                critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
+            if critic_feature is None:
+                with torch.no_grad():
+                    critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
             self.critic.requires_grad_(False)
             q = self.critic(critic_feature, action)
             self.critic.requires_grad_(True)

@@ -1,0 +1,176 @@
+"""The VLA policy as a whole: frames, instruction and proprioception in, an action chunk out.
+
+Pipeline: every view goes through the shared vision backbone (frozen EfficientNet-Lite0 by
+default) to a token map; a fixed linear compression (PCA fitted on demonstration frames)
+shrinks each token to ``token_dim`` numbers — these compact tokens are what the replay
+stores, once per frame; the actor's language-conditioned encoder and tanh-Gaussian head
+turn them, the state and the instruction embedding into a normalised action chunk, which
+is mapped back into the arm's declared action bounds.
+
+``VLAPolicy.forward`` is the servable policy interface (``limbic.runtime.servable``):
+``uint8[B, V, H, W, 3]``, ``float32[B, S]``, ``float32[B, L]`` -> ``float32[B, chunk, A]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from limbic.contracts import ActionSpec
+from limbic.launch.config import require
+from limbic.policy.encoders import VisionBackbone, make_backbone
+from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
+
+
+@dataclass
+class PolicyConfig:
+    """What the policy sees and how big it is."""
+
+    backbone: str = "efficientnet_lite0:stride16"
+    """Vision backbone spec (see ``limbic.policy.encoders``); the critic's default, so tokens are shared."""
+    views: tuple[str, ...] = ("front", "wrist")
+    """Camera views, in order."""
+    image_hw: tuple[int, int] = (128, 128)
+    """Frame size in pixels."""
+    token_dim: int = 32
+    """Numbers per vision token after the fixed PCA compression."""
+    token_pool: int = 2
+    """Average-pool the square token grid by this factor before compressing (8x8 -> 4x4 at 2)."""
+    chunk_len: int = 1
+    """Actions per inference (1 for RL)."""
+    agent: AgentConfig = field(default_factory=AgentConfig)
+
+    def __post_init__(self) -> None:
+        self.views = tuple(self.views)
+        self.image_hw = tuple(self.image_hw)
+        require(len(self.views) > 0, "policy.views", "needs at least one view")
+        require(self.token_dim >= 1, "policy.token_dim", f"must be >= 1, got {self.token_dim}")
+        require(self.token_pool >= 1, "policy.token_pool", f"must be >= 1, got {self.token_pool}")
+        require(self.chunk_len >= 1, "policy.chunk_len", f"must be >= 1, got {self.chunk_len}")
+
+
+class TokenCompressor(nn.Module):
+    """A fixed map of token grids: average-pool ``[..., N, D]`` by ``pool``, then centre and
+    project each token on the top-k principal axes -> ``[..., N / pool^2, k]``."""
+
+    def __init__(self, in_dim: int, out_dim: int, pool: int = 1):
+        super().__init__()
+        self.pool = pool
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("components", torch.eye(in_dim, out_dim))
+
+    def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[..., N, D]`` (a square grid of N tokens) -> ``[..., N / pool^2, D]``."""
+        if self.pool == 1:
+            return tokens.float()
+        *lead, n, d = tokens.shape
+        side = int(round(n**0.5))
+        if side * side != n or side % self.pool:
+            raise ValueError(
+                f"token_pool={self.pool} needs a square grid divisible by it, got {n} tokens"
+            )
+        grid = tokens.float().reshape(-1, side, side, d).permute(0, 3, 1, 2)
+        grid = torch.nn.functional.avg_pool2d(grid, self.pool)
+        return grid.permute(0, 2, 3, 1).reshape(*lead, -1, d)
+
+    @torch.no_grad()
+    def fit(self, tokens: torch.Tensor) -> float:
+        """Fit on sample token grids ``[..., N, D]``; return the fraction of variance kept."""
+        x = self.pooled(tokens)
+        x = x.reshape(-1, x.shape[-1])
+        mean = x.mean(0)
+        _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+        k = self.components.shape[1]
+        self.mean.copy_(mean)
+        self.components.copy_(vh[:k].T)
+        var = s**2
+        return float(var[:k].sum() / var.sum())
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return (self.pooled(tokens) - self.mean) @ self.components
+
+
+class VLAPolicy(nn.Module):
+    """Backbone + token compressor + RLPD agent, with the servable policy interface."""
+
+    def __init__(
+        self,
+        cfg: PolicyConfig,
+        action_spec: ActionSpec,
+        state_dim: int,
+        lang_dim: int = 384,
+        backbone: VisionBackbone | None = None,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.cfg = cfg
+        self.views = cfg.views
+        self.image_hw = cfg.image_hw
+        self.state_dim = state_dim
+        self.action_dim = action_spec.dim
+        self.chunk_len = cfg.chunk_len
+        self.lang_dim = lang_dim
+        self.action_spec = action_spec
+        self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone)
+        self.n_tokens = self.backbone.num_tokens(cfg.image_hw) // cfg.token_pool**2
+        self.compressor = TokenCompressor(self.backbone.feature_dim, cfg.token_dim, cfg.token_pool)
+        self.agent = RLPDAgent(
+            cfg.agent,
+            ObsShape(
+                len(cfg.views),
+                self.n_tokens,
+                cfg.token_dim,
+                state_dim,
+                lang_dim,
+                self.action_dim,
+                cfg.chunk_len,
+            ),
+            seed=seed,
+        )
+        self.register_buffer("action_low", torch.as_tensor(action_spec.low, dtype=torch.float32))
+        self.register_buffer("action_high", torch.as_tensor(action_spec.high, dtype=torch.float32))
+
+    @property
+    def token_shape(self) -> tuple[int, int, int]:
+        """Shape of one frame's compact tokens: ``(views, tokens per view, token_dim)``."""
+        return (len(self.views), self.n_tokens, self.cfg.token_dim)
+
+    @torch.no_grad()
+    def backbone_tokens(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
+        """``uint8[B, V, H, W, 3]`` -> full backbone tokens ``float32[B, V, N, C]``."""
+        images = torch.as_tensor(images)
+        b, v = images.shape[:2]
+        tokens = self.backbone(images.reshape(b * v, *images.shape[2:]))
+        return tokens.reshape(b, v, *tokens.shape[1:])
+
+    @torch.no_grad()
+    def compact_tokens(self, backbone_tokens: torch.Tensor) -> torch.Tensor:
+        """Full backbone tokens -> the compact tokens the replay stores."""
+        return self.compressor(backbone_tokens)
+
+    def denormalize(self, action: torch.Tensor) -> torch.Tensor:
+        """``[-1, 1]`` actions -> the arm's units (inside the declared bounds)."""
+        return self.action_low + (action + 1.0) * 0.5 * (self.action_high - self.action_low)
+
+    @torch.no_grad()
+    def act_tokens(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor,
+        lang: torch.Tensor,
+        deterministic: bool = True,
+    ) -> torch.Tensor:
+        """Compact tokens -> action chunk ``[B, chunk, A]`` in the arm's units."""
+        a = self.agent.act(tokens, state, lang, deterministic=deterministic)
+        return self.denormalize(a.view(a.shape[0], self.chunk_len, self.action_dim))
+
+    @torch.no_grad()
+    def forward(
+        self, images: torch.Tensor, state: torch.Tensor, lang: torch.Tensor
+    ) -> torch.Tensor:
+        """The servable interface: deterministic action chunk ``float32[B, chunk, A]``."""
+        tokens = self.compact_tokens(self.backbone_tokens(images))
+        return self.act_tokens(tokens, state.float(), lang.float(), deterministic=True)

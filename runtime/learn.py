@@ -1,0 +1,349 @@
+"""The in-process learning loop: env -> policy -> replay -> updates, with periodic evaluation.
+
+    demonstrations (scripted expert)  -> replay "demo" partition, PCA fit of the vision tokens
+    behaviour-cloning pre-training    -> the actor starts from the demonstrations
+    online episodes (stochastic policy) -> replay "online" partition
+        after each episode: UTD x steps updates on batches mixing online and human data
+    every ``eval_every`` episodes: deterministic policy on held-out seeds / split
+
+The same code runs the three arms of the learning benchmark: ``mode=rl`` with the critic's
+shaped reward, ``mode=rl`` with ``reward.shaping_weight=0`` (sparse only), and ``mode=bc``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from limbic.critic.model import ProgressCritic
+from limbic.launch.config import require
+from limbic.policy.encoders import LanguageEncoder
+from limbic.policy.vla import PolicyConfig, VLAPolicy
+from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
+from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
+from limbic.sim.env import SimConfig, SimEnv
+from limbic.sim.expert import ExpertConfig, ScriptedExpert
+
+
+@dataclass
+class LearnConfig:
+    """One learning run in simulation."""
+
+    sim: SimConfig = field(default_factory=SimConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    critic_checkpoint: str = ""
+    """Progress-critic checkpoint for the shaped reward; empty turns shaping off."""
+    mode: str = "rl"
+    """``rl``: BC pre-training then actor-critic online; ``bc``: behaviour cloning only."""
+    demos: int = 20
+    """Scripted demonstrations in the human partition."""
+    online_episodes: int = 150
+    """Online episodes of the learning policy."""
+    utd: float = 2.0
+    """Gradient updates per environment step."""
+    batch_size: int = 256
+    bc_pretrain_steps: int = 1500
+    """Behaviour-cloning steps before online learning (and the whole of ``mode=bc``)."""
+    eval_every: int = 25
+    """Evaluate after every this many online episodes (and at 0)."""
+    eval_episodes: int = 20
+    eval_split: str = "heldout"
+    """Split of the evaluation episodes (held-out colours, positions, phrasings)."""
+    seed: int = 0
+    out_dir: str = "runs/train"
+    videos: int = 2
+    """Evaluation episodes saved as MP4 at the final evaluation."""
+    progress: bool = True
+    threads: int = 0
+    """torch threads (0: leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        require(self.mode in ("rl", "bc"), "learn.mode", f"{self.mode!r} is not 'rl' or 'bc'")
+        require(self.demos >= 1, "learn.demos", f"must be >= 1, got {self.demos}")
+        require(
+            self.online_episodes >= 0,
+            "learn.online_episodes",
+            f"must be >= 0, got {self.online_episodes}",
+        )
+        require(self.utd > 0, "learn.utd", f"must be > 0, got {self.utd}")
+        require(self.batch_size >= 2, "learn.batch_size", f"must be >= 2, got {self.batch_size}")
+        require(self.eval_every >= 1, "learn.eval_every", f"must be >= 1, got {self.eval_every}")
+
+
+# Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
+DEMO_SEED, ONLINE_SEED, EVAL_SEED = 1_000_000, 2_000_000, 3_000_000
+
+
+@dataclass
+class EvalResult:
+    """Deterministic-policy evaluation after ``episodes`` online episodes."""
+
+    episodes: int
+    success_rate: float
+    mean_length: float
+    mean_shaped_return: float
+    minutes: float
+
+
+@dataclass
+class LearnResult:
+    """What a run produced."""
+
+    curve: list[EvalResult]
+    final_success: float
+    out_dir: Path
+    updates: int
+    minutes: float
+
+    def episodes_to(self, rate: float) -> int | None:
+        """Online episodes at the first evaluation that reached ``rate`` (None if none did)."""
+        hit = [e.episodes for e in self.curve if e.success_rate >= rate]
+        return hit[0] if hit else None
+
+
+class Learner:
+    """Holds the env, policy, critic, replay and their RNGs for one run."""
+
+    def __init__(self, cfg: LearnConfig):
+        self.cfg = cfg
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.env = SimEnv(cfg.sim)
+        self.critic = (
+            ProgressCritic.from_checkpoint(cfg.critic_checkpoint).eval()
+            if cfg.critic_checkpoint
+            else None
+        )
+        backbone = None
+        if self.critic is not None and self.critic.config.backbone == cfg.policy.backbone:
+            backbone = self.critic.backbone  # one frozen backbone, one pass per frame
+        self.policy = VLAPolicy(
+            cfg.policy,
+            self.env.action_spec,
+            len(self.env.state_names),
+            backbone=backbone,
+            seed=cfg.seed,
+        )
+        self.featurize = Featurizer(self.policy, self.critic)
+        self.language = LanguageEncoder()
+        self._lang_cache: dict[str, torch.Tensor] = {}
+        self.reward = (
+            cfg.reward if self.critic is not None else RewardConfig(cfg.reward.task_weight, 0.0)
+        )
+        self.replay = ReplayMix(
+            cfg.replay,
+            self.policy.token_shape,
+            len(self.env.state_names),
+            self.env.action_spec.dim * cfg.policy.chunk_len,
+            self.language.dim,
+        )
+        self.out = Path(cfg.out_dir)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def lang(self, text: str) -> torch.Tensor:
+        """Instruction embedding ``[1, L]``, cached per instruction."""
+        if text not in self._lang_cache:
+            self._lang_cache[text] = self.language([text])
+        return self._lang_cache[text]
+
+    def _store(self, source: str, ep: EpisodeRecord) -> None:
+        lang_id = self.replay.instruction_id(ep.instruction, self.lang(ep.instruction)[0].numpy())
+        self.replay.add_episode(source, **ep.replay_arrays(lang_id))
+
+    def _batch(self) -> dict[str, torch.Tensor]:
+        b = self.replay.sample(
+            self.cfg.batch_size, self.rng, self.reward, self.cfg.policy.agent.gamma
+        )
+        return {k: torch.from_numpy(v) for k, v in b.items()}
+
+    # --- phases -------------------------------------------------------------------------------
+    def collect_demos(self) -> float:
+        """Record the scripted demonstrations, fit the token compressor on them, fill the demo partition.
+
+        Returns the fraction of token variance the compressor keeps.
+        """
+        expert = ScriptedExpert(self.env, ExpertConfig(), seed=self.cfg.seed)
+        demos: list[EpisodeRecord] = []
+        for i in range(self.cfg.demos):
+            ep = run_episode(
+                self.env,
+                lambda o, t, l: expert.act(),
+                self.featurize,
+                self.lang,
+                seed=DEMO_SEED + i,
+                split="train",
+                keep_backbone_tokens=True,
+                on_reset=expert.reset,
+            )
+            demos.append(ep)
+        full = torch.from_numpy(
+            np.concatenate([d.backbone_tokens for d in demos]).astype(np.float32)
+        )
+        kept = self.policy.compressor.fit(full)
+        for d in demos:
+            d.tokens = (
+                self.policy.compact_tokens(torch.from_numpy(d.backbone_tokens.astype(np.float32)))
+                .numpy()
+                .astype(np.float16)
+            )
+            d.backbone_tokens = None
+            self._store("demo", d)
+        return kept
+
+    def pretrain(self, steps: int) -> float:
+        """Behaviour cloning on the human partitions; returns the last BC loss."""
+        loss = float("nan")
+        for _ in range(steps):
+            loss = self.policy.agent.bc_update(self._batch())["bc_loss"]
+        return loss
+
+    def policy_action(self, deterministic: bool):
+        """An action source for :func:`run_episode` backed by the learning policy."""
+
+        def act(obs, tokens, lang):
+            state = torch.from_numpy(obs.state)[None]
+            return self.policy.act_tokens(tokens, state, lang, deterministic=deterministic)[
+                0, 0
+            ].numpy()
+
+        return act
+
+    def evaluate(self, episodes_done: int, started: float, videos: int = 0) -> EvalResult:
+        """Deterministic policy on held-out seeds of the evaluation split."""
+        results = []
+        for i in range(self.cfg.eval_episodes):
+            ep = run_episode(
+                self.env,
+                self.policy_action(True),
+                self.featurize,
+                self.lang,
+                seed=EVAL_SEED + i,
+                split=self.cfg.eval_split,
+                keep_frames=i < videos,
+            )
+            results.append(ep)
+            if i < videos:
+                _write_video(
+                    self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.sim.control_hz)
+                )
+        gamma = self.cfg.policy.agent.gamma
+        return EvalResult(
+            episodes=episodes_done,
+            success_rate=float(np.mean([e.success for e in results])),
+            mean_length=float(np.mean([len(e) for e in results])),
+            mean_shaped_return=float(np.mean([e.shaped_return(gamma) for e in results])),
+            minutes=(time.monotonic() - started) / 60,
+        )
+
+    def run(self) -> LearnResult:
+        """The whole run: demos, pre-training, online learning with evaluations."""
+        cfg = self.cfg
+        started = time.monotonic()
+        self.collect_demos()
+        self.pretrain(cfg.bc_pretrain_steps)
+        curve = [self.evaluate(0, started)]
+        online = cfg.online_episodes if cfg.mode == "rl" else 0
+        bar = tqdm(total=online, desc=f"learning ({cfg.mode})", unit="ep", disable=not cfg.progress)
+        bar.set_postfix(success=f"{curve[-1].success_rate:.0%}")
+        credit = 0.0
+        for ep_i in range(1, online + 1):
+            ep = run_episode(
+                self.env,
+                self.policy_action(False),
+                self.featurize,
+                self.lang,
+                seed=ONLINE_SEED + ep_i,
+                split="train",
+            )
+            self._store("online", ep)
+            credit += cfg.utd * len(ep)
+            while credit >= 1.0:
+                self.policy.agent.update(self._batch())
+                credit -= 1.0
+            bar.update(1)
+            if ep_i % cfg.eval_every == 0 or ep_i == online:
+                curve.append(self.evaluate(ep_i, started))
+                bar.set_postfix(
+                    success=f"{curve[-1].success_rate:.0%}", updates=self.policy.agent.updates
+                )
+        bar.close()
+        if cfg.videos:
+            final = self.evaluate(online, started, videos=cfg.videos)
+            curve[-1] = final if curve[-1].episodes == online else curve[-1]
+        result = LearnResult(
+            curve,
+            curve[-1].success_rate,
+            self.out,
+            self.policy.agent.updates,
+            (time.monotonic() - started) / 60,
+        )
+        self.save(result)
+        return result
+
+    # --- outputs ------------------------------------------------------------------------------
+    def save(self, result: LearnResult) -> None:
+        """Checkpoint, learning curve (JSON and PNG)."""
+        torch.save(
+            {
+                "policy": self.policy.state_dict(),
+                "agent": self.policy.agent.checkpoint(),
+                "config": asdict(self.cfg),
+            },
+            self.out / "policy.pt",
+        )
+        (self.out / "curve.json").write_text(
+            json.dumps([asdict(e) for e in result.curve], indent=1)
+        )
+        plot_curves({self.cfg.mode: result.curve}, self.out / "curve.png")
+
+    def close(self) -> None:
+        """Free the renderer."""
+        self.env.close()
+
+
+def plot_curves(curves: dict[str, list[EvalResult]], path: Path) -> None:
+    """Success rate against online episodes, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for name, curve in curves.items():
+        ax.plot(
+            [e.episodes for e in curve], [e.success_rate for e in curve], marker="o", label=name
+        )
+    ax.set_xlabel("online episodes")
+    ax.set_ylabel("held-out success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1) as w:
+        for f in frames:
+            w.append_data(f)
+
+
+def learn(cfg: LearnConfig) -> LearnResult:
+    """Run one learning run and return its curve."""
+    learner = Learner(cfg)
+    try:
+        return learner.run()
+    finally:
+        learner.close()

@@ -1,0 +1,152 @@
+"""Run one episode in simulation and keep what learning needs from it.
+
+Each frame goes through the vision backbone once: its tokens feed the policy (compressed)
+and, when there is one, the progress critic (for the potential Φ). The result holds the
+compact tokens, states, normalised actions, task rewards, terminal flags and potentials of
+the episode, ready for the replay, plus its frames when a video is wanted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from limbic.contracts import Observation
+from limbic.critic.model import ProgressCritic
+from limbic.critic.potential import OnlinePotential
+from limbic.policy.rlpd import ActionNormalizer
+from limbic.policy.vla import VLAPolicy
+from limbic.sim.env import SimEnv
+
+ActionSource = Callable[[Observation, torch.Tensor, torch.Tensor], np.ndarray]
+"""``(observation, compact tokens [1, V, N, k], instruction embedding [1, L]) -> env action``."""
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode, as the replay and the learning curves want it."""
+
+    instruction: str
+    tokens: np.ndarray  # float16[T + 1, V, N, k]
+    state: np.ndarray  # float32[T + 1, S]
+    action: np.ndarray  # float32[T, A], normalised to [-1, 1]
+    reward: np.ndarray  # float32[T]: the sparse task reward
+    terminal: np.ndarray  # bool[T]
+    phi: np.ndarray  # float32[T + 1]: the critic's potential (zeros without a critic)
+    done_prob: np.ndarray  # float32[T + 1]
+    success: bool
+    frames: list[np.ndarray] = field(default_factory=list)
+    backbone_tokens: np.ndarray | None = None
+    """float16[T + 1, V, N, C]: the uncompressed tokens, when asked for (to fit the compressor)."""
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def shaped_return(self, gamma: float) -> float:
+        """Undiscounted sum of ``r_task + gamma * Φ(s') - Φ(s)`` with Φ(terminal) = 0."""
+        phi_next = self.phi[1:] * (1.0 - self.terminal)
+        return float(np.sum(self.reward + gamma * phi_next - self.phi[:-1]))
+
+    def replay_arrays(self, lang_id: int) -> dict:
+        """Keyword arguments for :meth:`ReplayMix.add_episode`."""
+        return dict(
+            tokens=self.tokens,
+            state=self.state,
+            lang_id=lang_id,
+            action=self.action,
+            reward=self.reward,
+            terminal=self.terminal,
+            phi=self.phi,
+        )
+
+
+class Featurizer:
+    """Frames -> backbone tokens once -> compact policy tokens and critic tokens."""
+
+    def __init__(self, policy: VLAPolicy, critic: ProgressCritic | None = None):
+        self.policy, self.critic = policy, critic
+        self.shared = critic is not None and critic.backbone is policy.backbone
+
+    @torch.no_grad()
+    def __call__(self, obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """``(compact policy tokens, critic tokens or None, full backbone tokens)``, batch of one."""
+        images = torch.from_numpy(np.stack([obs.images[v] for v in self.policy.views]))[None]
+        tokens = self.policy.backbone_tokens(images)
+        critic_tokens = None
+        if self.critic is not None:
+            critic_tokens = tokens if self.shared else self.critic.encode_frames(images)
+        return self.policy.compact_tokens(tokens), critic_tokens, tokens
+
+
+def run_episode(
+    env: SimEnv,
+    act: ActionSource,
+    featurize: Featurizer,
+    lang: torch.Tensor,
+    seed: int | None = None,
+    split: str | None = None,
+    keep_frames: bool = False,
+    keep_backbone_tokens: bool = False,
+    on_reset: Callable[[], None] | None = None,
+) -> EpisodeRecord:
+    """Run ``act`` for one episode of ``env`` (reset with ``seed``/``split``).
+
+    ``lang`` is a function of the instruction: ``lang(text) -> [1, L]`` embedding.
+    """
+    obs = env.reset(seed=seed, split=split)
+    if on_reset is not None:
+        on_reset()
+    instr_emb = lang(env.instruction)
+    normalizer = ActionNormalizer(env.action_spec)
+    potential = OnlinePotential(featurize.critic) if featurize.critic is not None else None
+    tokens, states, actions, rewards, terminals, phis, dones = [], [], [], [], [], [], []
+    frames: list[np.ndarray] = []
+    full: list[np.ndarray] = []
+
+    def observe(o: Observation, first: bool) -> torch.Tensor:
+        compact, critic_tokens, backbone_tokens = featurize(o)
+        tokens.append(compact[0].numpy().astype(np.float16))
+        if keep_backbone_tokens:
+            full.append(backbone_tokens[0].numpy().astype(np.float16))
+        states.append(o.state)
+        if potential is None:
+            phi, done = 0.0, 0.0
+        elif first:
+            phi, done = potential.start(critic_tokens, instr_emb)
+        else:
+            phi, done = potential.step(critic_tokens)
+        phis.append(phi)
+        dones.append(done)
+        if keep_frames:
+            frames.append(np.concatenate([o.images[v] for v in featurize.policy.views], axis=1))
+        return compact
+
+    compact = observe(obs, first=True)
+    success = False
+    for _ in range(env.step_limit):
+        action = act(obs, compact, instr_emb)
+        result = env.step(action)
+        actions.append(normalizer.normalize(result.action))
+        rewards.append(float(result.success))
+        terminals.append(result.terminated)
+        obs = result.observation
+        compact = observe(obs, first=False)
+        if result.terminated or result.truncated:
+            success = result.success
+            break
+    return EpisodeRecord(
+        instruction=env.instruction,
+        tokens=np.stack(tokens),
+        state=np.stack(states).astype(np.float32),
+        action=np.stack(actions).astype(np.float32),
+        reward=np.asarray(rewards, np.float32),
+        terminal=np.asarray(terminals, bool),
+        phi=np.asarray(phis, np.float32),
+        done_prob=np.asarray(dones, np.float32),
+        success=success,
+        frames=frames,
+        backbone_tokens=np.stack(full) if keep_backbone_tokens else None,
+    )
