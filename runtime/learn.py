@@ -176,7 +176,7 @@ class Learner:
         for i in range(self.cfg.demos):
             ep = run_episode(
                 self.env,
-                lambda o, t, l: expert.act(),
+                lambda _obs, _tokens, _lang: expert.act(),
                 self.featurize,
                 self.lang,
                 seed=DEMO_SEED + i,
