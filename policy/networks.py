@@ -98,13 +98,20 @@ class TanhGaussianActor(nn.Module):
         return mean, log_std.exp()
 
     def forward(
-        self, feature: torch.Tensor, deterministic: bool = False
+        self,
+        feature: torch.Tensor,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A flattened action ``[B, chunk_len * action_dim]`` in [-1, 1] and its log-probability ``[B]``."""
+        """A flattened action ``[B, chunk_len * action_dim]`` in [-1, 1] and its log-probability ``[B]``.
+
+        ``generator`` makes the sampling noise reproducible (and checkpointable) by its owner.
+        """
         mean, std = self.distribution(feature)
         if deterministic:
             return torch.tanh(mean), torch.zeros(mean.shape[0], device=mean.device)
-        u = mean + std * torch.randn_like(mean)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        u = mean + std * noise
         return torch.tanh(u), squashed_log_prob(u, mean, std)
 
     def log_prob(

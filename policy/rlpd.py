@@ -198,7 +198,8 @@ class RLPDAgent(nn.Module):
         cfg = self.cfg
         with torch.no_grad():
             next_action, next_logp = self.actor(
-                self.actor_encoder(b["next_tokens"], b["next_state"], b["lang"])
+                self.actor_encoder(b["next_tokens"], b["next_state"], b["lang"]),
+                generator=self.generator,
             )
             next_feature = self.target_encoder(b["next_tokens"], b["next_state"], b["lang"])
             heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset]
@@ -230,7 +231,7 @@ class RLPDAgent(nn.Module):
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
         if rl:
-            action, logp = self.actor(feature)
+            action, logp = self.actor(feature, generator=self.generator)
             if critic_feature is None:
                 with torch.no_grad():
                     critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
@@ -245,7 +246,7 @@ class RLPDAgent(nn.Module):
             self.alpha_opt.step()
             metrics.update(
                 {
-                    "actor_loss": float(rl_loss),
+                    "actor_loss": float(rl_loss.detach()),
                     "alpha": float(self.alpha),
                     "entropy": float(-logp.mean()),
                 }

@@ -13,7 +13,8 @@ is mapped back into the arm's declared action bounds.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -174,3 +175,36 @@ class VLAPolicy(nn.Module):
         """The servable interface: deterministic action chunk ``float32[B, chunk, A]``."""
         tokens = self.compact_tokens(self.backbone_tokens(images))
         return self.act_tokens(tokens, state.float(), lang.float(), deterministic=True)
+
+    # --- checkpoints ---------------------------------------------------------------------------
+    def save(self, path: str | Path, extra: dict | None = None) -> None:
+        """Write config, action space, weights and the agent's full training state to ``path``."""
+        weights = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        torch.save(
+            {
+                "config": asdict(self.cfg),
+                "action_spec": self.action_spec.to_dict(),
+                "state_dim": self.state_dim,
+                "lang_dim": self.lang_dim,
+                "weights": weights,
+                "agent": self.agent.checkpoint(),
+                **(extra or {}),
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path, backbone: VisionBackbone | None = None) -> VLAPolicy:
+        """A policy from :meth:`save`; the frozen backbone comes from its package, not the file."""
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        raw = dict(ckpt["config"])
+        cfg = PolicyConfig(**{**raw, "agent": AgentConfig(**raw["agent"])})
+        spec = ActionSpec.from_dict(ckpt["action_spec"])
+        policy = cls(cfg, spec, ckpt["state_dim"], ckpt["lang_dim"], backbone)
+        missing, unexpected = policy.load_state_dict(ckpt["weights"], strict=False)
+        if unexpected or any(not k.startswith("backbone.") for k in missing):
+            raise ValueError(
+                f"{path}: weights do not fit this policy (missing {missing}, unexpected {unexpected})"
+            )
+        policy.agent.restore(ckpt["agent"])
+        return policy

@@ -292,14 +292,7 @@ class Learner:
     # --- outputs ------------------------------------------------------------------------------
     def save(self, result: LearnResult) -> None:
         """Checkpoint, learning curve (JSON and PNG)."""
-        torch.save(
-            {
-                "policy": self.policy.state_dict(),
-                "agent": self.policy.agent.checkpoint(),
-                "config": asdict(self.cfg),
-            },
-            self.out / "policy.pt",
-        )
+        self.policy.save(self.out / "policy.pt", extra={"learn_config": asdict(self.cfg)})
         (self.out / "curve.json").write_text(
             json.dumps([asdict(e) for e in result.curve], indent=1)
         )
