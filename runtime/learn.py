@@ -22,12 +22,13 @@ import torch
 from tqdm import tqdm
 
 from limbic.critic.model import ProgressCritic
+from limbic.launch.components import RobotConfig
 from limbic.launch.config import require
 from limbic.policy.encoders import LanguageEncoder
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
-from limbic.sim.env import SimConfig, SimEnv
+from limbic.sim.env import SimEnv
 from limbic.sim.expert import ExpertConfig, ScriptedExpert
 
 
@@ -35,7 +36,8 @@ from limbic.sim.expert import ExpertConfig, ScriptedExpert
 class LearnConfig:
     """One learning run in simulation."""
 
-    sim: SimConfig = field(default_factory=SimConfig)
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    """The simulated arm and task (``robot.type`` must be ``sim``: learning in-process needs a simulator)."""
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     replay: ReplayConfig = field(default_factory=ReplayConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
@@ -66,6 +68,11 @@ class LearnConfig:
     """torch threads (0: leave torch's default)."""
 
     def __post_init__(self) -> None:
+        require(
+            self.robot.type == "sim",
+            "robot.type",
+            f"in-process learning needs robot.type=sim, got {self.robot.type!r}",
+        )
         require(self.mode in ("rl", "bc"), "learn.mode", f"{self.mode!r} is not 'rl' or 'bc'")
         require(self.demos >= 1, "learn.demos", f"must be >= 1, got {self.demos}")
         require(
@@ -117,7 +124,7 @@ class Learner:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.rng = np.random.default_rng(cfg.seed)
-        self.env = SimEnv(cfg.sim)
+        self.env = SimEnv(cfg.robot.sim)
         self.critic = (
             ProgressCritic.from_checkpoint(cfg.critic_checkpoint).eval()
             if cfg.critic_checkpoint
@@ -233,7 +240,7 @@ class Learner:
             results.append(ep)
             if i < videos:
                 _write_video(
-                    self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.sim.control_hz)
+                    self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
         gamma = self.cfg.policy.agent.gamma
         return EvalResult(

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from limbic.launch.components import RobotConfig
 from limbic.policy.rlpd import AgentConfig
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.learn import LearnConfig, Learner
@@ -15,7 +16,7 @@ SMALL_AGENT = AgentConfig(d_model=32, n_queries=2, feature_dim=128, hidden=128, 
 
 def reach_config(tmp_path, **kw) -> LearnConfig:
     base = dict(
-        sim=SimConfig(task="reach"),
+        robot=RobotConfig(sim=SimConfig(task="reach")),
         policy=PolicyConfig(agent=SMALL_AGENT),
         demos=40,
         batch_size=64,
