@@ -1,0 +1,100 @@
+"""``limbic-bench learn``: sample efficiency of BC only, sparse-reward RL and shaped-reward RL.
+
+All three start from the same scripted demonstrations (same seeds) on the default task
+(SO-101 pick-and-place, two 128x128 views) and are evaluated on the same held-out seeds of
+the held-out split. The shaped arm needs a progress-critic checkpoint (``--critic``). Prints
+held-out success against online episodes for each arm and ends with
+``episodes_to_90=... success_at_150=... sparse_success_at_150=... bc_success=... minutes=...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import limbic.sim  # noqa: F401  (headless GL before mujoco loads)
+from limbic.launch.components import RobotConfig
+from limbic.runtime.learn import LearnConfig, LearnResult, learn, plot_curves
+from limbic.runtime.replay import RewardConfig
+from limbic.sim.env import SimConfig
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the three arms and print the comparison."""
+    p = argparse.ArgumentParser(prog="limbic-bench learn", description=__doc__.splitlines()[0])
+    p.add_argument("--critic", default="", help="progress-critic checkpoint for the shaped arm")
+    p.add_argument("--task", default="pick_place")
+    p.add_argument("--arm", default="so101")
+    p.add_argument("--demos", type=int, default=20)
+    p.add_argument("--episodes", type=int, default=150, help="online episodes per RL arm")
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--utd", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--bc-steps", type=int, default=1500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--arms", nargs="+", default=["bc", "sparse", "shaped"], choices=["bc", "sparse", "shaped"]
+    )
+    p.add_argument("--out", default="runs/bench_learn")
+    args = p.parse_args(argv)
+    if "shaped" in args.arms and not args.critic:
+        p.error("the shaped arm needs --critic (train one with limbic-train-critic)")
+
+    base = LearnConfig(
+        robot=RobotConfig(sim=SimConfig(arm=args.arm, task=args.task)),
+        demos=args.demos,
+        online_episodes=args.episodes,
+        utd=args.utd,
+        batch_size=args.batch_size,
+        bc_pretrain_steps=args.bc_steps,
+        eval_every=args.eval_every,
+        eval_episodes=args.eval_episodes,
+        seed=args.seed,
+        videos=0,
+    )
+    arms = {
+        "bc": dataclasses.replace(base, mode="bc", out_dir=f"{args.out}/bc"),
+        "sparse": dataclasses.replace(
+            base,
+            reward=RewardConfig(task_weight=1.0, shaping_weight=0.0),
+            out_dir=f"{args.out}/sparse",
+        ),
+        "shaped": dataclasses.replace(
+            base, critic_checkpoint=args.critic, out_dir=f"{args.out}/shaped"
+        ),
+    }
+    print(
+        f"# learning: {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
+        f"eval on {args.eval_episodes} held-out episodes every {args.eval_every}"
+    )
+    results: dict[str, LearnResult] = {}
+    started = time.monotonic()
+    for name in args.arms:
+        results[name] = learn(arms[name])
+        r = results[name]
+        print(f"\n{name}: {r.minutes:.1f} min, {r.updates} updates")
+        print("  episodes  success  length  shaped_return")
+        for e in r.curve:
+            print(
+                f"  {e.episodes:8d}  {e.success_rate:7.0%}  {e.mean_length:6.1f}  {e.mean_shaped_return:13.2f}"
+            )
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    plot_curves({k: v.curve for k, v in results.items()}, Path(args.out) / "curves.png")
+    print(
+        f"\ncurves: {Path(args.out) / 'curves.png'}; total {(time.monotonic() - started) / 60:.1f} min"
+    )
+
+    def final(name: str) -> str:
+        return f"{results[name].final_success:.2f}" if name in results else "nan"
+
+    main_arm = "shaped" if "shaped" in results else "sparse" if "sparse" in results else None
+    to_90 = results[main_arm].episodes_to(0.9) if main_arm else None
+    minutes = results[main_arm].minutes if main_arm else float("nan")
+    print(
+        f"episodes_to_90={to_90 if to_90 is not None else 'none'} success_at_{args.episodes}={final(main_arm) if main_arm else 'nan'} "
+        f"sparse_success_at_{args.episodes}={final('sparse')} bc_success={final('bc')} minutes={minutes:.1f}"
+    )
+    return 0
