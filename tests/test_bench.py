@@ -41,3 +41,12 @@ def test_wire_benchmark_prints_its_summary_line():
         last,
     ), last
     assert "bare pyzmq echo, same bytes" in res.stdout
+
+
+def test_learner_benchmark_prints_its_summary_line():
+    res = run_bench("learner", "--updates", "3", "--batch-size", "32", "--threads", "1")
+    assert res.returncode == 0, res.stderr
+    last = res.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"learner_updates_per_s=\d+\.\d baseline_updates_per_s=\d+\.\d sample_share=0\.\d{3}", last
+    ), last
