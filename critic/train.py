@@ -168,7 +168,7 @@ def train_critic(
     )
     start = 0
     if config.resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        state = torch.load(ckpt_path, map_location=device, weights_only=True)  # no code unpickled
         if state["critic"]["config"] != asdict(config.model):
             raise ValueError(
                 f"resume: {ckpt_path} was trained with model config {state['critic']['config']}, not {asdict(config.model)}; use a new out_dir or resume=false"

@@ -196,7 +196,8 @@ class VLAPolicy(nn.Module):
     @classmethod
     def load(cls, path: str | Path, backbone: VisionBackbone | None = None) -> VLAPolicy:
         """A policy from :meth:`save`; the frozen backbone comes from its package, not the file."""
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        # weights_only: tensors and plain containers only, nothing is unpickled into code
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         raw = dict(ckpt["config"])
         cfg = PolicyConfig(**{**raw, "agent": AgentConfig(**raw["agent"])})
         spec = ActionSpec.from_dict(ckpt["action_spec"])
