@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -90,3 +91,20 @@ class LanguageEncoder(nn.Module):
     def cache_size(self) -> int:
         """How many distinct instructions are cached."""
         return len(self._cache)
+
+
+class SentenceInstructionEncoder:
+    """The offline sentence encoder behind the inference server's instruction-encoder interface.
+
+    ``dim`` and ``encode(texts) -> float32[N, dim]``, so ``limbic-serve`` feeds a VLA policy or a
+    progress critic the same 384-d embeddings they were trained with
+    (``instruction_encoder.target=limbic.policy.encoders.language:SentenceInstructionEncoder``).
+    """
+
+    def __init__(self, folder: str | None = None):
+        self._model = LanguageEncoder(folder)
+        self.dim = self._model.dim
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of ``texts``, L2-normalised, as float32."""
+        return self._model(list(texts)).numpy().astype(np.float32)
