@@ -248,7 +248,7 @@ class RLPDAgent(nn.Module):
                 {
                     "actor_loss": float(rl_loss.detach()),
                     "alpha": float(self.alpha),
-                    "entropy": float(-logp.mean()),
+                    "entropy": float(-logp.detach().mean()),
                 }
             )
         self.actor_opt.zero_grad(set_to_none=True)
