@@ -102,16 +102,23 @@ class TanhGaussianActor(nn.Module):
         feature: torch.Tensor,
         deterministic: bool = False,
         generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A flattened action ``[B, chunk_len * action_dim]`` in [-1, 1] and its log-probability ``[B]``.
 
-        ``generator`` makes the sampling noise reproducible (and checkpointable) by its owner.
+        ``generator`` makes the sampling noise reproducible (and checkpointable) by its owner;
+        ``noise`` (standard normal, ``[B, chunk_len * action_dim]``) is used instead when given.
         """
         mean, std = self.distribution(feature)
         if deterministic:
             return torch.tanh(mean), torch.zeros(mean.shape[0], device=mean.device)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        u = mean + std * noise
+        if noise is None:
+            # drawn where the generator lives (a CPU generator cannot fill a CUDA tensor)
+            where = generator.device if generator is not None else mean.device
+            noise = torch.randn(mean.shape, generator=generator, device=where, dtype=mean.dtype)
+        elif noise.shape != mean.shape:
+            raise ValueError(f"noise: expected shape {tuple(mean.shape)}, got {tuple(noise.shape)}")
+        u = mean + std * noise.to(mean.device)
         return torch.tanh(u), squashed_log_prob(u, mean, std)
 
     def log_prob(

@@ -12,13 +12,22 @@ One update, top to bottom:
 Actor and critic each have their own :class:`ObservationEncoder`: the critic's is shaped by
 TD learning, the actor's by behaviour cloning and the actor loss. Actions are normalised to
 ``[-1, 1]`` per component (``ActionNormalizer``) before they reach the networks.
+
+Data parallel (:meth:`RLPDAgent.data_parallel`): every optimiser step's gradients are averaged
+over the ranks, and the random draws (the REDQ head subset, the policy's sampling noise) come
+from one generator that every rank keeps in step; each rank takes its own rows of the noise
+drawn for the whole global batch. An update on N ranks with batches ``b_0 .. b_{N-1}`` of equal
+size is then the update of one process on their concatenation, up to floating-point summation
+order.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -117,6 +126,22 @@ Batch = dict[str, torch.Tensor]
 """``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors."""
 
 
+class DataParallelGroup(Protocol):
+    """What the agent needs of a data-parallel group (``limbic.runtime.distributed.DistContext``)."""
+
+    rank: int
+    world_size: int
+
+    def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
+        """Replace each gradient by its mean over the ranks."""
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Give ``module``'s parameters and buffers rank 0's values."""
+
+    def broadcast_generator(self, generator: torch.Generator) -> None:
+        """Give ``generator`` rank 0's state."""
+
+
 class RLPDAgent(nn.Module):
     """Actor, critic ensemble, target critic, temperature and their optimisers."""
 
@@ -157,6 +182,21 @@ class RLPDAgent(nn.Module):
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=cfg.lr)
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0
+        self.parallel: DataParallelGroup | None = None
+
+    def data_parallel(self, group: DataParallelGroup | None) -> RLPDAgent:
+        """Learn as one rank of ``group``: gradients averaged over ranks, noise sliced per rank.
+
+        Every rank calls this at the same point; the weights (target networks included) and
+        the generator are then rank 0's everywhere. Afterwards every rank must make the same
+        updates with batches of the same size. Optimiser states are not sent: join before the
+        first step, or have every rank restore the same checkpoint. None: learn alone again.
+        """
+        if group is not None:
+            group.broadcast_module(self)
+            group.broadcast_generator(self.generator)
+        self.parallel = group
+        return self
 
     @property
     def alpha(self) -> torch.Tensor:
@@ -177,6 +217,28 @@ class RLPDAgent(nn.Module):
         return self.actor(feature, deterministic=deterministic)[0]
 
     # --- learning ------------------------------------------------------------------------------
+    def _noise(self, rows: int, device: torch.device) -> torch.Tensor:
+        """Standard normal sampling noise ``[rows, action_size]`` for this rank's rows.
+
+        All ranks draw the global batch's noise and keep their slice, so the shared generator
+        advances alike everywhere and row ``i`` of rank ``r`` gets what row ``r * rows + i``
+        of one process on the concatenated batch would.
+        """
+        rank, world = (self.parallel.rank, self.parallel.world_size) if self.parallel else (0, 1)
+        full = torch.randn((rows * world, self.action_size), generator=self.generator)
+        return full[rank * rows : (rank + 1) * rows].to(device)
+
+    def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, clip: bool = True) -> None:
+        """Backward, average gradients over the ranks, clip, and take the optimiser step."""
+        params = [p for g in opt.param_groups for p in g["params"]]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.parallel is not None:
+            self.parallel.average_gradients(params)
+        if clip:
+            nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+        opt.step()
+
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
         """One critic step, and (when ``update_actor``) one actor and temperature step."""
         cfg = self.cfg
@@ -197,23 +259,19 @@ class RLPDAgent(nn.Module):
     def _critic_step(self, b: Batch) -> tuple[dict[str, float], torch.Tensor]:
         cfg = self.cfg
         with torch.no_grad():
+            rows, device = b["reward"].shape[0], b["reward"].device
             next_action, next_logp = self.actor(
                 self.actor_encoder(b["next_tokens"], b["next_state"], b["lang"]),
-                generator=self.generator,
+                noise=self._noise(rows, device),
             )
             next_feature = self.target_encoder(b["next_tokens"], b["next_state"], b["lang"])
-            heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset]
+            heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset].to(device)
             next_q = self.target_critic(next_feature, next_action)[heads]
             target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, cfg.gamma)
         feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
         q = self.critic(feature, b["action"])
         loss = critic_loss(q, target)
-        self.critic_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(
-            [p for g in self.critic_opt.param_groups for p in g["params"]], cfg.grad_clip
-        )
-        self.critic_opt.step()
+        self._step(loss, self.critic_opt)
         metrics = {
             "critic_loss": float(loss.detach()),
             "q_mean": float(q.detach().mean()),
@@ -224,14 +282,13 @@ class RLPDAgent(nn.Module):
     def _actor_step(
         self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
     ) -> dict[str, float]:
-        cfg = self.cfg
         feature = self.actor_encoder(b["tokens"], b["state"], b["lang"])
         mean_action = torch.tanh(self.actor.distribution(feature)[0])
         imitation = bc_loss(mean_action, b["action"], b["human"])
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
         if rl:
-            action, logp = self.actor(feature, generator=self.generator)
+            action, logp = self.actor(feature, noise=self._noise(feature.shape[0], feature.device))
             if critic_feature is None:
                 with torch.no_grad():
                     critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
@@ -241,9 +298,7 @@ class RLPDAgent(nn.Module):
             rl_loss = actor_loss(q, logp, self.alpha)
             loss = loss + rl_loss
             alpha_loss = temperature_loss(self.log_alpha, logp, self.target_entropy)
-            self.alpha_opt.zero_grad(set_to_none=True)
-            alpha_loss.backward()
-            self.alpha_opt.step()
+            self._step(alpha_loss, self.alpha_opt, clip=False)
             metrics.update(
                 {
                     "actor_loss": float(rl_loss.detach()),
@@ -251,12 +306,7 @@ class RLPDAgent(nn.Module):
                     "entropy": float(-logp.detach().mean()),
                 }
             )
-        self.actor_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(
-            [p for g in self.actor_opt.param_groups for p in g["params"]], cfg.grad_clip
-        )
-        self.actor_opt.step()
+        self._step(loss, self.actor_opt)
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------

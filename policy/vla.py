@@ -135,6 +135,11 @@ class VLAPolicy(nn.Module):
         self.register_buffer("action_high", torch.as_tensor(action_spec.high, dtype=torch.float32))
 
     @property
+    def device(self) -> torch.device:
+        """Where the policy's weights are (inputs are moved there)."""
+        return self.action_low.device
+
+    @property
     def token_shape(self) -> tuple[int, int, int]:
         """Shape of one frame's compact tokens: ``(views, tokens per view, token_dim)``."""
         return (len(self.views), self.n_tokens, self.cfg.token_dim)
@@ -142,7 +147,7 @@ class VLAPolicy(nn.Module):
     @torch.no_grad()
     def backbone_tokens(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """``uint8[B, V, H, W, 3]`` -> full backbone tokens ``float32[B, V, N, C]``."""
-        images = torch.as_tensor(images)
+        images = torch.as_tensor(images).to(self.device)
         b, v = images.shape[:2]
         tokens = self.backbone(images.reshape(b * v, *images.shape[2:]))
         return tokens.reshape(b, v, *tokens.shape[1:])
@@ -174,7 +179,8 @@ class VLAPolicy(nn.Module):
     ) -> torch.Tensor:
         """The servable interface: deterministic action chunk ``float32[B, chunk, A]``."""
         tokens = self.compact_tokens(self.backbone_tokens(images))
-        return self.act_tokens(tokens, state.float(), lang.float(), deterministic=True)
+        state, lang = state.to(self.device, torch.float32), lang.to(self.device, torch.float32)
+        return self.act_tokens(tokens, state, lang, deterministic=True)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:

@@ -8,6 +8,12 @@
 
 The same code runs the three arms of the learning benchmark: ``mode=rl`` with the critic's
 shaped reward, ``mode=rl`` with ``reward.shaping_weight=0`` (sparse only), and ``mode=bc``.
+
+Under ``torchrun`` every rank is a data-parallel learner (``limbic.runtime.distributed``): it
+records the same demonstrations, plays its own share of the online episodes into the replay it
+holds, samples its own batches, and takes the same gradient-averaged updates as the others;
+evaluation episodes are shared out and their results summed; rank 0 alone writes the
+checkpoint, the curve and the videos.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from limbic.launch.components import RobotConfig
 from limbic.launch.config import require
 from limbic.policy.encoders import LanguageEncoder
 from limbic.policy.vla import PolicyConfig, VLAPolicy
+from limbic.runtime.distributed import DEVICES, DistContext, init_distributed, rank_rng, shutdown
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
 from limbic.sim.env import SimEnv
@@ -66,6 +73,8 @@ class LearnConfig:
     progress: bool = True
     threads: int = 0
     """torch threads (0: leave torch's default)."""
+    device: str = "auto"
+    """``auto`` (GPU ``LOCAL_RANK`` when CUDA is there, else the CPU), ``cpu`` or ``cuda``."""
 
     def __post_init__(self) -> None:
         require(
@@ -83,6 +92,14 @@ class LearnConfig:
         require(self.utd > 0, "learn.utd", f"must be > 0, got {self.utd}")
         require(self.batch_size >= 2, "learn.batch_size", f"must be >= 2, got {self.batch_size}")
         require(self.eval_every >= 1, "learn.eval_every", f"must be >= 1, got {self.eval_every}")
+        require(
+            self.eval_episodes >= 1,
+            "learn.eval_episodes",
+            f"must be >= 1, got {self.eval_episodes}",
+        )
+        require(
+            self.device in DEVICES, "learn.device", f"{self.device!r} is not one of {list(DEVICES)}"
+        )
 
 
 # Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
@@ -109,6 +126,9 @@ class LearnResult:
     out_dir: Path
     updates: int
     minutes: float
+    rank: int = 0
+    """The rank that returns this result (rank 0 wrote the outputs)."""
+    world_size: int = 1
 
     def episodes_to(self, rate: float) -> int | None:
         """Online episodes at the first evaluation that reached ``rate`` (None if none did)."""
@@ -117,16 +137,18 @@ class LearnResult:
 
 
 class Learner:
-    """Holds the env, policy, critic, replay and their RNGs for one run."""
+    """Holds the env, policy, critic, replay and their RNGs for one run (one rank of it)."""
 
-    def __init__(self, cfg: LearnConfig):
+    def __init__(self, cfg: LearnConfig, dist: DistContext | None = None):
         self.cfg = cfg
+        self.dist = dist if dist is not None else DistContext()
+        self.device = self.dist.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        self.rng = np.random.default_rng(cfg.seed)
+        self.rng = rank_rng(cfg.seed, self.dist)
         self.env = SimEnv(cfg.robot.sim)
         self.critic = (
-            ProgressCritic.from_checkpoint(cfg.critic_checkpoint).eval()
+            ProgressCritic.from_checkpoint(cfg.critic_checkpoint).eval().to(self.device)
             if cfg.critic_checkpoint
             else None
         )
@@ -139,7 +161,9 @@ class Learner:
             len(self.env.state_names),
             backbone=backbone,
             seed=cfg.seed,
-        )
+        ).to(self.device)
+        # same weights everywhere now; the agent's gradients are averaged over ranks from here on
+        self.policy.agent.data_parallel(self.dist if self.dist.distributed else None)
         self.featurize = Featurizer(self.policy, self.critic)
         self.language = LanguageEncoder()
         self._lang_cache: dict[str, torch.Tensor] = {}
@@ -154,23 +178,25 @@ class Learner:
             self.language.dim,
         )
         self.out = Path(cfg.out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
 
     def lang(self, text: str) -> torch.Tensor:
-        """Instruction embedding ``[1, L]``, cached per instruction."""
+        """Instruction embedding ``[1, L]`` on the learning device, cached per instruction."""
         if text not in self._lang_cache:
-            self._lang_cache[text] = self.language([text])
+            self._lang_cache[text] = self.language([text]).to(self.device)
         return self._lang_cache[text]
 
     def _store(self, source: str, ep: EpisodeRecord) -> None:
-        lang_id = self.replay.instruction_id(ep.instruction, self.lang(ep.instruction)[0].numpy())
+        embedding = self.lang(ep.instruction)[0].cpu().numpy()
+        lang_id = self.replay.instruction_id(ep.instruction, embedding)
         self.replay.add_episode(source, **ep.replay_arrays(lang_id))
 
     def _batch(self) -> dict[str, torch.Tensor]:
         b = self.replay.sample(
             self.cfg.batch_size, self.rng, self.reward, self.cfg.policy.agent.gamma
         )
-        return {k: torch.from_numpy(v) for k, v in b.items()}
+        return {k: torch.from_numpy(v).to(self.device) for k, v in b.items()}
 
     # --- phases -------------------------------------------------------------------------------
     def collect_demos(self) -> float:
@@ -194,11 +220,15 @@ class Learner:
             demos.append(ep)
         full = torch.from_numpy(
             np.concatenate([d.backbone_tokens for d in demos]).astype(np.float32)
-        )
+        ).to(self.device)
         kept = self.policy.compressor.fit(full)
+        # every rank recorded the same demonstrations; rank 0's fit is the one all ranks use
+        self.dist.broadcast_module(self.policy.compressor)
         for d in demos:
+            backbone_tokens = torch.from_numpy(d.backbone_tokens.astype(np.float32))
             d.tokens = (
-                self.policy.compact_tokens(torch.from_numpy(d.backbone_tokens.astype(np.float32)))
+                self.policy.compact_tokens(backbone_tokens.to(self.device))
+                .cpu()
                 .numpy()
                 .astype(np.float16)
             )
@@ -217,17 +247,23 @@ class Learner:
         """An action source for :func:`run_episode` backed by the learning policy."""
 
         def act(obs, tokens, lang):
-            state = torch.from_numpy(obs.state)[None]
-            return self.policy.act_tokens(tokens, state, lang, deterministic=deterministic)[
-                0, 0
-            ].numpy()
+            state = torch.from_numpy(obs.state)[None].to(self.device)
+            action = self.policy.act_tokens(tokens, state, lang, deterministic=deterministic)
+            return action[0, 0].cpu().numpy()
 
         return act
 
     def evaluate(self, episodes_done: int, started: float, videos: int = 0) -> EvalResult:
-        """Deterministic policy on held-out seeds of the evaluation split."""
-        results = []
-        for i in range(self.cfg.eval_episodes):
+        """Deterministic policy on held-out seeds of the evaluation split.
+
+        Episode ``i`` is played by rank ``i % world_size`` and the results are summed over the
+        ranks; rank 0 records the videos (of the first ``videos`` episodes it plays).
+        """
+        d, gamma = self.dist, self.cfg.policy.agent.gamma
+        wins = steps = shaped = 0.0
+        recorded = 0
+        for i in range(d.rank, self.cfg.eval_episodes, d.world_size):
+            keep = d.is_main and recorded < videos
             ep = run_episode(
                 self.env,
                 self.policy_action(True),
@@ -235,50 +271,74 @@ class Learner:
                 self.lang,
                 seed=EVAL_SEED + i,
                 split=self.cfg.eval_split,
-                keep_frames=i < videos,
+                keep_frames=keep,
             )
-            results.append(ep)
-            if i < videos:
+            wins += float(ep.success)
+            steps += len(ep)
+            shaped += ep.shaped_return(gamma)
+            if keep:
                 _write_video(
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
-        gamma = self.cfg.policy.agent.gamma
+                recorded += 1
+        wins, steps, shaped = d.sum([wins, steps, shaped])
+        n = self.cfg.eval_episodes
         return EvalResult(
             episodes=episodes_done,
-            success_rate=float(np.mean([e.success for e in results])),
-            mean_length=float(np.mean([len(e) for e in results])),
-            mean_shaped_return=float(np.mean([e.shaped_return(gamma) for e in results])),
+            success_rate=wins / n,
+            mean_length=steps / n,
+            mean_shaped_return=shaped / n,
             minutes=(time.monotonic() - started) / 60,
         )
 
     def run(self) -> LearnResult:
-        """The whole run: demos, pre-training, online learning with evaluations."""
-        cfg = self.cfg
+        """The whole run: demos, pre-training, online learning with evaluations.
+
+        Online episodes go round the ranks (episode ``k`` on rank ``(k - 1) % world_size``);
+        after each round every rank makes ``utd`` updates per environment step of the round's
+        mean episode, so all ranks make the same updates and the replay ratio (rows sampled
+        per environment step) is the single process's.
+        """
+        cfg, d = self.cfg, self.dist
         started = time.monotonic()
         self.collect_demos()
         self.pretrain(cfg.bc_pretrain_steps)
         curve = [self.evaluate(0, started)]
         online = cfg.online_episodes if cfg.mode == "rl" else 0
-        bar = tqdm(total=online, desc=f"learning ({cfg.mode})", unit="ep", disable=not cfg.progress)
+        bar = tqdm(
+            total=online,
+            desc=f"learning ({cfg.mode})",
+            unit="ep",
+            disable=not (cfg.progress and d.is_main),
+        )
         bar.set_postfix(success=f"{curve[-1].success_rate:.0%}")
         credit = 0.0
-        for ep_i in range(1, online + 1):
-            ep = run_episode(
-                self.env,
-                self.policy_action(False),
-                self.featurize,
-                self.lang,
-                seed=ONLINE_SEED + ep_i,
-                split="train",
-            )
-            self._store("online", ep)
-            credit += cfg.utd * len(ep)
+        next_eval = cfg.eval_every
+        for first in range(1, online + 1, d.world_size):
+            ep_i = first + d.rank
+            steps = 0
+            if ep_i <= online:  # the last round may leave some ranks without an episode
+                ep = run_episode(
+                    self.env,
+                    self.policy_action(False),
+                    self.featurize,
+                    self.lang,
+                    seed=ONLINE_SEED + ep_i,
+                    split="train",
+                )
+                self._store("online", ep)
+                steps = len(ep)
+            (round_steps,) = d.sum([steps])
+            done = min(first + d.world_size - 1, online)
+            credit += cfg.utd * round_steps / d.world_size
             while credit >= 1.0:
                 self.policy.agent.update(self._batch())
                 credit -= 1.0
-            bar.update(1)
-            if ep_i % cfg.eval_every == 0 or ep_i == online:
-                curve.append(self.evaluate(ep_i, started))
+            bar.update(done - (first - 1))
+            if done >= next_eval or done == online:
+                curve.append(self.evaluate(done, started))
+                while next_eval <= done:
+                    next_eval += cfg.eval_every
                 bar.set_postfix(
                     success=f"{curve[-1].success_rate:.0%}", updates=self.policy.agent.updates
                 )
@@ -292,13 +352,18 @@ class Learner:
             self.out,
             self.policy.agent.updates,
             (time.monotonic() - started) / 60,
+            rank=d.rank,
+            world_size=d.world_size,
         )
         self.save(result)
         return result
 
     # --- outputs ------------------------------------------------------------------------------
     def save(self, result: LearnResult) -> None:
-        """Checkpoint, learning curve (JSON and PNG)."""
+        """Checkpoint, learning curve (JSON and PNG): rank 0's, once every rank agrees on the weights."""
+        self.dist.check_in_sync(self.policy, "policy")
+        if not self.dist.is_main:
+            return
         self.policy.save(self.out / "policy.pt", extra={"learn_config": asdict(self.cfg)})
         (self.out / "curve.json").write_text(
             json.dumps([asdict(e) for e in result.curve], indent=1)
@@ -341,9 +406,13 @@ def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
 
 
 def learn(cfg: LearnConfig) -> LearnResult:
-    """Run one learning run and return its curve."""
-    learner = Learner(cfg)
+    """Run one learning run (one rank of it under torchrun) and return its curve."""
+    dist = init_distributed(cfg.device)
     try:
-        return learner.run()
+        learner = Learner(cfg, dist)
+        try:
+            return learner.run()
+        finally:
+            learner.close()
     finally:
-        learner.close()
+        shutdown(dist)

@@ -108,9 +108,9 @@ def run_episode(
 
     def observe(o: Observation, first: bool) -> torch.Tensor:
         compact, critic_tokens, backbone_tokens = featurize(o)
-        tokens.append(compact[0].numpy().astype(np.float16))
+        tokens.append(compact[0].cpu().numpy().astype(np.float16))
         if keep_backbone_tokens:
-            full.append(backbone_tokens[0].numpy().astype(np.float16))
+            full.append(backbone_tokens[0].cpu().numpy().astype(np.float16))
         states.append(o.state)
         if potential is None:
             phi, done = 0.0, 0.0
