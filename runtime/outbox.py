@@ -96,7 +96,8 @@ class Outbox:
     def __init__(self, spool_dir: str | Path | None, memory_episodes: int, max_episodes: int):
         self.spool = Path(spool_dir) if spool_dir else None
         self.memory_episodes, self.max_episodes = memory_episodes, max_episodes
-        self._items: OrderedDict[str, bytes | Path] = OrderedDict()
+        # episode id -> (its place in the order of put(), payload in memory or its spool file)
+        self._items: OrderedDict[str, tuple[int, bytes | Path]] = OrderedDict()
         self._cond = threading.Condition()
         self._counter = 0
         self.acked = 0
@@ -105,7 +106,7 @@ class Outbox:
             self.spool.mkdir(parents=True, exist_ok=True)
             for path in sorted(self.spool.glob(f"*{SPOOL_SUFFIX}")):
                 counter, _, episode_id = path.stem.partition(".")
-                self._items[episode_id] = path
+                self._items[episode_id] = (int(counter), path)
                 self._counter = max(self._counter, int(counter) + 1)
             for stale in self.spool.glob("*.tmp"):
                 stale.unlink()  # a spill cut short by a crash; its episode is still in memory order
@@ -123,24 +124,25 @@ class Outbox:
     def in_memory(self) -> int:
         """Episodes held in memory (the rest are on disk)."""
         with self._cond:
-            return sum(isinstance(v, bytes) for v in self._items.values())
+            return sum(isinstance(v, bytes) for _, v in self._items.values())
 
     def put(self, episode_id: str, payload: bytes) -> None:
         """Queue an encoded episode; spills it to disk when memory holds enough already."""
         with self._cond:
             if episode_id in self._items:
                 raise ValueError(f"episode {episode_id!r} is already in the outbox")
-            in_memory = sum(isinstance(v, bytes) for v in self._items.values())
+            in_memory = sum(isinstance(v, bytes) for _, v in self._items.values())
+            counter = self._counter
+            self._counter += 1
             if in_memory >= self.memory_episodes and self.spool is not None:
-                self._items[episode_id] = self._spill(episode_id, payload)
+                self._items[episode_id] = (counter, self._spill(counter, episode_id, payload))
             else:
-                self._items[episode_id] = payload
+                self._items[episode_id] = (counter, payload)
             self._cond.notify_all()
 
-    def _spill(self, episode_id: str, payload: bytes) -> Path:
+    def _spill(self, counter: int, episode_id: str, payload: bytes) -> Path:
         assert self.spool is not None
-        path = self.spool / f"{self._counter:012d}.{_SAFE.sub('_', episode_id)}{SPOOL_SUFFIX}"
-        self._counter += 1
+        path = self.spool / f"{counter:012d}.{_SAFE.sub('_', episode_id)}{SPOOL_SUFFIX}"
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(payload)
@@ -154,7 +156,7 @@ class Outbox:
         with self._cond:
             if not self._items and not self._cond.wait_for(lambda: bool(self._items), timeout_s):
                 return None
-            episode_id, item = next(iter(self._items.items()))
+            episode_id, (_, item) = next(iter(self._items.items()))
         return episode_id, item if isinstance(item, bytes) else item.read_bytes()
 
     def ids(self) -> list[str]:
@@ -165,7 +167,7 @@ class Outbox:
     def ack(self, episode_id: str) -> None:
         """The learner holds ``episode_id``: forget it (and delete its spool file)."""
         with self._cond:
-            item = self._items.pop(episode_id, None)
+            _, item = self._items.pop(episode_id, (0, None))
             if item is None:
                 return
             self.acked += 1
@@ -176,7 +178,7 @@ class Outbox:
     def reject(self, episode_id: str, reason: str) -> None:
         """The learner refused ``episode_id`` as malformed: keep it aside, never re-send it."""
         with self._cond:
-            item = self._items.pop(episode_id, None)
+            _, item = self._items.pop(episode_id, (0, None))
             self.rejected += 1
             self._cond.notify_all()
         log.error("learner refused episode %s: %s", episode_id, reason)
@@ -197,9 +199,9 @@ class Outbox:
             return 0
         with self._cond:
             spilled = 0
-            for episode_id, item in list(self._items.items()):
+            for episode_id, (counter, item) in list(self._items.items()):
                 if isinstance(item, bytes):
-                    self._items[episode_id] = self._spill(episode_id, item)
+                    self._items[episode_id] = (counter, self._spill(counter, episode_id, item))
                     spilled += 1
             return spilled
 
