@@ -35,7 +35,9 @@ class ActionChunkBroker:
     """Turns ``infer(obs) -> float32[chunk, A]`` into ``act(obs) -> float32[A]`` once per tick.
 
     ``control_dt_s`` is the control period; ``margin_ticks`` extra ticks of slack on top of
-    the worst recent round trip; ``timeout_s`` bounds any wait for a chunk.
+    the worst recent round trip; ``timeout_s`` bounds any wait for a chunk. ``infer`` may
+    also return ``(chunk, meta)``; :attr:`chunk_meta` is then the meta of the chunk the last
+    action came from (an actor loop keeps the policy version there).
     """
 
     def __init__(
@@ -63,6 +65,7 @@ class ActionChunkBroker:
         self.tick = 0
         self._chunk: np.ndarray | None = None
         self._chunk_tick = 0
+        self.chunk_meta: Any = None
         self._pending: tuple[int, Future] | None = None
         self.starved_ticks = 0
         self.chunks_used = 0
@@ -85,17 +88,20 @@ class ActionChunkBroker:
         """Tick of the observation the current chunk was planned from (its actions' age)."""
         return self._chunk_tick
 
-    def _timed_infer(self, obs: Observation) -> np.ndarray:
+    def _timed_infer(self, obs: Observation) -> tuple[np.ndarray, Any]:
         t0 = time.monotonic()
-        chunk = np.asarray(self.infer(obs), dtype=np.float32)
+        out = self.infer(obs)
+        chunk, meta = out if isinstance(out, tuple) else (out, None)
+        chunk = np.asarray(chunk, dtype=np.float32)
         self._latencies.append(time.monotonic() - t0)
         if chunk.ndim != 2 or chunk.shape[0] < 1:
             raise ValueError(
                 f"infer returned shape {chunk.shape}, expected [chunk_len, action_dim]"
             )
-        return chunk
+        return chunk, meta
 
-    def _adopt(self, chunk: np.ndarray, requested_tick: int) -> None:
+    def _adopt(self, result: tuple[np.ndarray, Any], requested_tick: int) -> None:
+        chunk, self.chunk_meta = result
         self._chunk, self._chunk_tick = chunk, requested_tick
         self.chunks_used += 1
         self.skipped_actions += max(0, self.tick - requested_tick)
@@ -109,14 +115,14 @@ class ActionChunkBroker:
             return
         (requested, future), self._pending = self._pending, None
         try:
-            chunk = future.result()
+            result = future.result()
         except Exception as e:
             self.last_error = (
                 e  # the current chunk still covers the arm; raised only if it must wait
             )
             return
-        if self.tick - requested < len(chunk):
-            self._adopt(chunk, requested)
+        if self.tick - requested < len(result[0]):
+            self._adopt(result, requested)
 
     def act(self, obs: Observation) -> np.ndarray:
         """The action for this tick; call once per control period with the newest observation."""
@@ -144,7 +150,7 @@ class ActionChunkBroker:
             requested, future = self._pending
             remaining = deadline - time.monotonic()
             try:
-                chunk = future.result(timeout=max(0.0, remaining))
+                result = future.result(timeout=max(0.0, remaining))
             except FutureTimeout:
                 raise ChunkStarvationError(
                     f"no action chunk within {self.timeout_s} s at tick {self.tick}"
@@ -152,8 +158,8 @@ class ActionChunkBroker:
             finally:
                 if future.done():
                     self._pending = None
-            if self.tick - requested < len(chunk):
-                self._adopt(chunk, requested)
+            if self.tick - requested < len(result[0]):
+                self._adopt(result, requested)
 
     def close(self) -> None:
         """Stop the background worker."""

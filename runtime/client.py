@@ -74,7 +74,16 @@ class RequestTooLargeError(InferenceError):
 # Plain ints: arithmetic on pyzmq's IntFlag constants builds enum objects on the hot path.
 _NOBLOCK, _POLLIN = int(zmq.NOBLOCK), int(zmq.POLLIN)
 
-_REPLY_TYPES = ("hello_reply", "heartbeat", "act_reply", "critic_reply", "error", "weights_reply")
+_REPLY_TYPES = (
+    "hello_reply",
+    "heartbeat",
+    "act_reply",
+    "critic_reply",
+    "error",
+    "weights_reply",
+    "episode_ack",
+    "learner_status_reply",
+)
 
 
 def _read_key(key: bytes | str | os.PathLike | None) -> bytes | None:

@@ -75,10 +75,14 @@ __all__ = [
     "CriticRequest",
     "CriticSpec",
     "Encoding",
+    "EpisodeAck",
+    "EpisodeUpload",
     "ErrorCode",
     "ErrorReply",
     "Heartbeat",
     "Hello",
+    "LearnerStatus",
+    "LearnerStatusRequest",
     "Limits",
     "Message",
     "PolicySpec",
@@ -398,10 +402,186 @@ class WeightsAck(Message):
     version: int = wire(ID)
 
 
+# ---------------------------------------------------------------- learner endpoint
+
+
+def _episode_frames_codec() -> Codec:
+    """A view's frames of one episode: ``uint8[T + 1, H, W, 3]`` raw, or one JPEG per frame."""
+
+    def pack(frames: np.ndarray, enc: Encoding) -> dict[str, Any]:
+        if enc.image_format == "jpeg":
+            from limbic.runtime import jpeg
+
+            return {"format": "jpeg", "frames": [jpeg.encode(f, enc.jpeg_quality) for f in frames]}
+        return {"format": "raw", **pack_array(frames)}
+
+    def unpack(d: Any, path: str, limits: Limits) -> np.ndarray:
+        if not isinstance(d, dict):
+            raise bad(path, f"expected a frames map with a 'format' key, got {show(d)}")
+        fmt = d.get("format")
+        if fmt == "raw":
+            frames = unpack_array(
+                {k: v for k, v in d.items() if k != "format"}, path, dtype="uint8", ndim=4
+            )
+        elif fmt == "jpeg":
+            check_keys(d, path, {"format", "frames"})
+            items = check_type(d.get("frames"), f"{path}.frames", list, "an array of JPEG frames")
+            if not items:
+                raise bad(f"{path}.frames", "expected at least one frame")
+            frames = np.stack(
+                [
+                    unpack_image({"format": "jpeg", "data": f}, f"{path}[{i}]", limits)
+                    for i, f in enumerate(items)
+                ]
+            )
+        else:
+            raise bad(f"{path}.format", f"expected one of {list(IMAGE_FORMATS)}, got {show(fmt)}")
+        if frames.shape[3] != 3 or frames.shape[1] * frames.shape[2] > limits.max_image_pixels:
+            raise bad(
+                path,
+                f"expected frames [T, H, W, 3] of at most {limits.max_image_pixels} "
+                f"pixels, got shape {list(frames.shape)}",
+            )
+        return frames
+
+    return Codec(pack, unpack)
+
+
+def _episode_views_codec() -> Codec:
+    frames = _episode_frames_codec()
+
+    def pack(views: dict[str, np.ndarray], enc: Encoding) -> dict[str, Any]:
+        return {view: frames.pack(stack, enc) for view, stack in views.items()}
+
+    def unpack(d: Any, path: str, limits: Limits) -> dict[str, np.ndarray]:
+        if not isinstance(d, dict) or not d:
+            raise bad(path, f"expected a non-empty map view -> frames, got {show(d)}")
+        for view in d:
+            check_str(view, path)
+        return {view: frames.unpack(v, f"{path}[{view!r}]", limits) for view, v in d.items()}
+
+    return Codec(pack, unpack)
+
+
+EPISODE_VIEWS = _episode_views_codec()
+FLAG = Codec(lambda v, enc: bool(v), lambda v, p, lim: check_type(v, p, bool, "a bool"))
+SOURCES = ("online", "demo", "intervention")
+"""Replay partitions an episode can be filed in."""
+
+
+@dataclass
+class EpisodeUpload(Message):
+    """Actor -> learner: one finished episode of ``T`` steps (``T + 1`` frames).
+
+    Per frame (``T + 1``): ``images``, ``state``, ``capture_ns`` (the observation's capture
+    time), the critic's potential ``phi`` and ``done_prob`` (zeros without a critic). Per step
+    (``T``): the ``action`` actually applied (arm units), the task ``reward``, ``success``,
+    ``terminated``, ``intervention``, the ``policy_version`` that produced the action (-1:
+    none), ``tick_ns`` (wall time the tick began) and ``action_ns`` (wall time the action
+    arrived). ``late_ticks`` counts ticks whose action came late and was dropped (the arm held
+    still). ``episode_id`` is unique per episode (actor id and sequence number): the learner
+    stores each id once, so re-sending after a lost acknowledgement is safe.
+    """
+
+    TYPE: ClassVar[str] = "episode"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    episode_id: str = wire(NAME)
+    actor: str = wire(NAME)
+    seq: int = wire(ID)
+    source: str = wire(NAME)
+    instruction: str = wire(NAME)
+    seed: int = wire(VERSION)
+    split: str = wire(NAME)
+    images: dict[str, np.ndarray] = wire(EPISODE_VIEWS)
+    state: np.ndarray = wire(array_of("float32", 2))
+    capture_ns: np.ndarray = wire(array_of("int64", 1))
+    phi: np.ndarray = wire(array_of("float32", 1))
+    done_prob: np.ndarray = wire(array_of("float32", 1))
+    action: np.ndarray = wire(array_of("float32", 2))
+    reward: np.ndarray = wire(array_of("float32", 1))
+    success: np.ndarray = wire(array_of("bool", 1))
+    terminated: np.ndarray = wire(array_of("bool", 1))
+    intervention: np.ndarray = wire(array_of("bool", 1))
+    policy_version: np.ndarray = wire(array_of("int64", 1))
+    tick_ns: np.ndarray = wire(array_of("int64", 1))
+    action_ns: np.ndarray = wire(array_of("int64", 1))
+    late_ticks: int = wire(ID, 0)
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def check(self, path: str) -> None:
+        """Every array fits ``T`` steps and ``T + 1`` frames; values are finite."""
+        if self.source not in SOURCES:
+            raise bad("source", f"expected one of {list(SOURCES)}, got {self.source!r}")
+        t = self.action.shape[0]
+        if t < 1:
+            raise bad("action", "an episode needs at least one step")
+        per_frame = {"state": self.state, "capture_ns": self.capture_ns, "phi": self.phi}
+        per_frame["done_prob"] = self.done_prob
+        per_frame.update({f"images[{v!r}]": f for v, f in self.images.items()})
+        for name, array in per_frame.items():
+            if array.shape[0] != t + 1:
+                raise bad(name, f"expected {t + 1} frames for {t} steps, got {array.shape[0]}")
+        for name in ("reward", "success", "terminated", "intervention", "policy_version"):
+            if getattr(self, name).shape[0] != t:
+                raise bad(name, f"expected {t} steps, got {getattr(self, name).shape[0]}")
+        for name in ("tick_ns", "action_ns"):
+            if getattr(self, name).shape[0] != t:
+                raise bad(name, f"expected {t} steps, got {getattr(self, name).shape[0]}")
+        if self.terminated[:-1].any():
+            raise bad("terminated", "only the last step may be terminal")
+        for name in ("state", "phi", "done_prob", "action", "reward"):
+            array = getattr(self, name)
+            if not np.isfinite(array).all():
+                raise bad(name, "contains NaN or inf")
+
+
+@dataclass
+class EpisodeAck(Message):
+    """Learner -> actor: ``episode_id`` is durably stored (``stored``) or was already (``duplicate``).
+
+    ``backlog_updates`` is how many gradient updates the learner still owes the data it holds
+    (actors may wait for it to catch up); ``episodes`` counts the online episodes it holds.
+    """
+
+    TYPE: ClassVar[str] = "episode_ack"
+    id: int = wire(ID)
+    episode_id: str = wire(NAME)
+    status: str = wire(NAME)
+    episodes: int = wire(ID, 0)
+    backlog_updates: int = wire(ID, 0)
+
+
+@dataclass
+class LearnerStatusRequest(Message):
+    """Actor -> learner: is the learner there, and how far behind is its training?"""
+
+    TYPE: ClassVar[str] = "learner_status"
+    STRICT: ClassVar[bool] = True
+    id: int = wire(ID)
+    actor: str = wire(NAME, "actor")
+
+
+@dataclass
+class LearnerStatus(Message):
+    """Learner -> actor: online episodes held, updates done and owed, last published version."""
+
+    TYPE: ClassVar[str] = "learner_status_reply"
+    id: int = wire(ID)
+    episodes: int = wire(ID, 0)
+    updates: int = wire(ID, 0)
+    backlog_updates: int = wire(ID, 0)
+    policy_version: int = wire(VERSION, -1)
+    finished: bool = wire(FLAG, False)
+
+
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TYPE: cls
     for cls in (Hello, ServerInfo, Heartbeat, ActRequest, ActReply, CriticRequest, CriticReply)
     + (ErrorReply, WeightsUpdate, WeightsAck)
+    + (EpisodeUpload, EpisodeAck, LearnerStatusRequest, LearnerStatus)
 }
 """Every message class by its wire ``type``."""
 

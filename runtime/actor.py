@@ -1,0 +1,640 @@
+"""``limbic-actor``: one arm's control loop, at a fixed rate, feeding the learner.
+
+Each tick (default 10 Hz)::
+
+    observation (timestamped) -> inference server (client + chunk broker) -> action
+      -> intervention arbiter (policy or human) -> safety envelope -> arm
+      -> transition: action applied, task reward, success, policy version, times
+
+An action that is not there by the tick's deadline is dropped, never executed late: the
+arm holds still (nothing is sent; in simulation time does not advance) and the tick counts
+as a late action. So does a tick whose action came from weights older than
+``min_policy_version`` (a server just restarted holds its initial weights until the learner
+publishes again). A tick that starts after its slot because the previous one overran counts
+as a missed tick. The loop logs every missed tick and reports its real rate.
+
+The progress critic, when the server hosts one, scores every new frame in a background
+thread (potential ``phi`` and done probability per frame, DESIGN.md's incremental and
+forward estimates fused), off the control path. Finished episodes go to the
+:class:`~limbic.runtime.outbox.Outbox`, whose sender delivers them to the learner and keeps
+them until acknowledged. Between episodes the actor waits while the server has no ready
+policy, while the outbox is full, or while the learner owes more than
+``max_learner_backlog`` updates (so a slow learner is not flooded with stale data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from limbic.contracts import Observation
+from limbic.launch.components import RobotConfig, make_robot
+from limbic.launch.config import require
+from limbic.robot.base import EpisodicRobot
+from limbic.robot.safety import ActionBoundsEnvelope, SafetyEnvelope
+from limbic.runtime import auth
+from limbic.runtime.chunking import ActionChunkBroker, ChunkStarvationError
+from limbic.runtime.client import InferenceClient, InferenceError
+from limbic.runtime.outbox import EpisodeSender, Outbox, OutboxConfig
+from limbic.runtime.protocol import EpisodeUpload, encode
+from limbic.teleop.arbiter import InterventionArbiter, PolicyOnlyArbiter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ActorConfig:
+    """One actor loop: the arm, where the server and the learner are, the rate and budget."""
+
+    actor_id: str = "actor-0"
+    """Unique per arm: episode ids are ``<actor_id>-<sequence>``."""
+    robot: RobotConfig = field(default_factory=RobotConfig)
+    """The arm (``robot.type=sim``: a simulated arm and task)."""
+    server: str = "tcp://127.0.0.1:5555"
+    """The inference server's request endpoint."""
+    learner: str = "tcp://127.0.0.1:5557"
+    """The learner's episode endpoint; empty keeps episodes in the outbox (nobody to send to)."""
+    control_hz: float = 10.0
+    """Control rate (wall clock)."""
+    action_deadline_s: float = 0.0
+    """An action not there this long after the tick began is dropped; 0: 80 % of the period."""
+    episodes: int = 0
+    """Episodes to run, counted across restarts of this actor (0: until stopped)."""
+    seed: int = 2_000_000
+    """Episode ``k`` of this actor resets the scene with seed ``seed + k``."""
+    split: str = "train"
+    """Task split of the episodes."""
+    min_policy_version: int = 1
+    """Hold the arm while the server's policy is older (0 accepts the server's initial weights)."""
+    critic: str = "auto"
+    """Per-frame progress from the server's critic: ``auto`` (when served), ``on`` or ``off``."""
+    image_format: str = "raw"
+    """Frames sent to the inference server: ``raw`` or ``jpeg``."""
+    max_learner_backlog: int = 0
+    """Wait before an episode while the learner owes more updates than this (0: never wait)."""
+    out_dir: str = "runs/actors"
+    """Per-actor state (episode counter), spooled episodes and the final report go under here."""
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    """Unacknowledged episodes: memory bound, spool folder, re-send timing."""
+    arbiter: str = "policy"
+    """Intervention arbiter (a key of ``ARBITERS``); ``policy`` never intervenes."""
+    envelope: str = "bounds"
+    """Safety envelope (a key of ``ENVELOPES``); ``bounds`` enforces the declared action bounds."""
+    server_public_key: str = ""
+    """The server's and learner's public CURVE key file, when they require CURVE."""
+    client_secret_key: str = ""
+    """This actor's ``.key_secret`` file for CURVE (empty: an ephemeral key pair)."""
+    log_every_s: float = 30.0
+    """How often the loop logs its rate and counters."""
+
+    def __post_init__(self) -> None:
+        require(self.actor_id.strip() != "", "actor.actor_id", "must not be empty")
+        require(
+            0 < self.control_hz <= 1000,
+            "actor.control_hz",
+            f"must be in (0, 1000], got {self.control_hz}",
+        )
+        require(self.action_deadline_s >= 0, "actor.action_deadline_s", "must be >= 0")
+        if self.action_deadline_s:
+            require(
+                self.action_deadline_s < 1.0 / self.control_hz,
+                "actor.action_deadline_s",
+                f"must be below the control period {1.0 / self.control_hz:.3f} s",
+            )
+        require(self.episodes >= 0, "actor.episodes", "must be >= 0")
+        require(
+            self.critic in ("auto", "on", "off"),
+            "actor.critic",
+            f"expected auto, on or off, got {self.critic!r}",
+        )
+        require(
+            self.image_format in ("raw", "jpeg"),
+            "actor.image_format",
+            f"expected raw or jpeg, got {self.image_format!r}",
+        )
+        require(
+            self.arbiter in ARBITERS,
+            "actor.arbiter",
+            f"{self.arbiter!r} is not one of {sorted(ARBITERS)}",
+        )
+        require(
+            self.envelope in ENVELOPES,
+            "actor.envelope",
+            f"{self.envelope!r} is not one of {sorted(ENVELOPES)}",
+        )
+
+    @property
+    def period_s(self) -> float:
+        """The control period."""
+        return 1.0 / self.control_hz
+
+    @property
+    def deadline_s(self) -> float:
+        """How long after a tick begins its action may arrive."""
+        return self.action_deadline_s or 0.8 * self.period_s
+
+    @property
+    def home(self) -> Path:
+        """This actor's folder (state, spool, report)."""
+        return Path(self.out_dir) / self.actor_id
+
+
+ARBITERS: dict[str, Any] = {"policy": lambda robot: PolicyOnlyArbiter()}
+"""Arbiter name -> ``f(robot) -> InterventionArbiter`` (the teleop issue adds human arbiters)."""
+ENVELOPES: dict[str, Any] = {"bounds": lambda robot: ActionBoundsEnvelope(robot.action_spec)}
+"""Envelope name -> ``f(robot) -> SafetyEnvelope`` (the deployment issue adds real limits)."""
+
+
+@dataclass
+class ActorReport:
+    """What an actor loop did, for logs, tests and ``limbic-bench train``."""
+
+    actor_id: str
+    episodes: int = 0
+    """Episodes finished and handed to the outbox in this run."""
+    successes: int = 0
+    steps: int = 0
+    """Actions applied to the arm."""
+    ticks: int = 0
+    """Control ticks inside episodes (steps plus ticks the arm was held)."""
+    achieved_hz: float = 0.0
+    """Ticks per second of ticking (time between episodes not counted)."""
+    missed_ticks: int = 0
+    """Tick slots lost because a tick started late (the loop overran)."""
+    late_actions: int = 0
+    """Actions that missed their deadline: dropped, the arm held still."""
+    held_ticks: int = 0
+    """Ticks the arm was held still (late actions, no server, policy not ready)."""
+    critic_misses: int = 0
+    """Frames whose progress judgement failed (potential carried over)."""
+    acked: int = 0
+    """Episodes the learner acknowledged in this run."""
+    unacked: int = 0
+    """Episodes still in the outbox at the end (spooled to disk when there is a spool)."""
+    episode_ids: list[str] = field(default_factory=list)
+    """Ids of the finished episodes, in order."""
+    first_action_ns: dict[int, int] = field(default_factory=dict)
+    """Wall time each policy version first produced an applied action."""
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def summary(self) -> str:
+        """One line for logs."""
+        return (
+            f"{self.actor_id}: {self.episodes} episodes ({self.successes} successes), {self.steps} steps, "
+            f"{self.achieved_hz:.2f} Hz, missed ticks {self.missed_ticks}, late actions {self.late_actions}, "
+            f"held {self.held_ticks}, acked {self.acked}, unacked {self.unacked}"
+        )
+
+
+class TickClock:
+    """Fixed-rate ticks on the monotonic clock; counts tick slots lost to overruns."""
+
+    def __init__(self, period_s: float, stop: threading.Event):
+        self.period_s, self._stop = period_s, stop
+        self.next_s: float | None = None
+        self.missed = 0
+        self.ticks = 0
+        self.active_s = 0.0
+        self._started: float | None = None
+
+    def begin(self) -> float:
+        """Wait for the next slot; returns the tick's start time (monotonic seconds)."""
+        now = time.monotonic()
+        if self.next_s is None:
+            self.next_s, self._started = now, now
+        elif now < self.next_s:
+            self._stop.wait(self.next_s - now)
+            now = time.monotonic()
+        late = now - self.next_s
+        if late > 0.5 * self.period_s:
+            lost = int(late / self.period_s + 0.5)
+            self.missed += lost
+            log.info("missed %d tick(s): this tick began %.1f ms after its slot", lost, late * 1e3)
+            self.next_s = now
+        self.next_s += self.period_s
+        self.ticks += 1
+        return now
+
+    def pause(self) -> None:
+        """Stop counting (between episodes): the next tick starts a fresh schedule."""
+        if self._started is not None:
+            self.active_s += time.monotonic() - self._started
+        self.next_s = self._started = None
+
+
+class CriticTrack:
+    """Per-frame potential and done probability from the server's critic, in a background thread.
+
+    Frame ``t`` is judged against frame ``t - 1`` (the incremental estimate, chained) and
+    frame 0 (the forward estimate); ``phi`` is their mean, as the in-process
+    :class:`~limbic.critic.potential.OnlinePotential` fuses them.
+    """
+
+    def __init__(self, client: InferenceClient, views: tuple[str, ...], timeout_s: float):
+        self.client, self.views, self.timeout_s = client, views, timeout_s
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limbic-critic")
+        self.misses = 0
+        self._futures: list[Future] = []
+
+    def start(self, obs: Observation) -> None:
+        """A new episode begins at ``obs`` (its potential is 0)."""
+        self._instruction = obs.instruction
+        self._first = self._prev = self._frame(obs)
+        self._phi_inc = 0.0
+        self._phi = [0.0]
+        self._done = [0.0]
+        self._futures = []
+
+    def _frame(self, obs: Observation) -> dict[str, np.ndarray]:
+        return {v: obs.images[v] for v in self.views}
+
+    def add(self, obs: Observation) -> None:
+        """Queue the next frame of the episode."""
+        frame, prev = self._frame(obs), self._prev
+        self._prev = frame
+        self._futures.append(self._pool.submit(self._judge, prev, frame))
+
+    def _judge(self, prev: dict, frame: dict) -> None:
+        try:
+            inc = self.client.critic(
+                [prev, frame], self._instruction, phi0=self._phi_inc, timeout_s=self.timeout_s
+            )
+            self._phi_inc = float(inc.value[0])
+            if prev is self._first:
+                fwd_value = self._phi_inc
+            else:
+                fwd = self.client.critic(
+                    [self._first, frame], self._instruction, timeout_s=self.timeout_s
+                )
+                fwd_value = float(fwd.value[0])
+            self._phi.append(0.5 * (self._phi_inc + fwd_value))
+            self._done.append(float(inc.done_prob[0]))
+        except InferenceError as e:
+            self.misses += 1
+            log.warning("critic failed on a frame (%s); carrying the potential over", e)
+            self._phi.append(self._phi[-1])
+            self._done.append(0.0)
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for every queued frame; ``(phi float32[T + 1], done_prob float32[T + 1])``."""
+        for f in self._futures:
+            f.result()
+        return np.asarray(self._phi, np.float32), np.asarray(self._done, np.float32)
+
+    def close(self) -> None:
+        """Stop the worker thread."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class EpisodeBuffer:
+    """The frames and steps of the running episode, turned into an ``episode`` message at the end."""
+
+    def __init__(self, views: tuple[str, ...]):
+        self.views = views
+        self.frames: dict[str, list[np.ndarray]] = {v: [] for v in views}
+        self.state, self.capture_ns = [], []
+        self.steps: dict[str, list] = {
+            k: [] for k in ("action", "reward", "success", "terminated", "intervention")
+        }
+        self.steps.update(policy_version=[], tick_ns=[], action_ns=[])
+        self.late_ticks = 0
+
+    def frame(self, obs: Observation) -> None:
+        """Append an observation (the first one, then one after every applied action)."""
+        for v in self.views:
+            self.frames[v].append(obs.images[v])
+        self.state.append(obs.state)
+        self.capture_ns.append(obs.timestamp_ns)
+
+    def step(self, **values: Any) -> None:
+        """Append one applied action and what followed."""
+        for k, v in values.items():
+            self.steps[k].append(v)
+
+    def __len__(self) -> int:
+        return len(self.steps["action"])
+
+    def upload(
+        self,
+        episode_id: str,
+        actor: str,
+        seq: int,
+        instruction: str,
+        seed: int,
+        split: str,
+        phi: np.ndarray,
+        done_prob: np.ndarray,
+    ) -> EpisodeUpload:
+        """The ``episode`` message (filed as ``intervention`` when a human acted in it)."""
+        s = self.steps
+        intervention = np.asarray(s["intervention"], bool)
+        return EpisodeUpload(
+            id=seq,
+            episode_id=episode_id,
+            actor=actor,
+            seq=seq,
+            source="intervention" if intervention.any() else "online",
+            instruction=instruction,
+            seed=seed,
+            split=split,
+            images={v: np.stack(f) for v, f in self.frames.items()},
+            state=np.stack(self.state).astype(np.float32),
+            capture_ns=np.asarray(self.capture_ns, np.int64),
+            phi=phi,
+            done_prob=done_prob,
+            action=np.stack(s["action"]).astype(np.float32),
+            reward=np.asarray(s["reward"], np.float32),
+            success=np.asarray(s["success"], bool),
+            terminated=np.asarray(s["terminated"], bool),
+            intervention=intervention,
+            policy_version=np.asarray(s["policy_version"], np.int64),
+            tick_ns=np.asarray(s["tick_ns"], np.int64),
+            action_ns=np.asarray(s["action_ns"], np.int64),
+            late_ticks=self.late_ticks,
+        )
+
+
+class _ActorState:
+    """The next episode number, persisted so a restarted actor never reuses an episode id."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.next_seq = 0
+        if path.exists():
+            self.next_seq = int(json.loads(path.read_text())["next_seq"])
+
+    def advance(self) -> None:
+        self.next_seq += 1
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"next_seq": self.next_seq}))
+        os.replace(tmp, self.path)
+
+
+class _PolicyNotReadyError(Exception):
+    """The server answered with weights older than ``min_policy_version``."""
+
+
+class ActorLoop:
+    """The pieces of one actor run; :func:`run_actor` drives it."""
+
+    def __init__(self, cfg: ActorConfig, stop: threading.Event):
+        self.cfg, self.stop = cfg, stop
+        self.report = ActorReport(cfg.actor_id)
+        cfg.home.mkdir(parents=True, exist_ok=True)
+        self.state = _ActorState(cfg.home / "state.json")
+        server_key = auth.load_public_key(cfg.server_public_key) if cfg.server_public_key else None
+        keypair = auth.load_keypair(cfg.client_secret_key) if cfg.client_secret_key else None
+        self.robot = make_robot(cfg.robot)
+        self.client = InferenceClient(
+            cfg.server,
+            timeout_s=cfg.deadline_s,
+            image_format=cfg.image_format,
+            name=cfg.actor_id,
+            heartbeat_interval_s=0,
+            server_public_key=server_key,
+            client_secret_key=cfg.client_secret_key or None,
+        )
+        self.broker = ActionChunkBroker(self._infer, cfg.period_s, timeout_s=cfg.deadline_s)
+        spool = cfg.outbox.spool_dir or str(cfg.home / "outbox")
+        self.outbox = Outbox(spool, cfg.outbox.memory_episodes, cfg.outbox.max_episodes)
+        self.sender = (
+            EpisodeSender(
+                self.outbox,
+                cfg.learner,
+                cfg.actor_id,
+                cfg.outbox,
+                server_public_key=server_key,
+                client_keypair=keypair,
+            )
+            if cfg.learner
+            else None
+        )
+        self.critic: CriticTrack | None = None
+        self.arbiter: InterventionArbiter | None = None
+        self.envelope: SafetyEnvelope | None = None
+        self.clock = TickClock(cfg.period_s, stop)
+
+    def _infer(self, obs: Observation) -> tuple[np.ndarray, tuple[int, int]]:
+        reply = self.client.act(obs)
+        if reply.policy_version < self.cfg.min_policy_version:
+            raise _PolicyNotReadyError(reply.policy_version)
+        return reply.actions, (reply.policy_version, time.time_ns())
+
+    # ------------------------------------------------------------ set-up and waiting
+
+    def open(self) -> None:
+        self.robot.connect()
+        if not isinstance(self.robot, EpisodicRobot):
+            raise TypeError(
+                f"{type(self.robot).__name__} cannot frame episodes (start_episode/instruction/success)"
+            )
+        self.arbiter = ARBITERS[self.cfg.arbiter](self.robot)
+        self.envelope = ENVELOPES[self.cfg.envelope](self.robot)
+        if self.sender is not None:
+            self.sender.start()
+
+    def close(self) -> None:
+        for step in (self.broker.close, self.client.close):
+            step()
+        if self.critic is not None:
+            self.critic.close()
+        if self.arbiter is not None:
+            self.arbiter.close()
+        if self.sender is not None:
+            # Give the learner a moment for what is in flight, then keep the rest on disk.
+            self.outbox.wait_empty(2.0 if not self.stop.is_set() else 0.5)
+            self.sender.stop()
+        self.outbox.spill_all()
+        self.robot.disconnect()
+
+    def _wait(self, why: str, ready) -> bool:
+        """Wait (checking ``stop``) until ``ready()``; log what the actor waits for once."""
+        logged = False
+        while not self.stop.is_set():
+            if ready():
+                return True
+            if not logged:
+                log.info("%s: waiting for %s", self.cfg.actor_id, why)
+                logged = True
+            self.stop.wait(0.2)
+        return False
+
+    def _server_ready(self) -> bool:
+        try:
+            beat = self.client.ping(timeout_s=max(self.cfg.deadline_s, 0.5))
+        except InferenceError:
+            return False
+        if self.critic is None and self.client.info is not None:
+            served = self.client.info.critic is not None
+            if self.cfg.critic == "on" and not served:
+                raise RuntimeError("actor.critic=on but the server hosts no progress critic")
+            if served and self.cfg.critic != "off":
+                spec = self.client.info.critic
+                self.critic = CriticTrack(self.client, spec.views, timeout_s=1.0)
+        return beat.policy_version >= self.cfg.min_policy_version
+
+    def _learner_ready(self) -> bool:
+        if self.sender is not None and self.sender.error is not None:
+            raise RuntimeError("the episode sender failed") from self.sender.error
+        if self.outbox.full:
+            return False
+        status = self.sender.status if self.sender is not None else None
+        limit = self.cfg.max_learner_backlog
+        if not limit or status is None or not self.sender.learner_alive:
+            return True  # a learner that is away does not stop acting; the outbox keeps episodes
+        return status.backlog_updates <= limit
+
+    # ------------------------------------------------------------ one episode
+
+    def episode(self, seq: int) -> bool:
+        """Run episode ``seq``; True when it finished (False: stopped part-way, dropped)."""
+        cfg, robot = self.cfg, self.robot
+        seed = cfg.seed + seq
+        obs = robot.start_episode(seed=seed, split=cfg.split)
+        self.broker.reset()
+        self.arbiter.on_episode_start(obs)
+        self.envelope.on_episode_start(obs)
+        views = tuple(obs.images)
+        buf = EpisodeBuffer(views)
+        buf.frame(obs)
+        if self.critic is not None:
+            self.critic.start(obs)
+        success = False
+        while len(buf) < robot.step_limit:
+            if self.stop.is_set():
+                self.clock.pause()
+                return False
+            self.clock.begin()
+            tick_ns = time.time_ns()
+            obs = robot.get_observation()
+            try:
+                policy_action = self.broker.act(obs)
+                version, action_ns = self.broker.chunk_meta
+            except (InferenceError, ChunkStarvationError, _PolicyNotReadyError) as e:
+                self.broker.reset()  # never execute a late chunk later
+                self.report.held_ticks += 1
+                if not isinstance(e, _PolicyNotReadyError):
+                    self.report.late_actions += 1
+                    buf.late_ticks += 1
+                    log.info(
+                        "%s: no action within %.0f ms (%s): arm held still",
+                        cfg.actor_id,
+                        cfg.deadline_s * 1e3,
+                        type(e).__name__,
+                    )
+                continue
+            action, intervened = self.arbiter.choose(obs, policy_action)
+            sent = robot.send_action(self.envelope.filter(obs, action))
+            success = bool(robot.success())
+            if version not in self.report.first_action_ns:
+                self.report.first_action_ns[version] = action_ns
+            buf.step(
+                action=sent,
+                reward=float(success),
+                success=success,
+                terminated=success,
+                intervention=bool(intervened),
+                policy_version=-1 if intervened else version,
+                tick_ns=tick_ns,
+                action_ns=action_ns,
+            )
+            self.report.steps += 1
+            nxt = robot.get_observation()
+            buf.frame(nxt)
+            if self.critic is not None:
+                self.critic.add(nxt)
+            if success:
+                break
+        self.clock.pause()
+        phi, done = (
+            self.critic.finish()
+            if self.critic is not None
+            else (np.zeros(len(buf) + 1, np.float32),) * 2
+        )
+        episode_id = f"{cfg.actor_id}-{seq:06d}"
+        message = buf.upload(
+            episode_id, cfg.actor_id, seq, robot.instruction, seed, cfg.split, phi, done
+        )
+        self.outbox.put(
+            episode_id,
+            encode(
+                message, image_format=cfg.outbox.image_format, jpeg_quality=cfg.outbox.jpeg_quality
+            ),
+        )
+        self.state.advance()
+        self.report.episodes += 1
+        self.report.successes += int(success)
+        self.report.episode_ids.append(episode_id)
+        return True
+
+    def run(self) -> ActorReport:
+        cfg, report = self.cfg, self.report
+        started = time.monotonic()
+        last_log = started
+        while not self.stop.is_set():
+            seq = self.state.next_seq
+            if cfg.episodes and seq >= cfg.episodes:
+                break
+            if not self._wait(
+                f"a policy of version >= {cfg.min_policy_version} on {cfg.server}",
+                self._server_ready,
+            ):
+                break
+            if not self._wait("the learner (outbox full or learner backlog)", self._learner_ready):
+                break
+            if not self.episode(seq):
+                break
+            if time.monotonic() - last_log > cfg.log_every_s:
+                last_log = time.monotonic()
+                self._fill_report(started)
+                log.info(report.summary())
+        report.interrupted = self.stop.is_set()
+        if self.sender is not None and not self.stop.is_set():
+            self._wait("the learner to acknowledge every episode", lambda: len(self.outbox) == 0)
+        self._fill_report(started)
+        return report
+
+    def _fill_report(self, started: float) -> None:
+        r, clock = self.report, self.clock
+        r.ticks = clock.ticks
+        r.missed_ticks = clock.missed
+        r.achieved_hz = clock.ticks / clock.active_s if clock.active_s > 0 else 0.0
+        r.critic_misses = self.critic.misses if self.critic is not None else 0
+        r.acked = self.outbox.acked
+        r.unacked = len(self.outbox)
+        r.seconds = time.monotonic() - started
+
+
+def run_actor(cfg: ActorConfig, stop: threading.Event | None = None) -> ActorReport:
+    """Run one actor loop until ``stop`` is set or its episode budget is done; return its report.
+
+    With a budget, the actor also waits (until ``stop``) for the learner to acknowledge every
+    episode before returning. Episodes still unacknowledged at the end stay in the spool
+    folder and are re-sent by the next run of the same actor. The report is also written to
+    ``<out_dir>/<actor_id>/report.json``.
+    """
+    stop = stop or threading.Event()
+    loop = ActorLoop(cfg, stop)
+    try:
+        loop.open()
+        report = loop.run()
+    finally:
+        loop.close()
+    report.unacked = len(loop.outbox)
+    report.acked = loop.outbox.acked
+    (cfg.home / "report.json").write_text(json.dumps(asdict(report), indent=1))
+    log.info(report.summary())
+    return report
+
+
+__all__ = ["ARBITERS", "ENVELOPES", "ActorConfig", "ActorReport", "run_actor"]

@@ -1,0 +1,150 @@
+"""The actor loop on a real MuJoCo arm, a live inference server and a learner endpoint on loopback."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import numpy as np
+from runtime_helpers import RecordingLearner, SimPolicy, robot_config, serving
+from serving import wait_until
+
+from limbic.runtime.actor import ActorConfig, ActorLoop, run_actor
+from limbic.runtime.outbox import OutboxConfig
+
+FAST_OUTBOX = OutboxConfig(dead_after_s=1.0, status_interval_s=0.1)
+
+
+def actor_config(tmp_path, server: str, learner: str, **kw) -> ActorConfig:
+    base = dict(
+        robot=robot_config(step_limit=4),
+        server=server,
+        learner=learner,
+        control_hz=20.0,
+        out_dir=str(tmp_path / "actors"),
+        outbox=FAST_OUTBOX,
+    )
+    return ActorConfig(**{**base, **kw})
+
+
+class Running:
+    """An :class:`ActorLoop` in a thread (opened there: the renderer belongs to its thread)."""
+
+    def __init__(self, cfg: ActorConfig):
+        self.stop = threading.Event()
+        self.loop = ActorLoop(cfg, self.stop)
+        self.report = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.loop.open()
+            self.report = self.loop.run()
+        except BaseException as e:
+            self.error = e
+        finally:
+            self.loop.close()
+
+    @property
+    def sim_steps(self) -> int:
+        env = self.loop.robot.env
+        return -1 if env is None else env.t
+
+    def join(self, timeout_s: float = 60.0) -> None:
+        self.thread.join(timeout_s)
+        assert not self.thread.is_alive(), "actor did not finish"
+        if self.error is not None:
+            raise self.error
+
+
+def test_the_actor_runs_its_budget_and_every_episode_reaches_the_learner(tmp_path):
+    learner = RecordingLearner()
+    policy = SimPolicy()
+    try:
+        with serving(policy, version=3) as server:
+            cfg = actor_config(tmp_path, server.endpoint, learner.endpoint, episodes=3)
+            report = run_actor(cfg)
+            assert report.episodes == 3 and report.acked == 3 and report.unacked == 0
+            assert report.episode_ids == ["actor-0-000000", "actor-0-000001", "actor-0-000002"]
+            assert learner.stored_order == report.episode_ids
+            spec = SimPolicy().low.numpy(), SimPolicy().high.numpy()
+            for ep in learner.episodes.values():
+                t = len(ep)
+                assert 1 <= t <= 4 and ep.state.shape[0] == t + 1
+                assert all(f.shape == (t + 1, 64, 64, 3) for f in ep.images.values())
+                assert (ep.policy_version == 3).all() and not ep.intervention.any()
+                assert ((ep.action >= spec[0] - 1e-6) & (ep.action <= spec[1] + 1e-6)).all()
+                assert (np.diff(ep.tick_ns) > 0).all() and (ep.action_ns >= ep.tick_ns).all()
+            assert report.steps == sum(len(e) for e in learner.episodes.values())
+            assert report.first_action_ns and min(report.first_action_ns) == 3
+            # a second run of the same actor continues its numbering: no episode id is reused
+            more = run_actor(actor_config(tmp_path, server.endpoint, learner.endpoint, episodes=5))
+            assert more.episode_ids == ["actor-0-000003", "actor-0-000004"]
+            assert len(learner.stored_order) == 5
+    finally:
+        learner.close()
+
+
+def test_late_actions_are_dropped_and_the_arm_holds_still(tmp_path):
+    learner = RecordingLearner()
+    policy = SimPolicy()
+    try:
+        with serving(policy) as server:
+            run = Running(
+                actor_config(
+                    tmp_path,
+                    server.endpoint,
+                    learner.endpoint,
+                    episodes=1,
+                    robot=robot_config(step_limit=6),
+                )
+            )
+            wait_until(lambda: run.loop.report.steps >= 2, 60, "two steps")
+            policy.gate.clear()  # the model stalls: every reply comes after the deadline
+            calls = policy.calls
+            wait_until(lambda: policy.calls > calls, 30, "a stalled request")
+            steps, sim_t = run.loop.report.steps, run.sim_steps
+            late = run.loop.report.late_actions
+            wait_until(lambda: run.loop.report.late_actions >= late + 3, 60, "late actions")
+            assert (
+                run.loop.report.steps == steps and run.sim_steps == sim_t
+            )  # nothing executed late
+            policy.gate.set()
+            run.join()
+        report = run.report
+        assert report.episodes == 1 and report.late_actions >= 3 and report.held_ticks >= 3
+        (ep,) = learner.episodes.values()
+        assert ep.late_ticks >= 3 and len(ep) == report.steps
+    finally:
+        learner.close()
+
+
+def test_a_dead_server_makes_the_actor_hold_the_arm_until_it_is_back(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    learner = RecordingLearner()
+    policy = SimPolicy()
+    try:
+        server_cm = serving(policy, endpoint=endpoint)
+        server_cm.__enter__()
+        run = Running(
+            actor_config(
+                tmp_path, endpoint, learner.endpoint, episodes=2, robot=robot_config(step_limit=25)
+            )
+        )
+        wait_until(lambda: run.loop.report.steps >= 3, 60, "some steps")
+        server_cm.__exit__(None, None, None)  # the server is gone
+        held = run.loop.report.held_ticks
+        wait_until(lambda: run.loop.report.held_ticks >= held + 2, 60, "held ticks")
+        sim_t, steps = run.sim_steps, run.loop.report.steps
+        wait_until(lambda: run.loop.report.held_ticks >= held + 6, 60, "more held ticks")
+        assert run.sim_steps == sim_t and run.loop.report.steps == steps  # the arm did not move
+        with serving(policy, endpoint=endpoint):  # back: the actor goes on
+            run.join(120)
+        assert run.report.episodes == 2 and run.report.unacked == 0
+        assert len(learner.stored_order) == 2
+    finally:
+        learner.close()
