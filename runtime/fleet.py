@@ -234,7 +234,7 @@ class ActorFleet:
                 raise FleetError(
                     f"{len(pending)} of {len(self.members)} fleet members not running after "
                     f"{timeout_s:.0f} s ({names}); each asks for "
-                    f"{self.cfg.fleet.cpus_per_actor} CPUs and {self.cfg.fleet.gpus_per_actor} GPUs, "
+                    f"{self.cfg.fleet.cpus_per_actor:g} CPUs and {self.cfg.fleet.gpus_per_actor:g} GPUs, "
                     f"the cluster has {cpus:g} CPUs free (fleet.size, fleet.cpus_per_actor)"
                 )
             m = pending.pop(ready[0])

@@ -111,13 +111,17 @@ def test_a_running_fleet_stops_cleanly_and_reports(tmp_path, local_ray):
 
 @pytest.mark.slow
 def test_a_fleet_the_cluster_cannot_hold_fails_to_start_with_the_reason(tmp_path, local_ray):
+    # members asking for 3 CPUs each never fit a 2-CPU instance
     cfg = fleet_config(
-        tmp_path, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", size=3, start_timeout_s=5
+        tmp_path, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", cpus_per_actor=3, start_timeout_s=2
     )
     fleet = ActorFleet(cfg)
-    with pytest.raises(FleetError, match=r"1 of 3 fleet members not running .*sim-2.*CPUs free"):
+    with pytest.raises(
+        FleetError, match=r"2 of 2 fleet members not running .*sim-0, sim-1.*3 CPUs and 0 GPUs.*CPUs free"
+    ):
         fleet.start()
     assert ray.is_initialized()  # a Ray instance the fleet joined stays up
+    assert fleet.reports() == [] and all(m.result is None for m in fleet.members)
 
 
 def test_loopback_endpoints_are_refused_on_a_cluster_of_several_nodes(monkeypatch, tmp_path):
