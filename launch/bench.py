@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "critic": ("limbic.bench.critic", "progress-critic cost per control step"),
     "learn": ("limbic.bench.learn", "sample efficiency: BC, sparse RL and shaped RL side by side"),
     "learner": ("limbic.bench.learner", "learner updates/s and batch-assembly share"),
+    "ddp": ("limbic.bench.ddp", "data-parallel learner updates/s on N ranks beside one process"),
     "train": ("limbic.bench.train", "the asynchronous limbic-train job end to end"),
 }
 

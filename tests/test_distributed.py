@@ -237,3 +237,22 @@ def test_limbic_train_under_torchrun_on_two_cpu_ranks(tmp_path):
     assert sorted(p.name for p in out.glob("eval_*.mp4")) == ["eval_00.mp4"]
     policy = VLAPolicy.load(out / "policy.pt")
     assert policy.agent.updates >= 1
+
+
+@pytest.mark.slow
+def test_ddp_benchmark_prints_its_summary_line():
+    res = run_process_group(
+        [
+            sys.executable, "-m", "limbic.launch.bench", "ddp",
+            "--ranks", "2", "--device", "cpu", "--updates", "2", "--batch-size", "16",
+        ],
+        timeout_s=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:]
+    last = res.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"ddp_updates_per_s=\d+\.\d single_updates_per_s=\d+\.\d "
+        r"global_batch_updates_per_s=\d+\.\d rows_per_s_ratio=\d+\.\d\d allreduce_share=\d\.\d{3}",
+        last,
+    ), last
+    assert "2 ranks (gloo, cpu)" in res.stdout
