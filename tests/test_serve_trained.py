@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from serving import running_server
 
 from limbic.launch.components import RobotConfig
 from limbic.policy.rlpd import AgentConfig
@@ -10,7 +11,6 @@ from limbic.runtime.backends import EncoderConfig, ModelConfig, build_runner
 from limbic.runtime.client import InferenceClient
 from limbic.runtime.learn import LearnConfig, Learner
 from limbic.sim.env import SimConfig
-from serving import running_server
 
 MINILM = EncoderConfig(target="limbic.policy.encoders.language:SentenceInstructionEncoder", args={})
 
