@@ -21,7 +21,7 @@ import torch
 
 from limbic.critic import metrics as critic_metrics
 from limbic.critic.features import FrameTokens, episode_images, episode_tokens
-from limbic.critic.labels import done_labels, episode_progress
+from limbic.critic.labels import done_labels, episode_progress, other_task_instructions
 from limbic.critic.model import ProgressCritic
 from limbic.critic.value import ValueConfig, ValueCurves, value_curves
 from limbic.data.schema import EpisodeArrays
@@ -125,6 +125,7 @@ def score_episodes(
     pool = references if references is not None else episodes
     goals = GoalReferences(critic, pool, config.goal_references)
     instructions = sorted({e.instruction for e in episodes} | {e.instruction for e in pool})
+    others = other_task_instructions([*episodes, *pool])
     lang_all = critic.encode_instructions(instructions)
     scores = []
     for i, ep in enumerate(episodes):
@@ -134,8 +135,9 @@ def score_episodes(
         curves = value_curves(critic, toks, lang, goal, config.value, present)
         rev = value_curves(critic, toks.flip(0), lang, goal, config.value, present.flip(0))
         mism = np.zeros(0, dtype=np.float32)
-        if len(instructions) > 1:
-            wrong = lang_all[(instructions.index(ep.instruction) + 1) % len(instructions)]
+        if others[ep.instruction]:  # another task's instruction, a different one per episode
+            wrong_text = others[ep.instruction][i % len(others[ep.instruction])]
+            wrong = lang_all[instructions.index(wrong_text)]
             a = np.linspace(0, len(ep) - 1, config.mismatch_pairs).round().astype(int)
             b = a[::-1].copy()
             lang_d = critic.embed_lang(wrong.reshape(1, -1).expand(len(a), -1))

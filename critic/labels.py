@@ -166,6 +166,21 @@ def done_labels(
     return label, labelled
 
 
+def task_of(episode: EpisodeArrays) -> str:
+    """The task an episode shows: its recorded task name, else its instruction (so two
+    phrasings of one task are never taken for a mismatch when the task name is known)."""
+    return str(episode.metadata.get("task") or episode.instruction)
+
+
+def other_task_instructions(episodes: list[EpisodeArrays]) -> dict[str, list[str]]:
+    """For each instruction, the sorted instructions of every other task."""
+    task_of_instruction = {e.instruction: task_of(e) for e in episodes}
+    out = {}
+    for text, task in task_of_instruction.items():
+        out[text] = sorted(t for t, k in task_of_instruction.items() if k != task)
+    return out
+
+
 def still_segments(images: dict[str, np.ndarray], threshold: float, stride: int = 1) -> np.ndarray:
     """``int64[T]`` segment ids: consecutive frames within ``threshold`` of their segment's first frame share one.
 
@@ -233,6 +248,12 @@ class PairSampler:
         self.instruction_of = np.array(
             [self.instructions.index(e.instruction) for e in episodes], dtype=np.int64
         )
+        others = other_task_instructions(episodes)
+        self.mismatch_choices = [
+            np.array([self.instructions.index(t) for t in others[text]], dtype=np.int64)
+            for text in self.instructions
+        ]
+        """Per instruction index: indices of other tasks' instructions (a mismatch draws one)."""
         self.phi = [episode_progress(e) for e in episodes]
         dl = [done_labels(e, config.done_after, config.not_done_before) for e in episodes]
         self.done = [d[0] for d in dl]
@@ -379,12 +400,13 @@ class PairSampler:
                 for f in PairBatch.__dataclass_fields__
             )
         )
-        if len(self.instructions) > 1 and cfg.mismatch_fraction > 0:
+        if cfg.mismatch_fraction > 0:
             mism = rng.random(n) < cfg.mismatch_fraction
-            shift = rng.integers(1, len(self.instructions), size=n)
-            batch.instruction = np.where(
-                mism, (batch.instruction + shift) % len(self.instructions), batch.instruction
-            )
+            mism &= np.array([len(self.mismatch_choices[i]) > 0 for i in batch.instruction])
+            wrong = batch.instruction.copy()
+            for k in np.flatnonzero(mism):
+                wrong[k] = rng.choice(self.mismatch_choices[batch.instruction[k]])
+            batch.instruction = wrong
             batch.progress = np.where(mism, 0.0, batch.progress).astype(np.float32)
             batch.progress_mask = batch.progress_mask | mism
             batch.done = np.where(mism, 0.0, batch.done).astype(np.float32)

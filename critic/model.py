@@ -328,7 +328,9 @@ class ProgressCritic(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"critic checkpoint {path}: no such file")
-        payload = torch.load(path, map_location=map_location, weights_only=True)  # no code unpickled
+        payload = torch.load(
+            path, map_location=map_location, weights_only=True
+        )  # no code unpickled
         state = payload.get("critic", payload)
         return cls.from_state(state).eval()
 

@@ -53,6 +53,9 @@ class CriticTrainConfig:
     """Global gradient-norm clip."""
     done_loss_weight: float = 0.5
     """Weight of the done BCE beside the progress MSE."""
+    done_balance: bool = True
+    """Class-balance the done BCE per batch: done frames are a few percent of all frames, so
+    without it the head learns to say "not done" and done recall collapses."""
     view_dropout: float = 0.15
     """Probability of dropping each view of a pair (at least one view always stays)."""
     seed: int = 0
@@ -222,9 +225,11 @@ def train_critic(
             )
             d_mask = torch.from_numpy(batch.done_mask).to(device).float()
             d_target = torch.from_numpy(batch.done).to(device)
+            d_weight = done_weights(d_target, d_mask) if config.done_balance else d_mask
             done_loss = (
-                F.binary_cross_entropy_with_logits(done_logit, d_target, reduction="none") * d_mask
-            ).sum() / d_mask.sum().clamp(min=1.0)
+                F.binary_cross_entropy_with_logits(done_logit, d_target, reduction="none")
+                * d_weight
+            ).sum() / d_weight.sum().clamp(min=1.0)
             loss = progress_loss + config.done_loss_weight * done_loss
 
             optimizer.zero_grad(set_to_none=True)
@@ -271,3 +276,15 @@ def train_critic(
         writer.close()
     critic.eval()
     return TrainResult(critic, ckpt_path, max(start, end), val_metrics)
+
+
+def done_weights(target: torch.Tensor, mask: torch.Tensor, max_ratio: float = 20.0) -> torch.Tensor:
+    """Per-pair weights of the done BCE: labelled done and not-done frames each carry half the
+    labelled mass of the batch (the rarer class up-weighted at most ``max_ratio`` times)."""
+    pos = (target > 0.5).float() * mask
+    neg = mask - pos
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return mask
+    ratio = (n_neg / n_pos).clamp(1.0 / max_ratio, max_ratio)
+    return neg + pos * ratio

@@ -26,6 +26,7 @@ from limbic.data.schema import (
     SUCCESS,
     EpisodeArrays,
 )
+from limbic.data.writer import read_limbic_episodes
 
 TASK_PROGRESS = "task_progress"
 """Optional per-frame float32 feature with the task's true progress in [0, 1] (simulation
@@ -75,8 +76,9 @@ def load_episodes(
     ``episodes`` selects episode indices; ``split`` selects a named split of
     ``meta/info.json`` (e.g. ``"test"``) instead. ``views`` restricts the camera views
     (default: every image/video feature). ``metadata`` carries ``repo_id``, ``root``,
-    ``policy_version`` and ``capture_time_ns`` per frame, and ``progress`` when the dataset
-    has a :data:`TASK_PROGRESS` feature.
+    ``policy_version`` and ``capture_time_ns`` per frame, ``progress`` when the dataset
+    has a :data:`TASK_PROGRESS` feature, and ``task`` (the task's name, e.g. ``pick_place``)
+    when limbic recorded the episode.
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
@@ -111,6 +113,7 @@ def load_episodes(
 
     # Non-video columns in one read; videos decoded once per episode and view (not per frame).
     columns = ds.hf_dataset[:]
+    records = {int(r["episode_index"]): r for r in read_limbic_episodes(root)}
     episode_of = np.array([int(x) for x in columns["episode_index"]], dtype=np.int64)
     out = []
     for ep_index in sorted(set(episode_of.tolist())):
@@ -143,6 +146,9 @@ def load_episodes(
         }
         if has_progress:
             metadata["progress"] = _scalars(column, TASK_PROGRESS, 0.0, np.float32)
+        record = records.get(int(ep_index), {})
+        if "task" in record:
+            metadata["task"] = str(record["task"])
         out.append(
             EpisodeArrays(
                 episode_index=ep_index,

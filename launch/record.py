@@ -47,9 +47,12 @@ class RecordConfig:
     """Episode ``i`` resets the scene with seed ``seed + i``."""
     progress: bool = True
     """Show a progress bar."""
+    settle_steps: int = 0
+    """Steps the operator goes on after the task succeeds (0: the episode ends on success)."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
+        require(self.settle_steps >= 0, "settle_steps", f"must be >= 0, got {self.settle_steps}")
 
 
 ConfigStore.instance().store(name="record_schema", node=RecordConfig)
@@ -89,6 +92,7 @@ def record(cfg: RecordConfig):
                 seed=cfg.seed,
                 episode_info={"task": env.cfg.task, "arm": env.cfg.arm},
                 progress=cfg.progress,
+                settle_steps=cfg.settle_steps,
             )
 
 

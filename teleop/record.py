@@ -49,8 +49,14 @@ def record_episodes(
     split: str | None = None,
     episode_info: dict[str, Any] | None = None,
     progress: bool = True,
+    settle_steps: int = 0,
 ) -> RecordSummary:
     """Record ``episodes`` episodes; episode ``i`` uses seed ``seed + i``.
+
+    An episode ends on the step its success signal first fires, or with ``settle_steps`` more
+    steps of the operator after it (the arm letting go and backing off): frames of a finished
+    task that teach a progress critic what "done" looks like. The episode's ``success`` is then
+    the signal at its last step, so a task undone while settling counts as failed.
 
     Ctrl-C or SIGTERM stops at the next step: the unfinished episode is dropped, the dataset
     finalised, and every episode saved so far stays readable.
@@ -70,12 +76,18 @@ def record_episodes(
                 obs = robot.start_episode(seed=ep_seed, split=split)
                 operator.on_episode_start()
                 success = False
+                reached: int | None = None  # step on which success first fired
                 steps = 0
-                for t in range(robot.step_limit):
+                for t in range(robot.step_limit + settle_steps):
                     action = operator.get_action(obs)
                     sent = robot.send_action(action)
                     success = robot.success()
-                    done = success or t == robot.step_limit - 1
+                    if success and reached is None:
+                        reached = t
+                    if reached is not None:
+                        done = t - reached >= settle_steps
+                    else:
+                        done = t >= robot.step_limit - 1
                     writer.add_step(
                         obs,
                         sent,

@@ -156,6 +156,32 @@ def test_mismatched_instructions_get_zero_progress_and_not_done() -> None:
     assert np.all(batch.done[batch.mismatch] == 0.0) and np.all(batch.done_mask[batch.mismatch])
 
 
+def test_a_mismatch_is_always_another_tasks_instruction_never_a_paraphrase() -> None:
+    phrasings = {
+        "push": ["push the cube", "shove the cube"],
+        "reach": ["touch the ball", "go to the ball"],
+    }
+    episodes = []
+    for task, texts in phrasings.items():
+        for text in texts:
+            for _ in range(3):
+                ep = _episode(12, instruction=text, index=len(episodes))
+                ep.metadata["task"] = task
+                episodes.append(ep)
+    sampler = PairSampler(episodes, PairSamplingConfig(mismatch_fraction=0.3))
+    batch = sampler.sample(2000, np.random.default_rng(4))
+    task_of_text = {t: k for k, texts in phrasings.items() for t in texts}
+    own = [task_of_text[episodes[int(e)].instruction] for e in batch.episode_b]
+    given_task = [task_of_text[sampler.instructions[int(i)]] for i in batch.instruction]
+    differs = np.array([a != b for a, b in zip(own, given_task, strict=True)])
+    np.testing.assert_array_equal(differs, batch.mismatch)
+    assert 0.25 < batch.mismatch.mean() < 0.35
+    # every wrong instruction of the other task gets drawn
+    assert {sampler.instructions[int(i)] for i in batch.instruction[batch.mismatch]} == set(
+        task_of_text
+    )
+
+
 def test_goal_anchored_pairs_come_from_another_success_of_the_same_task() -> None:
     sampler = _sampler(mismatch_fraction=0.0, goal_anchor_fraction=0.3)
     batch = sampler.sample(1000, np.random.default_rng(3))

@@ -11,9 +11,23 @@ from synthetic_episodes import make_episodes
 
 from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic
 from limbic.critic.model import CriticModelConfig, ProgressCritic
-from limbic.critic.train import CriticTrainConfig, drop_views, train_critic
+from limbic.critic.train import CriticTrainConfig, done_weights, drop_views, train_critic
 
 torch.set_num_threads(1)
+
+
+def test_done_weights_give_each_class_half_the_labelled_mass() -> None:
+    target = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    mask = torch.tensor([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])  # one done, four not done labelled
+    w = done_weights(target, mask)
+    assert torch.allclose(w, torch.tensor([4.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]))
+    pos_mass = float((w * (target > 0.5)).sum())
+    assert pos_mass == pytest.approx(float((w * (target < 0.5)).sum()))
+    # one class absent: plain mask; extreme imbalance: capped
+    assert torch.equal(done_weights(torch.zeros(3), torch.ones(3)), torch.ones(3))
+    t = torch.zeros(101)
+    t[0] = 1.0
+    assert float(done_weights(t, torch.ones(101), max_ratio=20.0)[0]) == pytest.approx(20.0)
 
 
 def test_drop_views_keeps_one_present_view() -> None:

@@ -74,6 +74,40 @@ def test_record_round_trip_through_lerobot(tmp_path):
     assert records[0]["instruction"] == ds[0]["task"]
 
 
+def test_settle_steps_record_the_finished_task_after_success(tmp_path):
+    """With settle steps an episode goes on past its success step; the steps after it are
+    successes, only the last one is done, and the dataset reads back through LeRobot."""
+
+    def run(root: Path, settle: int):
+        cfg = RecordConfig(
+            robot=RobotConfig(sim=SimConfig(arm="so101", task="reach")),
+            operator=OperatorConfig(expert=ExpertConfig()),
+            dataset=DatasetConfig(root=str(root), use_videos=False),
+            episodes=2,
+            seed=3,
+            progress=False,
+            settle_steps=settle,
+        )
+        record(cfg)
+        ds = open_dataset(root)
+        eps = np.asarray([int(e) for e in ds.hf_dataset["episode_index"]])
+        success = np.asarray([bool(x) for x in ds.hf_dataset[schema.SUCCESS]])
+        done = np.asarray([bool(x) for x in ds.hf_dataset[schema.DONE]])
+        return eps, success, done
+
+    eps0, success0, done0 = run(tmp_path / "plain", 0)
+    eps5, success5, done5 = run(tmp_path / "settled", 5)
+    for e in (0, 1):
+        plain, settled = eps0 == e, eps5 == e
+        assert settled.sum() == plain.sum() + 5  # same seed, same success step, five more frames
+        assert done0[plain].tolist() == [False] * (plain.sum() - 1) + [True]
+        assert done5[settled].tolist() == [False] * (settled.sum() - 1) + [True]
+        assert success5[settled][-6:].all()  # the task still holds while the arm backs off
+    assert all(r["success"] for r in read_limbic_episodes(tmp_path / "settled"))
+    with pytest.raises(ConfigError, match="settle_steps"):
+        RecordConfig(settle_steps=-1)
+
+
 def test_recorded_actions_match_what_was_sent(tmp_path):
     """Frames decode back to what the robot saw and did (video is lossy; state/action are exact)."""
     from limbic.sim.operator import ScriptedOperator

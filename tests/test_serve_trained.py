@@ -2,6 +2,7 @@
 
 import numpy as np
 import torch
+from serving import running_server
 
 from limbic.launch.components import RobotConfig
 from limbic.policy.rlpd import AgentConfig
@@ -10,7 +11,6 @@ from limbic.runtime.backends import EncoderConfig, ModelConfig, build_runner
 from limbic.runtime.client import InferenceClient
 from limbic.runtime.learn import LearnConfig, Learner
 from limbic.sim.env import SimConfig
-from serving import running_server
 
 MINILM = EncoderConfig(target="limbic.policy.encoders.language:SentenceInstructionEncoder", args={})
 
@@ -18,8 +18,14 @@ MINILM = EncoderConfig(target="limbic.policy.encoders.language:SentenceInstructi
 def test_a_trained_policy_checkpoint_is_served_with_its_own_actions(tmp_path):
     cfg = LearnConfig(
         robot=RobotConfig(sim=SimConfig(task="reach")),
-        policy=PolicyConfig(agent=AgentConfig(d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2)),
-        demos=2, batch_size=16, bc_pretrain_steps=5, out_dir=str(tmp_path), progress=False,
+        policy=PolicyConfig(
+            agent=AgentConfig(d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2)
+        ),
+        demos=2,
+        batch_size=16,
+        bc_pretrain_steps=5,
+        out_dir=str(tmp_path),
+        progress=False,
     )
     learner = Learner(cfg)
     try:
@@ -28,13 +34,24 @@ def test_a_trained_policy_checkpoint_is_served_with_its_own_actions(tmp_path):
         path = tmp_path / "policy.pt"
         learner.policy.save(path)
         runner = build_runner(
-            ModelConfig(target="limbic.policy.vla:VLAPolicy.load", args={"path": str(path)}, instruction_encoder=MINILM),
-            "policy", "torch", device="cpu",
+            ModelConfig(
+                target="limbic.policy.vla:VLAPolicy.load",
+                args={"path": str(path)},
+                instruction_encoder=MINILM,
+            ),
+            "policy",
+            "torch",
+            device="cpu",
         )
         obs = learner.env.reset(seed=11)
         images = torch.from_numpy(np.stack([obs.images[v] for v in learner.policy.views]))[None]
-        local = learner.policy(images, torch.from_numpy(obs.state)[None], learner.lang(obs.instruction))[0].numpy()
-        with running_server(runner) as server, InferenceClient(server.endpoint, timeout_s=30) as client:
+        local = learner.policy(
+            images, torch.from_numpy(obs.state)[None], learner.lang(obs.instruction)
+        )[0].numpy()
+        with (
+            running_server(runner) as server,
+            InferenceClient(server.endpoint, timeout_s=30) as client,
+        ):
             reply = client.act(obs)
         assert reply.actions.shape == (1, 4)
         np.testing.assert_allclose(reply.actions, local, atol=1e-5)
@@ -46,21 +63,35 @@ def test_a_trained_policy_checkpoint_is_served_with_its_own_actions(tmp_path):
 def test_a_trained_progress_critic_is_served(tmp_path):
     from limbic.critic.model import CriticModelConfig, ProgressCritic
 
-    critic = ProgressCritic(CriticModelConfig(backbone="small_cnn", image_hw=(64, 64), d_model=32, pool_heads=2))
+    critic = ProgressCritic(
+        CriticModelConfig(backbone="small_cnn", image_hw=(64, 64), d_model=32, pool_heads=2)
+    )
     path = tmp_path / "critic.pt"
     torch.save({"critic": critic.export_state()}, path)
     runner = build_runner(
         ModelConfig(
-            target="limbic.critic.model:ProgressCritic.from_checkpoint", args={"path": str(path)}, instruction_encoder=MINILM
+            target="limbic.critic.model:ProgressCritic.from_checkpoint",
+            args={"path": str(path)},
+            instruction_encoder=MINILM,
         ),
-        "critic", "torch", device="cpu",
+        "critic",
+        "torch",
+        device="cpu",
     )
     rng = np.random.default_rng(0)
-    frames = [{v: rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for v in ("front", "wrist")} for _ in range(4)]
-    with running_server(None, critic=runner) as server, InferenceClient(server.endpoint, timeout_s=30) as client:
+    frames = [
+        {v: rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for v in ("front", "wrist")}
+        for _ in range(4)
+    ]
+    with (
+        running_server(None, critic=runner) as server,
+        InferenceClient(server.endpoint, timeout_s=30) as client,
+    ):
         reply = client.critic(frames, "put the red cube in the bowl")
     assert reply.progress.shape == reply.done_prob.shape == reply.value.shape == (3,)
-    assert np.all(np.abs(reply.progress) <= 1.0) and np.all((reply.done_prob >= 0) & (reply.done_prob <= 1))
+    assert np.all(np.abs(reply.progress) <= 1.0) and np.all(
+        (reply.done_prob >= 0) & (reply.done_prob <= 1)
+    )
     local = critic.predict(
         np.stack([np.stack([f[v] for v in ("front", "wrist")]) for f in frames[:1]]),
         np.stack([np.stack([f[v] for v in ("front", "wrist")]) for f in frames[1:2]]),
