@@ -32,7 +32,14 @@ from limbic.launch.components import RobotConfig
 from limbic.launch.config import require
 from limbic.policy.encoders import LanguageEncoder
 from limbic.policy.vla import PolicyConfig, VLAPolicy
-from limbic.runtime.distributed import DEVICES, DistContext, init_distributed, rank_rng, shutdown
+from limbic.runtime.distributed import (
+    DEVICES,
+    DistContext,
+    init_distributed,
+    pick_device,
+    rank_rng,
+    shutdown,
+)
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
 from limbic.sim.env import SimEnv
@@ -141,7 +148,8 @@ class Learner:
 
     def __init__(self, cfg: LearnConfig, dist: DistContext | None = None):
         self.cfg = cfg
-        self.dist = dist if dist is not None else DistContext()
+        # alone (no group given): rank 0 of one, on the configured device
+        self.dist = dist if dist is not None else DistContext(device=pick_device(cfg.device))
         self.device = self.dist.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
