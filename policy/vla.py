@@ -179,8 +179,7 @@ class VLAPolicy(nn.Module):
     ) -> torch.Tensor:
         """The servable interface: deterministic action chunk ``float32[B, chunk, A]``."""
         tokens = self.compact_tokens(self.backbone_tokens(images))
-        state, lang = state.to(self.device, torch.float32), lang.to(self.device, torch.float32)
-        return self.act_tokens(tokens, state, lang, deterministic=True)
+        return self.act_tokens(tokens, state.float(), lang.float(), deterministic=True)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
