@@ -117,7 +117,8 @@ def test_a_fleet_the_cluster_cannot_hold_fails_to_start_with_the_reason(tmp_path
     )
     fleet = ActorFleet(cfg)
     with pytest.raises(
-        FleetError, match=r"2 of 2 fleet members not running .*sim-0, sim-1.*3 CPUs and 0 GPUs.*CPUs free"
+        FleetError,
+        match=r"2 of 2 fleet members not running .*sim-0, sim-1.*3 CPUs and 0 GPUs.*CPUs free",
     ):
         fleet.start()
     assert ray.is_initialized()  # a Ray instance the fleet joined stays up
