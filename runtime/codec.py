@@ -172,8 +172,14 @@ def bad(path: str, problem: str) -> ProtocolError:
     return ProtocolError(ErrorCode.BAD_FIELD, path, problem)
 
 
-def check_keys(d: dict[str, Any], path: str, allowed: set[str]) -> None:
+# The checks below try the common, valid case first with exact type tests: msgpack builds
+# exact ints, strs and lists (a bool is not an int here), and every request passes them.
+
+
+def check_keys(d: dict[str, Any], path: str, allowed: frozenset[str] | set[str]) -> None:
     """Raise naming the first key of ``d`` that is not a string in ``allowed``."""
+    if d.keys() <= allowed:
+        return
     for key in d:
         if not isinstance(key, str):
             raise bad(path or "message", f"map keys must be strings, got {show(key)}")
@@ -194,6 +200,8 @@ def check_type(value: Any, path: str, kind: type, what: str) -> Any:
 
 def check_int(value: Any, path: str, low: int = 0, high: int = MAX_ID) -> int:
     """An integer in ``[low, high]`` (not a bool), else raise."""
+    if type(value) is int and low <= value <= high:
+        return value
     check_type(value, path, int, "an integer")
     if not low <= value <= high:
         raise bad(path, f"expected an integer in [{low}, {high}], got {value}")
@@ -202,6 +210,8 @@ def check_int(value: Any, path: str, low: int = 0, high: int = MAX_ID) -> int:
 
 def check_str(value: Any, path: str, nonempty: bool = True) -> str:
     """A string (with a non-blank character unless ``nonempty`` is false), else raise."""
+    if type(value) is str and (not nonempty or value.strip()):
+        return value
     check_type(value, path, str, "a string")
     if nonempty and not value.strip():
         raise bad(path, "expected a non-empty string")
@@ -210,6 +220,8 @@ def check_str(value: Any, path: str, nonempty: bool = True) -> str:
 
 def check_float(value: Any, path: str, low: float = -math.inf, high: float = math.inf) -> float:
     """A finite number in ``[low, high]`` (not a bool), as float, else raise."""
+    if type(value) is float and low <= value <= high:
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise bad(path, f"expected a number, got {type(value).__name__} {show(value)}")
     if not low <= value <= high:  # also rejects NaN
@@ -226,12 +238,15 @@ def pack_array(array: np.ndarray, out: FrameWriter = _INLINE) -> dict[str, Any]:
     Without a :class:`FrameWriter` the bytes go inline (``data``).
     """
     array = np.asarray(array)
-    name = array.dtype.name
-    if name not in DTYPES:
-        raise ContractError(
-            "array", f"dtype {array.dtype} cannot travel; use one of {sorted(DTYPES)}"
-        )
-    array = np.ascontiguousarray(array, dtype=DTYPES[name])
+    name = _WIRE_NAMES.get(array.dtype)
+    if name is None:  # another byte order, or not a wire dtype at all
+        name = array.dtype.name
+        if name not in DTYPES:
+            raise ContractError(
+                "array", f"dtype {array.dtype} cannot travel; use one of {sorted(DTYPES)}"
+            )
+    if not array.flags.c_contiguous or array.dtype is not DTYPES[name]:
+        array = np.ascontiguousarray(array, dtype=DTYPES[name])
     # A memoryview: msgpack or ZeroMQ copies the bytes once, straight into its own buffer
     # (a view with a zero in its shape cannot be cast to bytes).
     data = memoryview(array).cast("B") if array.size else b""
@@ -239,6 +254,7 @@ def pack_array(array: np.ndarray, out: FrameWriter = _INLINE) -> dict[str, Any]:
 
 
 _ARRAY_KEYS = frozenset({"dtype", "shape", "data", "frame"})
+_WIRE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def _binary(d: dict[str, Any], path: str, frames: FrameReader | None) -> tuple[Any, str]:
@@ -273,19 +289,18 @@ def unpack_array(
     if not isinstance(d, dict):
         raise bad(path, f"expected an array map {{dtype, shape, data}}, got {type(d).__name__}")
     check_keys(d, path, keys)
-    for key in ("dtype", "shape"):
-        if key not in d:
-            raise bad(f"{path}.{key}", "missing")
-    name = d["dtype"]
-    if not isinstance(name, str) or name not in DTYPES:
+    name, shape = d.get("dtype"), d.get("shape")
+    if name is None or shape is None:
+        raise bad(f"{path}.{'dtype' if name is None else 'shape'}", "missing")
+    wire_dtype = DTYPES.get(name) if type(name) is str else None
+    if wire_dtype is None:
         raise bad(f"{path}.dtype", f"expected one of {sorted(DTYPES)}, got {show(name)}")
     if dtype is not None and name != dtype:
         raise bad(path, f"expected dtype {dtype}, got {name}")
-    shape = d["shape"]
     if (
-        not isinstance(shape, list)
+        type(shape) is not list
         or len(shape) > MAX_NDIM
-        or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape)
+        or not all(type(n) is int and n >= 0 for n in shape)
     ):
         raise bad(
             f"{path}.shape",
@@ -294,10 +309,10 @@ def unpack_array(
     if ndim is not None and len(shape) != ndim:
         raise bad(path, f"expected {ndim} dimension(s), got shape {shape}")
     data, where = _binary(d, path, frames)
-    expected = math.prod(shape) * DTYPES[name].itemsize
+    expected = math.prod(shape) * wire_dtype.itemsize
     if len(data) != expected:
         raise bad(where, f"shape {shape} of {name} needs {expected} bytes, got {len(data)}")
-    return np.frombuffer(data, dtype=DTYPES[name]).reshape(shape)
+    return np.frombuffer(data, dtype=wire_dtype).reshape(shape)
 
 
 def pack_image(
@@ -460,6 +475,11 @@ def _field_table(cls: type) -> tuple[tuple[str, Codec, bool, bool], ...]:
     )
 
 
+@functools.cache
+def _field_names(cls: type, extra: frozenset) -> frozenset[str]:
+    return frozenset(name for name, *_ in _field_table(cls)) | extra
+
+
 def pack_fields(obj: Any, out: FrameWriter = _INLINE) -> dict[str, Any]:
     """A wire dataclass as a plain map (``None`` stays nil); bytes inline or in ``out``'s frames."""
     d = {}
@@ -487,7 +507,7 @@ def unpack_fields(
         raise bad(path or "message", f"expected a map, got {show(d)}")
     table = _field_table(cls)
     if strict:
-        check_keys(d, path, {name for name, *_ in table} | extra)
+        check_keys(d, path, _field_names(cls, extra))
     values = {}
     for name, codec, optional, has_default in table:
         where = f"{path}.{name}" if path else name

@@ -188,6 +188,8 @@ def _observation_codec() -> Codec:
         }
     )
 
+    required = tuple(sorted(keys - {"frame_timestamps_ns"}))
+
     def pack(obs: Observation, out: FrameWriter) -> dict[str, Any]:
         return {
             "timestamp_ns": int(obs.timestamp_ns),
@@ -203,7 +205,7 @@ def _observation_codec() -> Codec:
         if not isinstance(d, dict):
             raise bad(path, f"expected an observation map, got {show(d)}")
         check_keys(d, path, keys)
-        for key in keys - {"frame_timestamps_ns"}:
+        for key in required:
             if d.get(key) is None:
                 raise bad(f"{path}.{key}", "missing")
         stamps = d.get("frame_timestamps_ns") or {}

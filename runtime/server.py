@@ -513,10 +513,8 @@ class InferenceServer:
                     ErrorCode.NOT_SERVED, "type", "this server hosts no policy", message.id
                 )
             spec = self.policy.spec
-            try:
-                message.obs.validate(
-                    views=spec.views, state_dim=spec.state_dim, image_hw=spec.image_hw
-                )
+            try:  # decoding validated the observation; what is left is the model's spec
+                message.obs.check_spec(spec.views, spec.state_dim, spec.image_hw)
             except ContractError as e:
                 raise ProtocolError(
                     ErrorCode.BAD_FIELD, f"obs.{e.field}", str(e).split(": ", 1)[1], message.id
@@ -556,6 +554,8 @@ class InferenceServer:
         return live
 
     def _apply_staged(self) -> None:
+        if not self._staged:  # the common case, read without the lock (the swap below takes it)
+            return
         with self._staged_lock:
             staged, self._staged = self._staged, {}
         for target, (prepared, version, live) in staged.items():
