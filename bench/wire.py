@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             "waiting floor": (_bare, reply, cost_s, args.wait),
         }
         endpoints = {}
-        for what, (target, *rest) in starts.items():
+        for target, *rest in starts.values():
             proc, conn = _start(ctx, target, *rest)
             procs.append(proc)
             conns.append(conn)
