@@ -142,6 +142,9 @@ class FrameReader:
 
     def take(self, number: Any, path: str) -> memoryview:
         """The bytes of data frame ``number`` (1-based) for the field at ``path``; raise if taken."""
+        if type(number) is int and 0 < number <= len(self.frames) and not self._taken[number - 1]:
+            self._taken[number - 1] = True
+            return self.frames[number - 1]
         if not self.frames:
             raise bad(path, "this message has no data frames after its header")
         check_int(number, path, 1, len(self.frames))
@@ -258,18 +261,25 @@ _WIRE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 
 
 def _binary(d: dict[str, Any], path: str, frames: FrameReader | None) -> tuple[Any, str]:
-    """The bytes of a map holding ``data`` (inline) or ``frame`` (out of band), and their path."""
+    """The bytes of a map holding ``data`` (inline) or ``frame`` (out of band), and which key."""
     number, data = d.get("frame"), d.get("data")
     if number is not None:
         if data is not None:
             raise bad(path, "expected 'data' or 'frame', not both")
-        where = f"{path}.frame"
         if frames is None:
-            raise bad(where, "this message has no data frames after its header")
-        return frames.take(number, where), where
+            raise bad(f"{path}.frame", "this message has no data frames after its header")
+        return frames.take(number, f"{path}.frame"), "frame"
+    if type(data) is bytes:
+        return data, "data"
     if data is None:
         raise bad(f"{path}.data", "missing (or give 'frame', a data frame's number)")
-    return check_type(data, f"{path}.data", bytes, "binary"), f"{path}.data"
+    return check_type(data, f"{path}.data", bytes, "binary"), "data"
+
+
+def _bad_shape(path: str, shape: Any) -> ProtocolError:
+    return bad(
+        f"{path}.shape", f"expected at most {MAX_NDIM} non-negative integers, got {show(shape)}"
+    )
 
 
 def unpack_array(
@@ -297,21 +307,19 @@ def unpack_array(
         raise bad(f"{path}.dtype", f"expected one of {sorted(DTYPES)}, got {show(name)}")
     if dtype is not None and name != dtype:
         raise bad(path, f"expected dtype {dtype}, got {name}")
-    if (
-        type(shape) is not list
-        or len(shape) > MAX_NDIM
-        or not all(type(n) is int and n >= 0 for n in shape)
-    ):
-        raise bad(
-            f"{path}.shape",
-            f"expected at most {MAX_NDIM} non-negative integers, got {show(shape)}",
-        )
+    if type(shape) is not list or len(shape) > MAX_NDIM:
+        raise _bad_shape(path, shape)
+    for n in shape:
+        if type(n) is not int or n < 0:
+            raise _bad_shape(path, shape)
     if ndim is not None and len(shape) != ndim:
         raise bad(path, f"expected {ndim} dimension(s), got shape {shape}")
-    data, where = _binary(d, path, frames)
+    data, key = _binary(d, path, frames)
     expected = math.prod(shape) * wire_dtype.itemsize
     if len(data) != expected:
-        raise bad(where, f"shape {shape} of {name} needs {expected} bytes, got {len(data)}")
+        raise bad(
+            f"{path}.{key}", f"shape {shape} of {name} needs {expected} bytes, got {len(data)}"
+        )
     return np.frombuffer(data, dtype=wire_dtype).reshape(shape)
 
 
@@ -392,20 +400,22 @@ class Codec:
 
     pack: Callable[[Any, FrameWriter], Any]
     unpack: Callable[[Any, str, FrameReader], Any]
+    scalar: tuple[type, float, float] | None = None
+    """For a plain number: its exact type and bounds; a value that fits needs no call."""
 
 
 def _plain(value: Any, out: FrameWriter) -> Any:
     return value
 
 
-ID = Codec(_plain, lambda v, p, rx: check_int(v, p))
-VERSION = Codec(_plain, lambda v, p, rx: check_int(v, p, low=-1))
-COUNT = Codec(_plain, lambda v, p, rx: check_int(v, p, low=0, high=2**20))
-POSITIVE = Codec(_plain, lambda v, p, rx: check_int(v, p, low=1, high=2**20))
+ID = Codec(_plain, lambda v, p, rx: check_int(v, p), (int, 0, MAX_ID))
+VERSION = Codec(_plain, lambda v, p, rx: check_int(v, p, low=-1), (int, -1, MAX_ID))
+COUNT = Codec(_plain, lambda v, p, rx: check_int(v, p, low=0, high=2**20), (int, 0, 2**20))
+POSITIVE = Codec(_plain, lambda v, p, rx: check_int(v, p, low=1, high=2**20), (int, 1, 2**20))
 NAME = Codec(_plain, lambda v, p, rx: check_str(v, p))
 TEXT = Codec(_plain, lambda v, p, rx: check_str(v, p, nonempty=False))
-MICROS = Codec(_plain, lambda v, p, rx: check_float(v, p, low=0.0))
-UNIT = Codec(_plain, lambda v, p, rx: check_float(v, p, low=0.0, high=1.0))
+MICROS = Codec(_plain, lambda v, p, rx: check_float(v, p, low=0.0), (float, 0.0, math.inf))
+UNIT = Codec(_plain, lambda v, p, rx: check_float(v, p, low=0.0, high=1.0), (float, 0.0, 1.0))
 
 
 def check_names(value: Any, path: str) -> tuple[str, ...]:
@@ -467,10 +477,20 @@ def wire(codec: Codec, default: Any = MISSING, optional: bool = False) -> Any:
 
 
 @functools.cache
-def _field_table(cls: type) -> tuple[tuple[str, Codec, bool, bool], ...]:
-    """``(name, codec, optional, has_default)`` per field; cached, as ``fields()`` is slow per call."""
+def _field_table(cls: type) -> tuple[tuple[str, Codec, bool, bool, Any, bool], ...]:
+    """``(name, codec, optional, has_default, scalar, plain)`` per field, cached.
+
+    ``fields()`` is slow per call; ``scalar`` and ``plain`` let the common fields skip calls.
+    """
     return tuple(
-        (f.name, f.metadata["codec"], f.metadata["optional"], f.default is not MISSING)
+        (
+            f.name,
+            f.metadata["codec"],
+            f.metadata["optional"],
+            f.default is not MISSING,
+            f.metadata["codec"].scalar,
+            f.metadata["codec"].pack is _plain,
+        )
         for f in fields(cls)
     )
 
@@ -483,9 +503,9 @@ def _field_names(cls: type, extra: frozenset) -> frozenset[str]:
 def pack_fields(obj: Any, out: FrameWriter = _INLINE) -> dict[str, Any]:
     """A wire dataclass as a plain map (``None`` stays nil); bytes inline or in ``out``'s frames."""
     d = {}
-    for name, codec, _, _ in _field_table(type(obj)):
+    for name, codec, _, _, _, plain in _field_table(type(obj)):
         value = getattr(obj, name)
-        d[name] = None if value is None else codec.pack(value, out)
+        d[name] = value if plain or value is None else codec.pack(value, out)
     return d
 
 
@@ -509,9 +529,12 @@ def unpack_fields(
     if strict:
         check_keys(d, path, _field_names(cls, extra))
     values = {}
-    for name, codec, optional, has_default in table:
-        where = f"{path}.{name}" if path else name
+    for name, codec, optional, has_default, scalar, _ in table:
         value = d.get(name)
+        if scalar is not None and type(value) is scalar[0] and scalar[1] <= value <= scalar[2]:
+            values[name] = value
+            continue
+        where = f"{path}.{name}" if path else name
         if value is None:
             if not optional:
                 raise bad(where, "missing")
