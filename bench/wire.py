@@ -236,7 +236,7 @@ class Figure:
 
 
 def _throughput(workers: list[Any], endpoint: str, fmt: str, clients: int, seconds: float) -> float:
-    start_at = time.time() + 1.0
+    start_at = time.time() + 0.5
     for conn in workers[:clients]:
         conn.send((endpoint, fmt, start_at, seconds))
     total = 0
@@ -249,8 +249,6 @@ def _throughput(workers: list[Any], endpoint: str, fmt: str, clients: int, secon
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its figures; the last line starts with ``wire_overhead_ratio=``."""
-    from limbic.runtime.small_models import WAITS
-
     parser = argparse.ArgumentParser(prog="limbic-bench wire", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model-ms", type=float, default=5.0, help="known model cost in ms (default 5)"
@@ -263,15 +261,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--wait",
-        choices=WAITS,
-        default="spin",
-        help="how the model (and the waiting floor) spends its cost: spin keeps the core busy, "
-        "as a GPU stream sync does; sleep leaves it idle",
+        choices=("sleep", "spin"),  # small_models.WAITS; not imported: this process needs no torch
+        default="sleep",
+        help="how the model (and the waiting floor) spends its cost: sleep leaves the core idle "
+        "but for its last millisecond (a GPU model with a blocking sync); spin keeps it busy",
     )
     parser.add_argument(
         "--requests", type=int, default=200, help="round trips per round and measurement"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="rounds of latency measurements")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of each latency and throughput measurement"
+    )
     parser.add_argument(
         "--seconds", type=float, default=2.0, help="duration of each throughput run"
     )
@@ -360,16 +360,19 @@ def main(argv: list[str] | None = None) -> int:
             results[fmt] = (figures, med)
 
         print(
-            f"\nthroughput, requests/s ({args.seconds:g} s each)   1 client  4 clients  8 clients   8 vs 1"
+            f"\nthroughput, requests/s, median of {args.rounds} rounds of {args.seconds:g} s"
+            "   1 client  4 clients  8 clients   8 vs 1"
         )
         gains = {}
         for fmt in ("raw", "jpeg"):
-            rates = [
-                _throughput(workers, endpoints["server"], fmt, n, args.seconds) for n in (1, 4, 8)
+            runs = [
+                [_throughput(workers, endpoints["server"], fmt, n, args.seconds) for n in (1, 4, 8)]
+                for _ in range(args.rounds)
             ]
+            rates = [float(np.median(column)) for column in zip(*runs, strict=True)]
             gains[fmt] = rates[2] / rates[0]
             print(
-                f"  {fmt:4s}                                  {rates[0]:8.0f}  {rates[1]:9.0f}  {rates[2]:9.0f}   {gains[fmt]:5.2f}x"
+                f"  {fmt:4s}                                                   {rates[0]:8.0f}  {rates[1]:9.0f}  {rates[2]:9.0f}   {gains[fmt]:5.2f}x"
             )
         for conn in workers:
             conn.send(None)

@@ -314,6 +314,21 @@ def test_bad_weight_updates_are_refused_with_the_reason():
         assert server.stats()["policy_version"] == 6
 
 
+def test_weight_updates_above_the_size_limit_in_all_are_refused_not_dropped():
+    tensors = small_policy(seed=4).state_dict()
+    sizes = [t.numel() * t.element_size() for t in tensors.values()]
+    limit = max(sizes) + 1024  # every tensor's frame fits; all of them together do not
+    assert sum(sizes) > limit
+    with (
+        running_server(policy_runner(), max_weights_bytes=limit) as server,
+        WeightPublisher(server.weights_endpoint, timeout_s=30) as learner,
+    ):
+        with pytest.raises(ServerError) as info:
+            learner.publish("policy", 1, tensors)
+        assert info.value.code == ErrorCode.MALFORMED and f"exceeds {limit}" in str(info.value)
+        assert server.stats()["policy_version"] == 0
+
+
 def test_serve_from_the_hydra_config_with_a_safetensors_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
