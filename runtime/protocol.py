@@ -519,6 +519,10 @@ def _byte_views(frames: Sequence[Any]) -> list[memoryview]:
     return views
 
 
+# The fast readers build this module's classes: imported after them (either module may load first).
+from limbic.runtime import fast_path  # noqa: E402
+
+
 def decode(
     frames: Sequence[Any] | bytes,
     limits: Limits | None = None,
@@ -570,6 +574,10 @@ def decode(
             raise ProtocolError(
                 ErrorCode.UNKNOWN_TYPE, "type", f"expected one of {expected}, got {show(kind)}"
             )
+        fast = fast_path.READERS.get(kind)
+        message = None if fast is None else fast(d, data, limits)
+        if message is not None:
+            return message
         reader = FrameReader(data, limits)
         message = MESSAGE_TYPES[kind].from_wire(d, reader)
         reader.check_all_taken()

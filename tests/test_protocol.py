@@ -7,6 +7,8 @@ import io
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from serving import HW, VIEWS, frames, make_obs, small_critic, small_policy
 
@@ -379,3 +381,99 @@ def test_empty_arrays_travel():
     a = np.zeros((0, 3), np.float32)
     d = protocol.pack_array(a)
     assert protocol.unpack_array(d, "x").shape == (0, 3)
+
+
+# ---------------------------------------------------------------- the fast readers
+
+
+def _checked(kind: str, d: dict, frames: list, limits: Limits) -> object | None:
+    """What the general decoder makes of a parsed map, or None where it refuses it."""
+    reader = protocol.FrameReader(frames, limits)
+    try:
+        message = protocol.MESSAGE_TYPES[kind].from_wire(d, reader)
+        reader.check_all_taken()
+    except ProtocolError:
+        return None
+    return message
+
+
+def _same(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if hasattr(a, "__dataclass_fields__"):
+        return all(_same(getattr(a, k), getattr(b, k)) for k in a.__dataclass_fields__)
+    return a == b
+
+
+def _mutations():
+    leaf = (
+        st.none() | st.booleans() | st.integers(-5, 2**64 - 1) | st.floats() | st.text(max_size=4)
+    )
+    leaf |= st.binary(max_size=8) | st.lists(st.integers(-2, 4), max_size=4)
+    return st.lists(
+        st.tuples(st.integers(0, 10**6), st.sampled_from(["set", "del"]), leaf), max_size=3
+    )
+
+
+def _paths(d: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix] if prefix and prefix not in (("v",), ("type",)) else []  # decode checks those
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out += _paths(v, (*prefix, k))
+    return out
+
+
+def _mutate(d: dict, frames: list, edits: list, frame_edit: int) -> tuple[dict, list]:
+    import copy
+
+    d, frames = copy.deepcopy(d), list(frames)
+    for pick, how, value in edits:
+        paths = _paths(d)
+        path = paths[pick % len(paths)]
+        parent = d
+        for key in path[:-1]:
+            parent = parent[key]
+        if how == "del":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    if frame_edit == 1 and frames:
+        frames[-1] = frames[-1][:-1]
+    elif frame_edit == 2:
+        frames.append(b"stray")
+    elif frame_edit == 3 and frames:
+        frames.pop()
+    return d, frames
+
+
+@pytest.mark.parametrize("kind", ["act", "act_reply"])
+def test_fast_readers_agree_with_the_general_decoder(kind):
+    from limbic.runtime.fast_path import READERS
+
+    rng = np.random.default_rng(8)
+    limits = Limits(max_image_pixels=HW[0] * HW[1])
+    if kind == "act":
+        message = ActRequest(21, make_obs(rng), 40)
+    else:
+        message = ActReply(22, rng.standard_normal((4, 3)).astype(np.float32), 3, Timings(1.5))
+    for frame_min_bytes in (0, 1024, 2**62):
+        header, *frames = encode(message, frame_min_bytes=frame_min_bytes)
+        d, frames = msgpack.unpackb(header, raw=False), [bytes(f) for f in frames]
+        fast = READERS[kind](d, frames, limits)
+        assert fast is not None and _same(fast, _checked(kind, d, frames, limits))
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(_mutations(), st.integers(0, 3))
+    def agree(edits, frame_edit):
+        bad, bad_frames = _mutate(d, frames, edits, frame_edit)
+        fast = READERS[kind](bad, bad_frames, limits)
+        if fast is not None:  # what the fast reader accepts, the general decoder accepts alike
+            assert _same(fast, _checked(kind, bad, bad_frames, limits)), (bad, fast)
+
+    header, *frames = encode(message, frame_min_bytes=0)
+    d, frames = msgpack.unpackb(header, raw=False), [bytes(f) for f in frames]
+    agree()
