@@ -453,13 +453,12 @@ def encode_timed(reply: ActReply | CriticReply) -> Frames:
     out = FrameWriter()
     body = reply.to_wire(out)
     del body["timings"]
-    packer = msgpack.Packer(use_bin_type=True)
-    parts = [packer.pack_map_header(len(body) + 3)]
-    for key, value in (("v", PROTOCOL_VERSION), ("type", reply.TYPE), *body.items()):
-        parts += [packer.pack(key), packer.pack(value)]
+    head = msgpack.packb({"v": PROTOCOL_VERSION, "type": reply.TYPE, **body}, use_bin_type=True)
+    # A map of under 16 entries has a one-byte header (0x80 | entries): one more entry follows.
+    assert head[0] == 0x80 | (len(body) + 2), "replies have fewer than 15 fields"
     reply.timings.encode_us = (time.perf_counter() - t0) * 1e6
-    parts += [packer.pack("timings"), packer.pack(pack_fields(reply.timings))]
-    return [b"".join(parts), *out.frames]
+    timings = msgpack.packb({"timings": pack_fields(reply.timings)}, use_bin_type=True)
+    return [bytes((head[0] + 1,)) + head[1:] + timings[1:], *out.frames]
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
