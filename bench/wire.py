@@ -386,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
         ].p50
         floor_ratio = (f50 - args.model_ms) / e50
         print(
-            f"\nmodel time subtracted: the known cost, {args.model_ms:g} ms (the model's forward lasts "
-            f"exactly that; the server's infer p50 around the whole runner call is {infer_ms:.3f} ms)"
+            f"\nmodel time subtracted: the known cost, {args.model_ms:g} ms (the forward returns once "
+            f"that long has passed since it began; the server's infer p50 around the whole runner "
+            f"call, torch and a late wake-up included, is {infer_ms:.3f} ms)"
         )
         print(
             f"a bare pyzmq server that waits {args.model_ms:g} ms pays {(f50 - args.model_ms - e50) * 1e3:.0f} us "
