@@ -137,8 +137,8 @@ class FixedCostPolicy(nn.Module):
     """A servable policy whose forward takes a known time: ``cost_s`` per batch or per sample.
 
     The forward computes a cheap deterministic function of the inputs (so replies can be
-    checked), then waits (:func:`wait_until`) until ``cost_s`` after it began: its duration is
-    the cost exactly, framework work inside it included, whatever the machine's timer slack.
+    checked), then waits (:func:`wait_until`) until ``cost_s`` after it began: it lasts the
+    cost, its own torch work included, late only by the scheduler's wake-up of its thread.
     """
 
     def __init__(
@@ -151,7 +151,7 @@ class FixedCostPolicy(nn.Module):
         lang_dim: int = 32,
         cost_s: float = 0.005,
         per: str = "batch",
-        wait: str = "spin",
+        wait: str = "sleep",
     ):
         super().__init__()
         if per not in ("batch", "sample"):
@@ -168,7 +168,7 @@ class FixedCostPolicy(nn.Module):
     def forward(
         self, images: torch.Tensor, state: torch.Tensor, lang: torch.Tensor
     ) -> torch.Tensor:
-        """``state[:, 0] * scale`` broadcast over the chunk, after exactly the known cost."""
+        """``state[:, 0] * scale`` broadcast over the chunk, once the known cost has passed."""
         start = time.perf_counter()
         first = state[:, :1] if state.shape[1] else torch.zeros(state.shape[0], 1)
         value = first * self.scale + 0.0 * images[:, 0, 0, 0, 0:1].float()
