@@ -62,9 +62,8 @@ def check_vector(name: str, value: Any, size: int | None = None) -> np.ndarray:
         raise ContractError(name, f"expected a 1-D vector, got shape {value.shape}")
     if size is not None and value.shape[0] != size:
         raise ContractError(name, f"expected {size} values, got {value.shape[0]}")
-    bad = ~np.isfinite(value)
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
+    if not np.isfinite(value).all():
+        i = int(np.flatnonzero(~np.isfinite(value))[0])
         raise ContractError(f"{name}[{i}]", f"must be finite, got {value[i]}")
     return value.astype(np.float32, copy=False)
 
@@ -134,6 +133,23 @@ class Observation:
             raise ContractError(
                 "step", f"expected a non-negative integer, got {_describe(self.step)}"
             )
+        return self
+
+    def check_spec(
+        self, views: tuple[str, ...] | list[str], state_dim: int, image_hw: tuple[int, int]
+    ) -> Observation:
+        """For an observation that passed :meth:`validate`: raise unless it fits a model's spec.
+
+        The same checks and messages as ``validate(views, state_dim, image_hw)``, without
+        repeating the rest (a server that decoded and validated a request calls this).
+        """
+        missing = [v for v in views if v not in self.images]
+        if missing:
+            raise ContractError("images", f"missing view(s) {missing}; have {sorted(self.images)}")
+        for view, image in self.images.items():
+            check_image(f"images[{view!r}]", image, image_hw)
+        if self.state.shape[0] != state_dim:
+            raise ContractError("state", f"expected {state_dim} values, got {self.state.shape[0]}")
         return self
 
 

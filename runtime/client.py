@@ -72,7 +72,7 @@ class RequestTooLargeError(InferenceError):
 
 
 # Plain ints: arithmetic on pyzmq's IntFlag constants builds enum objects on the hot path.
-_NOBLOCK, _POLLIN = int(zmq.NOBLOCK), int(zmq.POLLIN)
+_NOBLOCK, _SNDMORE, _POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.POLLIN)
 
 _REPLY_TYPES = (
     "hello_reply",
@@ -149,15 +149,20 @@ class Connection:
         :class:`RequestTooLargeError`.
         """
         deadline = time.monotonic() + timeout_s
-        payload = encode(message, **encoding)
-        if max_bytes is not None and len(payload) > max_bytes:
+        frames = encode(message, **encoding)
+        size = sum(len(f) if isinstance(f, bytes) else f.nbytes for f in frames)
+        if max_bytes is not None and size > max_bytes:
             raise RequestTooLargeError(
-                f"{message.TYPE} request is {len(payload)} bytes, above the server's limit of {max_bytes}; "
+                f"{message.TYPE} request is {size} bytes, above the server's limit of {max_bytes}; "
                 "send JPEG frames (image_format='jpeg'), fewer frames, or raise server.max_message_bytes"
             )
         sock = self._socket()
         try:
-            sock.send(payload, _NOBLOCK)
+            # Frame by frame with int flags (send_multipart ORs IntFlag enums per frame). Once the
+            # first frame is queued ZeroMQ takes the rest: a message is all or nothing.
+            for frame in frames[:-1]:
+                sock.send(frame, _NOBLOCK | _SNDMORE)
+            sock.send(frames[-1], _NOBLOCK)
         except zmq.Again:
             self.reset()
             raise ServerTimeoutError(
@@ -171,9 +176,8 @@ class Connection:
                     f"no reply to {message.TYPE} from {self.endpoint} within {timeout_s:.3f} s; check that "
                     "limbic-serve runs there and is reachable (the next call reconnects)"
                 )
-            frames = sock.recv_multipart()
             try:
-                reply = decode(frames[-1], self._limits, accept=_REPLY_TYPES)
+                reply = decode(sock.recv_multipart(), self._limits, accept=_REPLY_TYPES)
             except ProtocolError as e:
                 self.reset()
                 if e.code == ErrorCode.VERSION_MISMATCH:

@@ -4,18 +4,21 @@ One module that both sides import; it needs only numpy, msgpack and ``limbic.con
 (JPEG frames lazily import OpenCV through :mod:`limbic.runtime.jpeg`). ``docs/protocol.md``
 describes the same bytes for clients written without limbic; keep the two in step.
 
-Every message is one msgpack map with string keys ``v`` (protocol version), ``type`` and
-``id`` (chosen by the requester, echoed in the reply), plus the fields of its dataclass
-below. Each field names the :class:`~limbic.runtime.codec.Codec` that packs it and checks it
-on the way in (:mod:`limbic.runtime.codec`: arrays, frames, checked scalars), so the schema
-is the dataclasses themselves. Unpacking is bounded and strictly typed: no ext types,
-string map keys only, never pickle. Every decoding failure is a :class:`ProtocolError`
-naming the field, the value and the expected form.
+Every message is one or more ZeroMQ frames: a msgpack map with string keys ``v`` (protocol
+version), ``type`` and ``id`` (chosen by the requester, echoed in the reply), plus the fields
+of its dataclass below; then one data frame per array or JPEG whose bytes travel out of band
+(images and weights: sent and received without a copy through msgpack), which the map refers
+to by number. Each field names the :class:`~limbic.runtime.codec.Codec` that packs it and
+checks it on the way in (:mod:`limbic.runtime.codec`: arrays, frames, checked scalars), so
+the schema is the dataclasses themselves. Unpacking is bounded and strictly typed: no ext
+types, string map keys only, never pickle. Every decoding failure is a
+:class:`ProtocolError` naming the field, the value and the expected form.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -26,6 +29,7 @@ from limbic.contracts import SCHEMA_VERSION, ContractError, Observation
 from limbic.runtime.codec import (
     COUNT,
     DTYPES,
+    FRAME_MIN_BYTES,
     FRAMES,
     ID,
     IMAGE_FORMATS,
@@ -43,6 +47,8 @@ from limbic.runtime.codec import (
     Codec,
     Encoding,
     ErrorCode,
+    FrameReader,
+    FrameWriter,
     Limits,
     ProtocolError,
     array_of,
@@ -66,6 +72,7 @@ from limbic.runtime.codec import (
 
 __all__ = [
     "DTYPES",
+    "FRAME_MIN_BYTES",
     "IMAGE_FORMATS",
     "MESSAGE_TYPES",
     "PROTOCOL_VERSION",
@@ -102,8 +109,11 @@ __all__ = [
     "unpack_map",
 ]
 
-PROTOCOL_VERSION = 1
-"""Version of this wire format; a message carrying another ``v`` gets ``version_mismatch``."""
+PROTOCOL_VERSION = 2
+"""Version of this wire format; a message carrying another ``v`` gets ``version_mismatch``.
+
+1: one frame, every byte inside the msgpack map. 2: large array and JPEG bytes in data frames.
+"""
 
 # ---------------------------------------------------------------- model metadata
 
@@ -126,7 +136,7 @@ class PolicySpec:
     @classmethod
     def from_dict(cls, d: Any, path: str = "policy") -> PolicySpec:
         """Inverse of :meth:`to_dict`, with errors naming the field."""
-        return unpack_fields(cls, d, path, Limits(), strict=False)
+        return unpack_fields(cls, d, path, FrameReader(), strict=False)
 
 
 @dataclass(frozen=True)
@@ -144,7 +154,7 @@ class CriticSpec:
     @classmethod
     def from_dict(cls, d: Any, path: str = "critic") -> CriticSpec:
         """Inverse of :meth:`to_dict`, with errors naming the field."""
-        return unpack_fields(cls, d, path, Limits(), strict=False)
+        return unpack_fields(cls, d, path, FrameReader(), strict=False)
 
 
 @dataclass
@@ -182,29 +192,31 @@ def _observation_codec() -> Codec:
         }
     )
 
-    def pack(obs: Observation, enc: Encoding) -> dict[str, Any]:
+    required = tuple(sorted(keys - {"frame_timestamps_ns"}))
+
+    def pack(obs: Observation, out: FrameWriter) -> dict[str, Any]:
         return {
             "timestamp_ns": int(obs.timestamp_ns),
-            "images": pack_views(obs.images, enc),
+            "images": pack_views(obs.images, out),
             "frame_timestamps_ns": {k: int(v) for k, v in obs.frame_timestamps_ns.items()},
-            "state": pack_array(np.asarray(obs.state)),
+            "state": pack_array(np.asarray(obs.state), out),
             "instruction": obs.instruction,
             "episode_id": obs.episode_id,
             "step": int(obs.step),
         }
 
-    def unpack(d: Any, path: str, limits: Limits) -> Observation:
+    def unpack(d: Any, path: str, frames: FrameReader) -> Observation:
         if not isinstance(d, dict):
             raise bad(path, f"expected an observation map, got {show(d)}")
         check_keys(d, path, keys)
-        for key in keys - {"frame_timestamps_ns"}:
+        for key in required:
             if d.get(key) is None:
                 raise bad(f"{path}.{key}", "missing")
         stamps = d.get("frame_timestamps_ns") or {}
         obs = Observation(
             timestamp_ns=check_int(d["timestamp_ns"], f"{path}.timestamp_ns"),
-            images=unpack_views(d["images"], f"{path}.images", limits),
-            state=unpack_array(d["state"], f"{path}.state", dtype="float32", ndim=1),
+            images=unpack_views(d["images"], f"{path}.images", frames),
+            state=unpack_array(d["state"], f"{path}.state", dtype="float32", ndim=1, frames=frames),
             instruction=check_str(d["instruction"], f"{path}.instruction"),
             episode_id=check_str(d["episode_id"], f"{path}.episode_id"),
             step=check_int(d["step"], f"{path}.step"),
@@ -227,14 +239,14 @@ class Message:
     TYPE: ClassVar[str] = ""
     STRICT: ClassVar[bool] = False
 
-    def to_wire(self, enc: Encoding | None = None) -> dict[str, Any]:
-        """The fields as a plain map (without ``v`` and ``type``)."""
-        return pack_fields(self, enc)
+    def to_wire(self, out: FrameWriter | None = None) -> dict[str, Any]:
+        """The fields as a plain map (without ``v`` and ``type``); large bytes go to ``out``'s frames."""
+        return pack_fields(self, out or FrameWriter())
 
     @classmethod
-    def from_wire(cls, d: dict[str, Any], limits: Limits) -> Any:
+    def from_wire(cls, d: dict[str, Any], frames: FrameReader) -> Any:
         """Parse and check a map (with ``v`` and ``type``); raise naming the bad field."""
-        return unpack_fields(cls, d, "", limits, strict=cls.STRICT, extra=frozenset({"v", "type"}))
+        return unpack_fields(cls, d, "", frames, strict=cls.STRICT, extra=frozenset({"v", "type"}))
 
 
 @dataclass
@@ -352,7 +364,7 @@ class ErrorReply(Message):
     TYPE: ClassVar[str] = "error"
     id: int | None = wire(ID, optional=True)
     code: ErrorCode = wire(
-        Codec(lambda v, enc: ErrorCode(v).value, lambda v, p, lim: _error_code(v, p))
+        Codec(lambda v, out: ErrorCode(v).value, lambda v, p, rx: _error_code(v, p))
     )
     message: str = wire(TEXT)
     field: str | None = wire(TEXT, None)
@@ -586,38 +598,54 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 """Every message class by its wire ``type``."""
 
 
-# ---------------------------------------------------------------- bytes
+# ---------------------------------------------------------------- frames
 
 
-def encode(message: Message, *, image_format: str = "raw", jpeg_quality: int = 90) -> bytes:
-    """Serialise a message; ``image_format`` (``raw`` or ``jpeg``) applies to its frames."""
-    body = message.to_wire(Encoding(image_format, jpeg_quality))
-    return msgpack.packb({"v": PROTOCOL_VERSION, "type": message.TYPE, **body}, use_bin_type=True)
+Frames = list[Any]
+"""One message on the wire: the msgpack header, then its data frames (bytes-like each)."""
 
 
-def encode_timed(reply: ActReply | CriticReply) -> bytes:
+def encode(
+    message: Message,
+    *,
+    image_format: str = "raw",
+    jpeg_quality: int = 90,
+    frame_min_bytes: int = FRAME_MIN_BYTES,
+) -> Frames:
+    """Serialise a message to its frames; ``image_format`` (``raw`` or ``jpeg``) applies to its images.
+
+    Array and JPEG bytes of at least ``frame_min_bytes`` become data frames that view the
+    arrays themselves (no copy here): send them before changing those arrays.
+    """
+    out = FrameWriter(Encoding(image_format, jpeg_quality), frame_min_bytes)
+    body = message.to_wire(out)
+    header = msgpack.packb({"v": PROTOCOL_VERSION, "type": message.TYPE, **body}, use_bin_type=True)
+    return [header, *out.frames]
+
+
+def encode_timed(reply: ActReply | CriticReply) -> Frames:
     """Encode a reply, filling its ``timings.encode_us`` with the time the encoding took.
 
     Everything but the small ``timings`` map is packed and timed first; the timings go last,
     so the reply is packed once and the figure covers all of it but those few bytes.
     """
     t0 = time.perf_counter()
-    body = reply.to_wire()
+    out = FrameWriter()
+    body = reply.to_wire(out)
     del body["timings"]
-    packer = msgpack.Packer(use_bin_type=True)
-    parts = [packer.pack_map_header(len(body) + 3)]
-    for key, value in (("v", PROTOCOL_VERSION), ("type", reply.TYPE), *body.items()):
-        parts += [packer.pack(key), packer.pack(value)]
+    head = msgpack.packb({"v": PROTOCOL_VERSION, "type": reply.TYPE, **body}, use_bin_type=True)
+    # A map of under 16 entries has a one-byte header (0x80 | entries): one more entry follows.
+    assert head[0] == 0x80 | (len(body) + 2), "replies have fewer than 15 fields"
     reply.timings.encode_us = (time.perf_counter() - t0) * 1e6
-    parts += [packer.pack("timings"), packer.pack(pack_fields(reply.timings))]
-    return b"".join(parts)
+    timings = msgpack.packb({"timings": pack_fields(reply.timings)}, use_bin_type=True)
+    return [bytes((head[0] + 1,)) + head[1:] + timings[1:], *out.frames]
 
 
 def _reject_ext(code: int, data: bytes) -> Any:
     raise ProtocolError(ErrorCode.MALFORMED, None, f"msgpack extension type {code} is not allowed")
 
 
-def unpack_map(data: bytes, limits: Limits) -> dict[str, Any]:
+def unpack_map(data: Any, limits: Limits) -> dict[str, Any]:
     """Bounded, strictly typed msgpack unpacking of one message map (no ext types)."""
     if len(data) > limits.max_message_bytes:
         raise ProtocolError(
@@ -662,15 +690,50 @@ def peek_id(d: dict[str, Any]) -> int | None:
     )
 
 
-def decode(
-    data: bytes, limits: Limits | None = None, *, accept: tuple[str, ...] | None = None
-) -> Message:
-    """Parse and check one message; raise :class:`ProtocolError` naming what is wrong.
+def _byte_views(frames: Sequence[Any]) -> list[memoryview]:
+    views = []
+    for f in frames:
+        view = memoryview(f)
+        views.append(view if view.ndim == 1 and view.itemsize == 1 else view.cast("B"))
+    return views
 
-    ``accept`` restricts the message types an endpoint handles (others get ``unknown_type``).
+
+# The fast readers build this module's classes: imported after them (either module may load first).
+from limbic.runtime import fast_path  # noqa: E402
+
+
+def decode(
+    frames: Sequence[Any] | bytes,
+    limits: Limits | None = None,
+    *,
+    accept: tuple[str, ...] | None = None,
+) -> Message:
+    """Parse and check one message (its frames, or one bytes-like header frame alone).
+
+    Raise :class:`ProtocolError` naming what is wrong. ``accept`` restricts the message types
+    an endpoint handles (others get ``unknown_type``). Arrays in the message view the frames'
+    memory, so the frames must outlive them (bytes and ZeroMQ frames do: the views hold them).
     """
     limits = limits or Limits()
-    d = unpack_map(data, limits)
+    if isinstance(frames, bytes | bytearray | memoryview):
+        frames = [frames]
+    if not frames:
+        raise ProtocolError(ErrorCode.MALFORMED, None, "no frames: expected a msgpack header")
+    if len(frames) - 1 > limits.max_frames:
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            None,
+            f"{len(frames) - 1} data frames exceed the limit of {limits.max_frames}",
+        )
+    data = _byte_views(frames[1:])
+    total = len(frames[0]) + sum(len(f) for f in data)
+    if total > limits.max_message_bytes:
+        raise ProtocolError(
+            ErrorCode.MALFORMED,
+            None,
+            f"message of {total} bytes in {len(frames)} frames exceeds {limits.max_message_bytes}",
+        )
+    d = unpack_map(frames[0], limits)
     try:
         v = d.get("v")
         if isinstance(v, bool) or not isinstance(v, int):
@@ -690,7 +753,14 @@ def decode(
             raise ProtocolError(
                 ErrorCode.UNKNOWN_TYPE, "type", f"expected one of {expected}, got {show(kind)}"
             )
-        return MESSAGE_TYPES[kind].from_wire(d, limits)
+        fast = fast_path.READERS.get(kind)
+        message = None if fast is None else fast(d, data, limits)
+        if message is not None:
+            return message
+        reader = FrameReader(data, limits)
+        message = MESSAGE_TYPES[kind].from_wire(d, reader)
+        reader.check_all_taken()
+        return message
     except ProtocolError as e:
         e.request_id = peek_id(d)
         raise

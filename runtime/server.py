@@ -82,9 +82,9 @@ class ServerConfig:
     max_wait_us: int = 500
     """Longest a request waits for others to join its batch, while others may still come."""
     max_message_bytes: int = 16 * 2**20
-    """Largest request frame; the socket disconnects a peer that sends more (ZMQ_MAXMSGSIZE)."""
+    """Largest request, all frames together; one frame above it disconnects the peer (ZMQ_MAXMSGSIZE)."""
     max_weights_bytes: int = 2**30
-    """Largest weight update on the weights endpoint."""
+    """Largest weight update on the weights endpoint (likewise per frame and in all)."""
     heartbeat_interval_s: float = 1.0
     """How often clients are told to send a heartbeat when idle."""
     client_timeout_s: float = 10.0
@@ -228,13 +228,7 @@ class InferenceServer:
             max_message_bytes=config.max_message_bytes, max_image_pixels=max(h * w for h, w in hw)
         )
         self.clients: dict[bytes, ClientState] = {}
-        self.counters = {
-            "requests": 0,
-            "errors": 0,
-            "dropped_frames": 0,
-            "undeliverable": 0,
-            "batches": 0,
-        }
+        self.counters = {"requests": 0, "errors": 0, "undeliverable": 0, "batches": 0}
         self.endpoint = ""
         self.weights_endpoint = ""
         self._batcher = Batcher(config.max_batch, config.max_wait_us * 1e-6)
@@ -426,7 +420,7 @@ class InferenceServer:
                 return
             self._handle(router, router.recv_multipart(_NOBLOCK, copy=False))
 
-    def _send(self, router: zmq.Socket, frames: list[bytes]) -> None:
+    def _send(self, router: zmq.Socket, frames: list[Any]) -> None:
         try:
             # Frame by frame with int flags: send_multipart ORs IntFlag enums per frame.
             for frame in frames[:-1]:
@@ -454,15 +448,15 @@ class InferenceServer:
     def _reply(self, router: zmq.Socket, envelope: list[bytes], message: Any) -> None:
         if isinstance(message, ErrorReply):
             self.counters["errors"] += 1
-        self._send(router, [*envelope, encode(message)])
+        self._send(router, [*envelope, *encode(message)])
 
     def _handle(self, router: zmq.Socket, frames: list[zmq.Frame]) -> None:
         t0 = time.perf_counter()
-        # DEALER peers send [payload], REQ peers [b"", payload]; anything else cannot be routed back.
-        envelope, payload = [f.bytes for f in frames[:-1]], frames[-1].buffer
-        if len(envelope) not in (1, 2) or (len(envelope) == 2 and envelope[1] != b""):
-            self.counters["dropped_frames"] += 1
-            return
+        # After the peer identity the ROUTER added: a DEALER's [header, *data], a REQ's
+        # [b"", header, *data]. The reply goes back behind the same envelope.
+        split = 2 if len(frames) > 2 and not len(frames[1]) else 1
+        envelope = [f.bytes for f in frames[:split]]
+        payload = [f.buffer for f in frames[split:]]
         client = envelope[0]
         now = time.monotonic()
         state = self.clients.get(client)
@@ -519,10 +513,8 @@ class InferenceServer:
                     ErrorCode.NOT_SERVED, "type", "this server hosts no policy", message.id
                 )
             spec = self.policy.spec
-            try:
-                message.obs.validate(
-                    views=spec.views, state_dim=spec.state_dim, image_hw=spec.image_hw
-                )
+            try:  # decoding validated the observation; what is left is the model's spec
+                message.obs.check_spec(spec.views, spec.state_dim, spec.image_hw)
             except ContractError as e:
                 raise ProtocolError(
                     ErrorCode.BAD_FIELD, f"obs.{e.field}", str(e).split(": ", 1)[1], message.id
@@ -562,6 +554,8 @@ class InferenceServer:
         return live
 
     def _apply_staged(self) -> None:
+        if not self._staged:  # the common case, read without the lock (the swap below takes it)
+            return
         with self._staged_lock:
             staged, self._staged = self._staged, {}
         for target, (prepared, version, live) in staged.items():
@@ -586,7 +580,7 @@ class InferenceServer:
                 payload = encode(reply)
             else:
                 payload = encode_timed(reply)
-            self._send(router, [*p.envelope, payload])
+            self._send(router, [*p.envelope, *payload])
 
 
 @dataclass

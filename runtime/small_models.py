@@ -112,12 +112,33 @@ class SmallConvCritic(nn.Module):
         return progress, done
 
 
+WAITS = ("sleep", "spin")
+
+
+def wait_until(end_s: float, how: str = "spin") -> None:
+    """Return when ``time.perf_counter()`` reaches ``end_s``, releasing the GIL meanwhile.
+
+    ``spin`` keeps the core busy checking the clock (as a CUDA stream sync does by default),
+    releasing the GIL between checks so other threads of the server run; ``sleep`` sleeps
+    until 1 ms before, leaving the core idle, then spins the rest, so the sleep's late wake-up
+    (tens to hundreds of microseconds on a loaded or virtual machine) never lengthens the wait.
+    """
+    if how == "sleep":
+        ahead = end_s - time.perf_counter() - 1e-3
+        if ahead > 0:
+            time.sleep(ahead)
+    elif how != "spin":
+        raise ValueError(f"wait: expected one of {WAITS}, got {how!r}")
+    while time.perf_counter() < end_s:
+        time.sleep(0)  # releases the GIL; unlike sched_yield it does not hand the core away
+
+
 class FixedCostPolicy(nn.Module):
     """A servable policy whose forward takes a known time: ``cost_s`` per batch or per sample.
 
-    It sleeps for most of the cost (like a GPU kernel, it leaves the CPU free) and spins the
-    last 0.2 ms so the cost is met precisely. The action chunk is a cheap deterministic
-    function of the inputs, so replies can be checked.
+    The forward computes a cheap deterministic function of the inputs (so replies can be
+    checked), then waits (:func:`wait_until`) until ``cost_s`` after it began: it lasts the
+    cost, its own torch work included, late only by the scheduler's wake-up of its thread.
     """
 
     def __init__(
@@ -130,27 +151,28 @@ class FixedCostPolicy(nn.Module):
         lang_dim: int = 32,
         cost_s: float = 0.005,
         per: str = "batch",
+        wait: str = "sleep",
     ):
         super().__init__()
         if per not in ("batch", "sample"):
             raise ValueError(f"per: expected 'batch' or 'sample', got {per!r}")
+        if wait not in WAITS:
+            raise ValueError(f"wait: expected one of {WAITS}, got {wait!r}")
         self.views = tuple(views)
         self.image_hw = (int(image_hw[0]), int(image_hw[1]))
         self.state_dim, self.action_dim = int(state_dim), int(action_dim)
         self.chunk_len, self.lang_dim = int(chunk_len), int(lang_dim)
-        self.cost_s, self.per = float(cost_s), per
+        self.cost_s, self.per, self.wait = float(cost_s), per, wait
         self.scale = nn.Parameter(torch.ones(()))
 
     def forward(
         self, images: torch.Tensor, state: torch.Tensor, lang: torch.Tensor
     ) -> torch.Tensor:
-        """Spend the known cost, then return ``state[:, 0] * scale`` broadcast over the chunk."""
-        cost = self.cost_s * (images.shape[0] if self.per == "sample" else 1)
-        end = time.perf_counter() + cost
-        if cost > 2e-4:
-            time.sleep(cost - 2e-4)
-        while time.perf_counter() < end:
-            pass
+        """``state[:, 0] * scale`` broadcast over the chunk, once the known cost has passed."""
+        start = time.perf_counter()
         first = state[:, :1] if state.shape[1] else torch.zeros(state.shape[0], 1)
         value = first * self.scale + 0.0 * images[:, 0, 0, 0, 0:1].float()
-        return value[:, :, None].expand(-1, self.chunk_len, self.action_dim).contiguous()
+        out = value[:, :, None].expand(-1, self.chunk_len, self.action_dim).contiguous()
+        cost = self.cost_s * (images.shape[0] if self.per == "sample" else 1)
+        wait_until(start + cost, self.wait)
+        return out

@@ -76,9 +76,9 @@ class WeightPublisher:
         """Send ``state_dict`` as ``target`` (``policy`` or ``critic``) ``version``; return once live.
 
         Raises :class:`~limbic.runtime.client.ServerError` (``stale_version``, ``bad_field``
-        naming the tensor, ``not_served``) or :class:`~limbic.runtime.client.ServerTimeoutError`
-        (also what an update above the server's ``server.max_weights_bytes`` gets: its socket
-        drops the connection).
+        naming the tensor, ``not_served``, ``malformed`` for an update above the server's
+        ``server.max_weights_bytes``) or :class:`~limbic.runtime.client.ServerTimeoutError` (also
+        what one tensor above that limit gets: ZeroMQ drops the connection).
         """
         update = WeightsUpdate(
             self._conn.next_id(), target, int(version), to_numpy_tensors(state_dict)
@@ -112,7 +112,10 @@ class WeightReceiver:
         self.runners, self._stage, self._stop = runners, stage, stop
         # A state dict has one map entry per tensor: allow many entries, bounded by the byte size.
         self.limits = Limits(
-            max_message_bytes=max_message_bytes, max_map_len=2**20, max_array_len=64
+            max_message_bytes=max_message_bytes,
+            max_map_len=2**20,
+            max_array_len=64,
+            max_frames=2**20,
         )
         self._staged_versions: dict[str, int] = {}
         sock = ctx.socket(zmq.ROUTER)
@@ -135,24 +138,24 @@ class WeightReceiver:
             while not self._stop.is_set():
                 if not self._sock.poll(100, zmq.POLLIN):
                     continue
-                frames = self._sock.recv_multipart()
-                envelope, payload = frames[:-1], frames[-1]
-                if len(envelope) not in (1, 2):
-                    continue  # cannot be routed back
-                reply = self._handle(payload)
+                frames = self._sock.recv_multipart(copy=False)
+                # [identity, header, *data] from a DEALER, [identity, b"", header, *data] from a REQ
+                split = 2 if len(frames) > 2 and not len(frames[1]) else 1
+                envelope = [f.bytes for f in frames[:split]]
+                reply = self._handle([f.buffer for f in frames[split:]])
                 if reply is None:
                     return  # stopping while waiting for the swap
                 try:
-                    self._sock.send_multipart([*envelope, encode(reply)], zmq.NOBLOCK)
+                    self._sock.send_multipart([*envelope, *encode(reply)], zmq.NOBLOCK)
                 except zmq.ZMQError as e:
                     log.warning("weights reply undeliverable: %s", e)
         finally:
             self._sock.close(linger=0)
 
-    def _handle(self, payload: bytes) -> Any:
+    def _handle(self, frames: list[memoryview]) -> Any:
         request_id = None
         try:
-            message = decode(payload, self.limits, accept=("weights", "heartbeat"))
+            message = decode(frames, self.limits, accept=("weights", "heartbeat"))
             request_id = message.id
             if isinstance(message, Heartbeat):
                 return Heartbeat(message.id, 0, *(self._version(k) for k in ("policy", "critic")))

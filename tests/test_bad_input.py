@@ -22,17 +22,19 @@ from serving import (
     running_server,
 )
 
-from limbic.runtime.protocol import ActRequest, CriticRequest, decode, encode
+from limbic.runtime.protocol import PROTOCOL_VERSION, ActRequest, CriticRequest, decode, encode
 
 MAX_BYTES = 64 * 1024
 REQUEST_TYPES = {"hello", "heartbeat", "act", "critic"}
 ALL_CODES = {"malformed", "version_mismatch", "unknown_type", "bad_field"}
 
 _rng = np.random.default_rng(0)
-VALID_ACT = msgpack.unpackb(encode(ActRequest(7, make_obs(_rng))), raw=False)
+INLINE = 2**62  # frame_min_bytes: every byte inside the msgpack map
+VALID_ACT = msgpack.unpackb(encode(ActRequest(7, make_obs(_rng)), frame_min_bytes=INLINE)[0])
 VALID_CRITIC = msgpack.unpackb(
-    encode(CriticRequest(8, "stack", [frames(_rng), frames(_rng)])), raw=False
+    encode(CriticRequest(8, "stack", [frames(_rng), frames(_rng)]), frame_min_bytes=INLINE)[0]
 )
+FRAMED_ACT = encode(ActRequest(9, make_obs(_rng)), frame_min_bytes=0)  # state and images as frames
 
 
 def pack(d) -> bytes:
@@ -47,11 +49,16 @@ def array(a: np.ndarray) -> dict:
     }
 
 
-# Each strategy draws (payload, allowed error codes, the field the error must name or None).
+# Each strategy draws (payload: one frame or a list of frames, allowed error codes, the field
+# the error must name or None).
 
 
 def garbage(draw):
     return draw(st.binary(max_size=300)), ALL_CODES, None
+
+
+def garbage_frames(draw):
+    return draw(st.lists(st.binary(max_size=100), min_size=2, max_size=4)), ALL_CODES, None
 
 
 msgpack_values = st.recursive(
@@ -70,7 +77,11 @@ msgpack_values = st.recursive(
 
 def random_structure(draw):
     value = draw(msgpack_values)
-    if isinstance(value, dict) and value.get("type") in REQUEST_TYPES and value.get("v") == 1:
+    if (
+        isinstance(value, dict)
+        and value.get("type") in REQUEST_TYPES
+        and value.get("v") == PROTOCOL_VERSION
+    ):
         value["type"] = (
             "not-a-request"  # a random map that happens to be a request is not bad input
         )
@@ -98,7 +109,7 @@ def mutated_act(draw):
         )
     )  # fmt: skip
     if kind == "version":
-        d["v"] = draw(st.integers(-(2**63), 2**63).filter(lambda v: v != 1))
+        d["v"] = draw(st.integers(-(2**63), 2**63).filter(lambda v: v != PROTOCOL_VERSION))
         return pack(d), {"version_mismatch"}, "v"
     if kind == "type":
         d["type"] = draw(st.text(max_size=12).filter(lambda t: t not in REQUEST_TYPES))
@@ -186,17 +197,53 @@ def mutated_critic(draw):
     return pack(d), {"bad_field"}, "goal"
 
 
+def mutated_frames(draw):
+    d = msgpack.unpackb(FRAMED_ACT[0])
+    data = [bytes(f) for f in FRAMED_ACT[1:]]
+    where = draw(st.sampled_from([("images", "front"), ("images", "wrist"), ("state",)]))
+    target = d["obs"]
+    for key in where:
+        target = target[key]
+    field = "obs." + where[0] + "".join(f"[{k!r}]" for k in where[1:])
+    kind = draw(st.sampled_from(["number", "taken", "size", "both", "stray", "missing"]))
+    if kind == "number":
+        target["frame"] = draw(
+            st.sampled_from([0, -1, len(data) + 1, 2**40, True, "1", 1.0, [1], b"\x01"])
+        )
+        return [pack(d), *data], {"bad_field"}, f"{field}.frame"
+    if kind == "taken":  # fields claim frames in order: front (1), wrist (2), state (3)
+        if where == ("images", "front"):
+            target["frame"] = 2
+            return [pack(d), *data], {"bad_field"}, "obs.images['wrist'].frame"
+        target["frame"] = 1
+        return [pack(d), *data], {"bad_field"}, f"{field}.frame"
+    if kind == "size":
+        i = target["frame"] - 1
+        data[i] = data[i][: draw(st.integers(0, len(data[i]) - 1))]
+        return [pack(d), *data], {"bad_field"}, f"{field}.frame"
+    if kind == "both":
+        target["data"] = data[target["frame"] - 1]
+        return [pack(d), *data], {"bad_field"}, field
+    if kind == "stray":
+        extra = draw(st.lists(st.binary(max_size=50), min_size=1, max_size=3))
+        return [pack(d), *data, *extra], {"malformed"}, None
+    del data[draw(st.integers(0, len(data) - 1))]  # a frame missing: a reference out of range
+    return [pack(d), *data], {"bad_field"}, None
+
+
 @st.composite
 def bad_message(draw):
     make = draw(
         st.sampled_from(
             [
                 garbage,
+                garbage_frames,
                 random_structure,
                 truncated_or_padded,
                 mutated_act,
                 mutated_act,
                 mutated_critic,
+                mutated_frames,
             ]
         )
     )
@@ -216,10 +263,13 @@ def dealer(endpoint: str) -> zmq.Socket:
     return sock
 
 
-def answered(sock: zmq.Socket, payload: bytes) -> dict:
-    sock.send(payload)
+def answered(sock: zmq.Socket, payload: bytes | list[bytes]) -> dict:
+    sock.send_multipart(payload if isinstance(payload, list) else [payload])
     assert sock.poll(10_000), "no reply: the server stopped answering"
-    return msgpack.unpackb(sock.recv(), raw=False)
+    # A request starting with an empty frame reads as a REQ's: the reply echoes that delimiter.
+    *delimiter, reply = sock.recv_multipart()
+    assert delimiter in ([], [b""]), delimiter
+    return msgpack.unpackb(reply, raw=False)
 
 
 def assert_still_serves(sock: zmq.Socket, request_id: int = 99) -> None:
@@ -248,12 +298,13 @@ def test_a_thousand_generated_bad_messages_each_get_an_error(server):
         assert reply["type"] == "error", reply
         assert reply["code"] in codes, (reply, codes)
         if field is not None:
+            header = payload[0] if isinstance(payload, list) else payload
             assert reply["field"] == field, reply
             assert (
-                reply["id"] == msgpack.unpackb(payload, raw=False).get("id") or reply["id"] is None
+                reply["id"] == msgpack.unpackb(header, raw=False).get("id") or reply["id"] is None
             )
         assert reply["message"]
-        sent.append(len(payload))
+        sent.append(payload)
 
     try:
         throw()
@@ -275,17 +326,44 @@ def test_oversized_frames_drop_the_connection_and_the_client_is_served_after(ser
         sock.close(0)
 
 
-def test_unroutable_multi_frame_messages_are_dropped_and_req_sockets_work(server):
+def test_requests_over_the_size_limit_in_several_frames_get_an_error(server):
+    sock = dealer(server.endpoint)
+    try:
+        header = msgpack.unpackb(FRAMED_ACT[0])
+        frames = [bytes(f) for f in FRAMED_ACT[1:]]
+        frames[0] = frames[0] * (MAX_BYTES // len(frames[0]))  # each frame under the limit
+        reply = answered(sock, [pack(header), *frames])
+        assert reply["code"] == "malformed" and f"exceeds {MAX_BYTES}" in reply["message"]
+        assert_still_serves(sock, 5)  # the same connection: nothing was dropped
+    finally:
+        sock.close(0)
+
+
+def test_multi_frame_junk_gets_an_error_and_req_sockets_work(server):
     sock = dealer(server.endpoint)
     req = zmq.Context.instance().socket(zmq.REQ)
     req.setsockopt(zmq.LINGER, 0)
     req.connect(server.endpoint)
     try:
-        sock.send_multipart([b"junk", b"more", b"frames"])
-        assert not sock.poll(200)
-        assert server.stats()["dropped_frames"] >= 1
+        assert answered(sock, [b"junk", b"more", b"frames"])["code"] == "malformed"
         assert_still_serves(sock, 3)
         assert_still_serves(req, 4)  # REQ adds an empty delimiter frame; the reply echoes it
+        req.send_multipart([bytes(f) for f in FRAMED_ACT])  # a framed request through REQ
+        assert req.poll(10_000)
+        assert msgpack.unpackb(req.recv())["type"] == "act_reply"
     finally:
         sock.close(0)
         req.close(0)
+
+
+def test_a_version_1_client_is_told_which_version_to_speak(server):
+    sock = dealer(server.endpoint)
+    try:
+        reply = answered(sock, pack({**VALID_ACT, "v": 1}))  # v1: one frame, bytes inline
+        assert reply["code"] == "version_mismatch" and reply["field"] == "v"
+        assert (
+            f"version 1 is not supported; this side speaks {PROTOCOL_VERSION}" in reply["message"]
+        )
+        assert reply["id"] == VALID_ACT["id"]
+    finally:
+        sock.close(0)

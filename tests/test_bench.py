@@ -33,14 +33,17 @@ def test_unknown_benchmark_is_refused():
 
 
 def test_wire_benchmark_prints_its_summary_line():
-    res = run_bench("wire", "--requests", "20", "--seconds", "0.3", "--model-ms", "1")
+    res = run_bench(
+        "wire", "--requests", "20", "--rounds", "1", "--seconds", "0.3", "--model-ms", "1"
+    )
     assert res.returncode == 0, res.stderr
     last = res.stdout.strip().splitlines()[-1]
     assert re.match(
-        r"wire_overhead_ratio=\d+\.\d\d .*p50_ms=\d+\.\d{3} echo_p50_ms=\d+\.\d{3} batching_gain_8v1=\d",
+        r"wire_overhead_ratio=\d+\.\d\d .*floor_ratio=\d+\.\d\d p50_ms=\d+\.\d{3} "
+        r"echo_p50_ms=\d+\.\d{3} floor_p50_ms=\d+\.\d{3} .*batching_gain_8v1=\d",
         last,
     ), last
-    assert "bare pyzmq echo, same bytes" in res.stdout
+    assert "bare pyzmq echo (raw)" in res.stdout and "waits 1 ms first" in res.stdout
 
 
 def test_learner_benchmark_prints_its_summary_line():

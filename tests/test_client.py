@@ -31,7 +31,7 @@ from limbic.runtime.client import (
     ServerTimeoutError,
     VersionMismatchError,
 )
-from limbic.runtime.protocol import ErrorCode
+from limbic.runtime.protocol import PROTOCOL_VERSION, ErrorCode
 from limbic.runtime.server import CurveConfig, InferenceServer
 
 
@@ -87,15 +87,14 @@ def test_a_server_of_another_protocol_version_is_a_version_mismatch():
     peer = ctx.socket(zmq.ROUTER)
     port = peer.bind_to_random_port("tcp://127.0.0.1")
 
-    def answer_in_v2() -> None:
+    def answer_in_the_next_version() -> None:
         if peer.poll(10_000):
             ident, payload = peer.recv_multipart()
             request = msgpack.unpackb(payload, raw=False)
-            peer.send_multipart(
-                [ident, msgpack.packb({"v": 2, "type": "hello_reply", "id": request["id"]})]
-            )
+            reply = {"v": PROTOCOL_VERSION + 1, "type": "hello_reply", "id": request["id"]}
+            peer.send_multipart([ident, msgpack.packb(reply)])
 
-    thread = threading.Thread(target=answer_in_v2)
+    thread = threading.Thread(target=answer_in_the_next_version)
     thread.start()
     try:
         with pytest.raises(VersionMismatchError):

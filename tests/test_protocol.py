@@ -7,6 +7,8 @@ import io
 import msgpack
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from serving import HW, VIEWS, frames, make_obs, small_critic, small_policy
 
@@ -40,7 +42,9 @@ from limbic.runtime.servable import (
 
 
 def raw_map(message: object, **encoding) -> dict:
-    return msgpack.unpackb(encode(message, **encoding), raw=False)
+    """The message as one msgpack map, every byte inline (no data frames)."""
+    (header,) = encode(message, frame_min_bytes=2**62, **encoding)
+    return msgpack.unpackb(header, raw=False)
 
 
 def repack(d: dict) -> bytes:
@@ -135,20 +139,15 @@ def valid_act() -> dict:
 def test_garbage_and_non_maps_are_malformed():
     expect(b"\xc1\xff\x00garbage", ErrorCode.MALFORMED)
     expect(repack([1, 2, 3]), ErrorCode.MALFORMED)
-    expect(
-        repack({"v": 1, "type": "hello", "id": 1}) + b"\x00", ErrorCode.MALFORMED
-    )  # trailing bytes
+    hello = {"v": protocol.PROTOCOL_VERSION, "type": "hello", "id": 1}
+    expect(repack(hello) + b"\x00", ErrorCode.MALFORMED)  # trailing bytes
     expect(b"\x91" * 5000 + b"\xc0", ErrorCode.MALFORMED)  # nesting bomb
     expect(
-        msgpack.packb({"v": 1, "type": "hello", "id": 1, "t": msgpack.ExtType(5, b"x")}),
+        msgpack.packb({**hello, "t": msgpack.ExtType(5, b"x")}),
         ErrorCode.MALFORMED,
     )
     expect(b"\x81\xa1v\xd6\xff\x00\x00\x00\x00", ErrorCode.MALFORMED)  # msgpack timestamp ext
-    expect(
-        repack({"v": 1, "type": "hello", "id": 1}),
-        ErrorCode.MALFORMED,
-        limits=Limits(max_message_bytes=4),
-    )
+    expect(repack(hello), ErrorCode.MALFORMED, limits=Limits(max_message_bytes=4))
 
 
 def test_versions_and_types_are_checked_first():
@@ -306,3 +305,175 @@ def test_jpegs_from_other_encoders_decode_the_same():
     Image.new("CMYK", (8, 8)).save(cmyk, format="JPEG")
     with pytest.raises(ProtocolError, match="4 channel"):
         jpeg.decode(cmyk.getvalue(), "frame", 64)
+
+
+def test_images_travel_as_data_frames_and_small_arrays_inline():
+    obs = make_obs(np.random.default_rng(5))
+    frames = encode(ActRequest(12, obs))
+    header = msgpack.unpackb(frames[0], raw=False)
+    assert len(frames) == 1 + len(VIEWS)
+    for k, view in enumerate(VIEWS, start=1):
+        image = header["obs"]["images"][view]
+        assert image["frame"] == k and "data" not in image
+        assert bytes(frames[k]) == obs.images[view].tobytes()
+    assert "data" in header["obs"]["state"]  # 20 bytes: inline
+    back = decode([bytes(f) for f in frames])
+    for view in VIEWS:
+        np.testing.assert_array_equal(back.obs.images[view], obs.images[view])
+    everything = encode(ActRequest(12, obs), frame_min_bytes=0)
+    assert len(everything) == 2 + len(VIEWS)  # the state too
+    np.testing.assert_array_equal(decode(everything).obs.state, obs.state)
+    jpeg_frames = encode(ActRequest(12, obs), image_format="jpeg", frame_min_bytes=0)
+    assert msgpack.unpackb(jpeg_frames[0])["obs"]["images"]["front"]["format"] == "jpeg"
+    assert decode(jpeg_frames).obs.images["front"].shape == (*HW, 3)
+
+
+def framed_act() -> tuple[dict, list[bytes]]:
+    frames = encode(ActRequest(13, make_obs(np.random.default_rng(6))))
+    return msgpack.unpackb(frames[0], raw=False), [bytes(f) for f in frames[1:]]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda d, f: d["obs"]["images"]["front"].update(frame=3), "obs.images['front'].frame"),
+        (lambda d, f: d["obs"]["images"]["front"].update(frame=0), "obs.images['front'].frame"),
+        (lambda d, f: d["obs"]["images"]["front"].update(frame=True), "obs.images['front'].frame"),
+        (lambda d, f: d["obs"]["images"]["front"].update(frame="1"), "obs.images['front'].frame"),
+        (lambda d, f: d["obs"]["images"]["wrist"].update(frame=1), "obs.images['wrist'].frame"),
+        (lambda d, f: d["obs"]["images"]["front"].update(data=f[0]), "obs.images['front']"),
+        (lambda d, f: f.__setitem__(1, f[1][:-1]), "obs.images['wrist'].frame"),
+        (lambda d, f: d["obs"]["state"].update(frame=1), "obs.state"),  # and data
+        (lambda d, f: d["obs"]["state"].update(frame=1, data=None), "obs.state.frame"),  # taken
+    ],
+)
+def test_bad_frame_references_are_named(mutate, field):
+    d, frames = framed_act()
+    mutate(d, frames)
+    with pytest.raises(ProtocolError) as info:
+        decode([repack(d), *frames])
+    assert info.value.code == ErrorCode.BAD_FIELD and info.value.field == field, info.value
+    assert info.value.request_id == 13
+
+
+def test_frames_that_are_not_one_message_are_malformed():
+    d, frames = framed_act()
+    error = expect_frames([repack(d), *frames, b"stray"], ErrorCode.MALFORMED)
+    assert "frame 3 of 3" in str(error) and error.request_id == 13
+    expect_frames([], ErrorCode.MALFORMED)
+    too_many = Limits(max_frames=1)
+    assert "exceed" in str(expect_frames([repack(d), *frames], ErrorCode.MALFORMED, too_many))
+    total = len(repack(d)) + sum(map(len, frames))
+    small = Limits(max_message_bytes=total - 1)
+    assert str(total) in str(expect_frames([repack(d), *frames], ErrorCode.MALFORMED, small))
+    v1 = {**d, "v": 1}
+    expect_frames([repack(v1), *frames], ErrorCode.VERSION_MISMATCH)
+
+
+def expect_frames(frames: list, code: ErrorCode, limits: Limits | None = None) -> ProtocolError:
+    with pytest.raises(ProtocolError) as info:
+        decode(frames, limits)
+    assert info.value.code == code, info.value
+    return info.value
+
+
+def test_empty_arrays_travel():
+    a = np.zeros((0, 3), np.float32)
+    d = protocol.pack_array(a)
+    assert protocol.unpack_array(d, "x").shape == (0, 3)
+
+
+# ---------------------------------------------------------------- the fast readers
+
+
+def _checked(kind: str, d: dict, frames: list, limits: Limits) -> object | None:
+    """What the general decoder makes of a parsed map, or None where it refuses it."""
+    reader = protocol.FrameReader(frames, limits)
+    try:
+        message = protocol.MESSAGE_TYPES[kind].from_wire(d, reader)
+        reader.check_all_taken()
+    except ProtocolError:
+        return None
+    return message
+
+
+def _same(a: object, b: object) -> bool:
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if hasattr(a, "__dataclass_fields__"):
+        return all(_same(getattr(a, k), getattr(b, k)) for k in a.__dataclass_fields__)
+    return a == b
+
+
+def _mutations():
+    leaf = (
+        st.none() | st.booleans() | st.integers(-5, 2**64 - 1) | st.floats() | st.text(max_size=4)
+    )
+    leaf |= st.binary(max_size=8) | st.lists(st.integers(-2, 4), max_size=4)
+    return st.lists(
+        st.tuples(st.integers(0, 10**6), st.sampled_from(["set", "del"]), leaf), max_size=3
+    )
+
+
+def _paths(d: object, prefix: tuple = ()) -> list[tuple]:
+    out = [prefix] if prefix and prefix not in (("v",), ("type",)) else []  # decode checks those
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out += _paths(v, (*prefix, k))
+    return out
+
+
+def _mutate(d: dict, frames: list, edits: list, frame_edit: int) -> tuple[dict, list]:
+    import copy
+
+    d, frames = copy.deepcopy(d), list(frames)
+    for pick, how, value in edits:
+        paths = _paths(d)
+        path = paths[pick % len(paths)]
+        parent = d
+        for key in path[:-1]:
+            parent = parent[key]
+        if how == "del":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+    if frame_edit == 1 and frames:
+        frames[-1] = frames[-1][:-1]
+    elif frame_edit == 2:
+        frames.append(b"stray")
+    elif frame_edit == 3 and frames:
+        frames.pop()
+    return d, frames
+
+
+@pytest.mark.parametrize("kind", ["act", "act_reply"])
+def test_fast_readers_agree_with_the_general_decoder(kind):
+    from limbic.runtime.fast_path import READERS
+
+    rng = np.random.default_rng(8)
+    limits = Limits(max_image_pixels=HW[0] * HW[1])
+    if kind == "act":
+        message = ActRequest(21, make_obs(rng), 40)
+    else:
+        message = ActReply(22, rng.standard_normal((4, 3)).astype(np.float32), 3, Timings(1.5))
+    for frame_min_bytes in (0, 1024, 2**62):
+        header, *frames = encode(message, frame_min_bytes=frame_min_bytes)
+        d, frames = msgpack.unpackb(header, raw=False), [bytes(f) for f in frames]
+        fast = READERS[kind](d, frames, limits)
+        assert fast is not None and _same(fast, _checked(kind, d, frames, limits))
+
+    @settings(max_examples=400, deadline=None, database=None)
+    @given(_mutations(), st.integers(0, 3))
+    def agree(edits, frame_edit):
+        bad, bad_frames = _mutate(d, frames, edits, frame_edit)
+        fast = READERS[kind](bad, bad_frames, limits)
+        if fast is not None:  # what the fast reader accepts, the general decoder accepts alike
+            assert _same(fast, _checked(kind, bad, bad_frames, limits)), (bad, fast)
+
+    header, *frames = encode(message, frame_min_bytes=0)
+    d, frames = msgpack.unpackb(header, raw=False), [bytes(f) for f in frames]
+    agree()

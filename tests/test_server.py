@@ -65,15 +65,15 @@ def test_requests_that_arrive_together_are_batched_and_routed_back():
             for s in socks:
                 s.setsockopt(zmq.LINGER, 0)
                 s.connect(server.endpoint)
-            socks[0].send(encode(ActRequest(100, obs[0])))
+            socks[0].send_multipart(encode(ActRequest(100, obs[0])))
             wait_until(lambda: module.calls == 1, what="the first batch inside the model")
             for i in range(1, 6):  # these arrive while the server is busy with the first
-                socks[i].send(encode(ActRequest(100 + i, obs[i])))
+                socks[i].send_multipart(encode(ActRequest(100 + i, obs[i])))
             let_loopback_deliver()
             module.open()
             for i, s in enumerate(socks):
                 assert s.poll(10_000)
-                reply = decode(s.recv())
+                reply = decode(s.recv_multipart())
                 assert reply.id == 100 + i  # each client got its own answer
                 assert reply.timings.batch_size == (1 if i == 0 else 5)
                 np.testing.assert_allclose(reply.actions, expected[i], atol=1e-5)
@@ -163,17 +163,17 @@ def test_requests_queued_past_their_budget_are_not_run():
             for s in (first, second):
                 s.setsockopt(zmq.LINGER, 0)
                 s.connect(server.endpoint)
-            first.send(encode(ActRequest(1, make_obs(rng))))
+            first.send_multipart(encode(ActRequest(1, make_obs(rng))))
             wait_until(lambda: module.calls == 1, what="request 1 inside the model")
             # One socket keeps 3 ahead of 2 (the ROUTER fair-queues between sockets, not messages).
-            second.send(encode(ActRequest(3, make_obs(rng))))
-            second.send(encode(ActRequest(2, make_obs(rng), timeout_ms=1)))
+            second.send_multipart(encode(ActRequest(3, make_obs(rng))))
+            second.send_multipart(encode(ActRequest(2, make_obs(rng), timeout_ms=1)))
             let_loopback_deliver()
             module.release()  # 1 finishes; 3 and 2 are read together; 3 (older) runs and is held
             wait_until(lambda: module.calls == 2, what="request 3 inside the model")
             time.sleep(0.01)  # 2's 1 ms budget runs out while it waits behind 3
             module.open()
-            assert first.poll(10_000) and decode(first.recv()).id == 1
+            assert first.poll(10_000) and decode(first.recv_multipart()).id == 1
             replies = {}
             for _ in range(2):
                 assert second.poll(10_000)
@@ -312,6 +312,21 @@ def test_bad_weight_updates_are_refused_with_the_reason():
             assert (info.value.code, info.value.field) == (code, field), info.value
         assert learner.publish("policy", 6, good).version == 6
         assert server.stats()["policy_version"] == 6
+
+
+def test_weight_updates_above_the_size_limit_in_all_are_refused_not_dropped():
+    tensors = small_policy(seed=4).state_dict()
+    sizes = [t.numel() * t.element_size() for t in tensors.values()]
+    limit = max(sizes) + 1024  # every tensor's frame fits; all of them together do not
+    assert sum(sizes) > limit
+    with (
+        running_server(policy_runner(), max_weights_bytes=limit) as server,
+        WeightPublisher(server.weights_endpoint, timeout_s=30) as learner,
+    ):
+        with pytest.raises(ServerError) as info:
+            learner.publish("policy", 1, tensors)
+        assert info.value.code == ErrorCode.MALFORMED and f"exceeds {limit}" in str(info.value)
+        assert server.stats()["policy_version"] == 0
 
 
 def test_serve_from_the_hydra_config_with_a_safetensors_checkpoint(tmp_path):
