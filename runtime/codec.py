@@ -160,9 +160,12 @@ def pack_array(array: np.ndarray) -> dict[str, Any]:
         raise ContractError(
             "array", f"dtype {array.dtype} cannot travel; use one of {sorted(DTYPES)}"
         )
-    array = np.ascontiguousarray(array, dtype=DTYPES[name])
+    array = np.asarray(array, dtype=DTYPES[name])  # (ascontiguousarray would make 0-d arrays 1-d)
+    if not array.flags.c_contiguous:
+        array = array.copy(order="C")
     # A memoryview lets msgpack copy the bytes once, straight into its output buffer.
-    return {"dtype": name, "shape": list(array.shape), "data": memoryview(array).cast("B")}
+    data = memoryview(array.reshape(-1)).cast("B") if array.size else b""
+    return {"dtype": name, "shape": list(array.shape), "data": data}
 
 
 def unpack_array(
