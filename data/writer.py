@@ -61,36 +61,64 @@ class EpisodeWriter:
         vcodec: str = "libsvtav1",
         overwrite: bool = False,
         durable: bool = True,
+        resume: bool = False,
+        parallel_encoding: bool = True,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         _quiet_encoders()
         self.root = Path(root)
-        if self.root.exists():
-            if not overwrite:
-                raise FileExistsError(
-                    f"dataset folder {self.root} already exists; choose another path or pass overwrite=True"
-                )
-            shutil.rmtree(self.root)
         self.layout = layout
-        self.dataset = LeRobotDataset.create(
-            repo_id=repo_id,
-            fps=layout.fps,
-            features=layout.features(use_videos),
-            root=self.root,
-            robot_type=layout.robot_type,
-            use_videos=use_videos,
-            vcodec=vcodec,
-            metadata_buffer_size=1,
-        )
+        self.parallel_encoding = parallel_encoding
+        if resume and (self.root / "meta" / "info.json").is_file():
+            # Append to the episodes already there (a restarted learner or recorder).
+            self.dataset = LeRobotDataset(repo_id, root=self.root, vcodec=vcodec)
+            expected = layout.features(use_videos)
+            have = {k: v for k, v in self.dataset.features.items() if k in expected}
+            for key, feature in expected.items():
+                got = have.get(key)
+                if (
+                    got is None
+                    or got["dtype"] != feature["dtype"]
+                    or tuple(got["shape"]) != tuple(feature["shape"])
+                ):
+                    raise ValueError(
+                        f"dataset {self.root} does not match this layout at {key!r}: "
+                        f"has {got and (got['dtype'], tuple(got['shape']))}, expected {(feature['dtype'], tuple(feature['shape']))}"
+                    )
+            self.dataset.meta.metadata_buffer_size = 1
+        else:
+            if self.root.exists():
+                if not overwrite and not resume:
+                    raise FileExistsError(
+                        f"dataset folder {self.root} already exists; choose another path or pass overwrite=True"
+                    )
+                shutil.rmtree(self.root)
+            self.dataset = LeRobotDataset.create(
+                repo_id=repo_id,
+                fps=layout.fps,
+                features=layout.features(use_videos),
+                root=self.root,
+                robot_type=layout.robot_type,
+                use_videos=use_videos,
+                vcodec=vcodec,
+                metadata_buffer_size=1,
+            )
         self.durable = durable
         if durable:
-            # LeRobot starts a new parquet file once the open one passes this size; at 0 every
-            # episode gets files of its own, which save_episode() then closes (footers written).
+            # LeRobot starts a new file once the open one passes this size; at 0 every episode
+            # gets data and video files of its own, which save_episode() then closes: a saved
+            # episode is never rewritten (no appending to an earlier episode's video).
             self.dataset.meta.info["data_files_size_in_mb"] = 0
+            self.dataset.meta.info["video_files_size_in_mb"] = 0
         self._frames = 0
         self.episodes_saved = 0
         self.finalized = False
+
+    @property
+    def total_episodes(self) -> int:
+        """Episodes in the dataset, including those of earlier runs when resumed."""
+        return int(self.dataset.meta.total_episodes)
 
     def add_step(
         self,
@@ -128,7 +156,7 @@ class EpisodeWriter:
         if self._frames == 0:
             raise ValueError("no steps to save: call add_step() first")
         index = self.dataset.meta.total_episodes
-        self.dataset.save_episode()
+        self.dataset.save_episode(parallel_encoding=self.parallel_encoding)
         if self.durable:
             self._close_files()
         record = {"episode_index": index, "length": self._frames, **(info or {})}
