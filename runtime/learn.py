@@ -85,6 +85,10 @@ class LearnConfig:
         require(self.eval_every >= 1, "learn.eval_every", f"must be >= 1, got {self.eval_every}")
 
 
+class StopRequestedError(RuntimeError):
+    """A stop was requested during a long phase (demonstrations, pre-training, evaluation)."""
+
+
 # Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
 DEMO_SEED, ONLINE_SEED, EVAL_SEED = 1_000_000, 2_000_000, 3_000_000
 
@@ -118,6 +122,9 @@ class LearnResult:
 
 class Learner:
     """Holds the env, policy, critic, replay and their RNGs for one run."""
+
+    keep_observations = False
+    """Keep demonstrations' observations (a subclass that writes them to a dataset sets it)."""
 
     def __init__(self, cfg: LearnConfig):
         self.cfg = cfg
@@ -156,6 +163,14 @@ class Learner:
         self.out = Path(cfg.out_dir)
         self.out.mkdir(parents=True, exist_ok=True)
 
+    def interrupted(self) -> bool:
+        """Whether a stop was requested (a process that can be stopped overrides this)."""
+        return False
+
+    def _check_interrupted(self, what: str) -> None:
+        if self.interrupted():
+            raise StopRequestedError(f"stopped during {what}")
+
     def lang(self, text: str) -> torch.Tensor:
         """Instruction embedding ``[1, L]``, cached per instruction."""
         if text not in self._lang_cache:
@@ -181,6 +196,7 @@ class Learner:
         expert = ScriptedExpert(self.env, ExpertConfig(), seed=self.cfg.seed)
         demos: list[EpisodeRecord] = []
         for i in range(self.cfg.demos):
+            self._check_interrupted("demonstrations")
             ep = run_episode(
                 self.env,
                 lambda _obs, _tokens, _lang: expert.act(),
@@ -190,6 +206,7 @@ class Learner:
                 split="train",
                 keep_backbone_tokens=True,
                 on_reset=expert.reset,
+                keep_observations=self.keep_observations,
             )
             demos.append(ep)
         full = torch.from_numpy(
@@ -209,7 +226,9 @@ class Learner:
     def pretrain(self, steps: int) -> float:
         """Behaviour cloning on the human partitions; returns the last BC loss."""
         loss = float("nan")
-        for _ in range(steps):
+        for step in range(steps):
+            if step % 50 == 0:
+                self._check_interrupted("pre-training")
             loss = self.policy.agent.bc_update(self._batch())["bc_loss"]
         return loss
 
@@ -228,6 +247,7 @@ class Learner:
         """Deterministic policy on held-out seeds of the evaluation split."""
         results = []
         for i in range(self.cfg.eval_episodes):
+            self._check_interrupted("evaluation")
             ep = run_episode(
                 self.env,
                 self.policy_action(True),
