@@ -1,15 +1,19 @@
 """``limbic-train``: learn a task in simulation from scripted demonstrations and online RL.
 
-    limbic-train                                   # SO-101 pick-and-place, CPU, progress bar
-    limbic-train task=reach online_episodes=50
+    limbic-train                                   # SO-101 pick-and-place: server, learner, 2 actors
+    limbic-train task=reach online_episodes=50 actors=3
     limbic-train learner=bc                         # behaviour cloning only
     limbic-train critic_checkpoint=runs/critic/critic.pt   # add the critic's shaped reward
+    limbic-train runtime=inprocess                  # the single-process loop (no server, no actors)
+    limbic-train resume=true                        # continue an interrupted run in out_dir
 
-Ends by printing the held-out success rate and where the checkpoint, curves and videos are.
+Shows one progress bar (episodes, held-out success, updates/s, weight version) and ends by
+printing the held-out success rate and where the checkpoint, curves, videos and datasets are.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import hydra
@@ -17,21 +21,38 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from limbic.launch.config import ConfigError, to_object
-from limbic.runtime.learn import LearnConfig
+from limbic.runtime.supervisor import TrainConfig
 
-ConfigStore.instance().store(name="train_schema", node=LearnConfig)
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="train")
 def _hydra_main(dcfg: DictConfig) -> None:
-    from limbic.runtime.learn import learn
-
     try:
-        cfg = to_object(dcfg, LearnConfig)
+        cfg = to_object(dcfg, TrainConfig)
     except ConfigError as e:
         print(f"limbic-train: {e}", file=sys.stderr)
         sys.exit(2)
-    result = learn(cfg)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.runtime == "inprocess":
+        _in_process(cfg)
+    else:
+        _asynchronous(cfg)
+
+
+def _asynchronous(cfg: TrainConfig) -> None:
+    from limbic.launch.compose import stop_event_on_signals
+    from limbic.runtime.supervisor import print_summary, run_train
+
+    summary = run_train(cfg, stop_event_on_signals(), progress=cfg.progress)
+    print_summary(cfg, summary)
+
+
+def _in_process(cfg: TrainConfig) -> None:
+    from limbic.runtime.learn import learn
+
+    learn_cfg = cfg.learn_config()
+    result = learn(learn_cfg)
     last = result.curve[-1]
     print(
         f"final held-out success rate: {result.final_success:.0%} "

@@ -202,16 +202,17 @@ class TickClock:
     def __init__(self, period_s: float, stop: threading.Event):
         self.period_s, self._stop = period_s, stop
         self.next_s: float | None = None
+        self._last_start: float | None = None
         self.missed = 0
         self.ticks = 0
-        self.active_s = 0.0
-        self._started: float | None = None
+        self.intervals = 0
+        self.interval_s = 0.0
 
     def begin(self) -> float:
         """Wait for the next slot; returns the tick's start time (monotonic seconds)."""
         now = time.monotonic()
         if self.next_s is None:
-            self.next_s, self._started = now, now
+            self.next_s = now
         elif now < self.next_s:
             self._stop.wait(self.next_s - now)
             now = time.monotonic()
@@ -222,14 +223,21 @@ class TickClock:
             log.info("missed %d tick(s): this tick began %.1f ms after its slot", lost, late * 1e3)
             self.next_s = now
         self.next_s += self.period_s
+        if self._last_start is not None:
+            self.intervals += 1
+            self.interval_s += now - self._last_start
+        self._last_start = now
         self.ticks += 1
         return now
 
     def pause(self) -> None:
-        """Stop counting (between episodes): the next tick starts a fresh schedule."""
-        if self._started is not None:
-            self.active_s += time.monotonic() - self._started
-        self.next_s = self._started = None
+        """Stop the schedule (between episodes): the next tick starts a fresh one."""
+        self.next_s = self._last_start = None
+
+    @property
+    def achieved_hz(self) -> float:
+        """Tick starts per second while ticking (pauses between episodes left out)."""
+        return self.intervals / self.interval_s if self.interval_s > 0 else 0.0
 
 
 class CriticTrack:
@@ -608,7 +616,7 @@ class ActorLoop:
         r, clock = self.report, self.clock
         r.ticks = clock.ticks
         r.missed_ticks = clock.missed
-        r.achieved_hz = clock.ticks / clock.active_s if clock.active_s > 0 else 0.0
+        r.achieved_hz = clock.achieved_hz
         r.critic_misses = self.critic.misses if self.critic is not None else 0
         r.acked = self.outbox.acked
         r.unacked = len(self.outbox)
