@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     result = run_learner(cfg, stop_event_on_signals())
+    state = "finished" if result.finished else "stopped (the next start resumes)"
     print(
-        f"limbic-learner: held-out success {result.final_success:.0%} after {result.updates} updates, "
-        f"{result.minutes:.1f} min; checkpoint {result.out_dir / 'policy.pt'}",
+        f"limbic-learner {state}: held-out success {result.final_success:.0%} after {result.updates} "
+        f"updates, {result.minutes:.1f} min; checkpoint {result.out_dir / 'policy.pt'}",
         flush=True,
     )
     return 0

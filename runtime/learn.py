@@ -113,6 +113,8 @@ class LearnResult:
     out_dir: Path
     updates: int
     minutes: float
+    finished: bool = True
+    """False when the run was stopped before its budget (it can be resumed)."""
 
     def episodes_to(self, rate: float) -> int | None:
         """Online episodes at the first evaluation that reached ``rate`` (None if none did)."""

@@ -546,6 +546,7 @@ class AsyncLearner(Learner):
             self.out,
             self.policy.agent.updates,
             self.minutes,
+            self.finished,
         )
         (self.out / "curve.json").write_text(json.dumps([asdict(e) for e in curve], indent=1))
         if curve:
