@@ -23,7 +23,13 @@ from omegaconf import DictConfig
 from limbic.launch.config import ConfigError, to_object
 from limbic.runtime.supervisor import TrainConfig
 
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+def register_schema() -> None:
+    """Make ``train_schema`` (``launch/conf/train.yaml``'s first default) known to Hydra."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+register_schema()  # before @hydra.main composes train.yaml
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="train")
@@ -33,7 +39,9 @@ def _hydra_main(dcfg: DictConfig) -> None:
     except ConfigError as e:
         print(f"limbic-train: {e}", file=sys.stderr)
         sys.exit(2)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     if cfg.runtime == "inprocess":
         _in_process(cfg)
     else:
