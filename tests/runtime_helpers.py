@@ -100,7 +100,7 @@ class RecordingLearner:
     ``hold`` makes it receive but not store (no acknowledgement) until released.
     """
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:*", check=None):
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:*", check=None, **inbox_kwargs: Any):
         self.episodes: dict[str, EpisodeUpload] = {}
         self.stored_order: list[str] = []
         self.received = 0
@@ -116,6 +116,7 @@ class RecordingLearner:
                 "policy_version": 1,
                 "finished": False,
             },
+            **inbox_kwargs,
         ).start()
         self.endpoint = self.inbox.endpoint
         self._stop = threading.Event()
