@@ -415,6 +415,11 @@ class ActorLoop:
         self.broker = ActionChunkBroker(self._infer, cfg.period_s, timeout_s=cfg.deadline_s)
         spool = cfg.outbox.spool_dir or str(cfg.home / "outbox")
         self.outbox = Outbox(spool, cfg.outbox.memory_episodes, cfg.outbox.max_episodes)
+        # An episode spooled just before a crash that came before the counter advanced: go past it.
+        for episode_id in self.outbox.ids():
+            prefix, _, seq = episode_id.rpartition("-")
+            if prefix == cfg.actor_id and seq.isdigit():
+                self.state.next_seq = max(self.state.next_seq, int(seq) + 1)
         self.sender = (
             EpisodeSender(
                 self.outbox,

@@ -233,7 +233,7 @@ class AsyncLearner(Learner):
         with self.cond:
             lang_id = self.replay.instruction_id(instruction, lang)
             self.replay.add_episode(source, lang_id=lang_id, **arrays)
-            if source == "online":
+            if source != "demo":  # online interaction, with or without a human stepping in
                 total = (self.online_steps[-1] if self.online_steps else 0) + len(arrays["action"])
                 self.online_steps.append(total)
             self.cond.notify_all()

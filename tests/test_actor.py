@@ -6,13 +6,23 @@ import socket
 import threading
 
 import numpy as np
-from runtime_helpers import HW, LANG, RecordingLearner, SimPolicy, robot_config, runner, serving
+from runtime_helpers import (
+    HW,
+    LANG,
+    RecordingLearner,
+    SimPolicy,
+    episode,
+    robot_config,
+    runner,
+    serving,
+)
 from serving import wait_until
 
 from limbic.runtime.actor import ActorConfig, ActorLoop, run_actor
 from limbic.runtime.backends import TorchRunner
 from limbic.runtime.client import InferenceClient
-from limbic.runtime.outbox import OutboxConfig
+from limbic.runtime.outbox import Outbox, OutboxConfig
+from limbic.runtime.protocol import encode
 from limbic.runtime.servable import CachedInstructionEncoder, HashInstructionEncoder
 from limbic.runtime.server import InferenceServer, ServerConfig
 from limbic.runtime.small_models import SmallConvCritic
@@ -188,3 +198,17 @@ def test_the_served_critic_scores_every_frame_as_the_fused_potential(tmp_path):
     finally:
         server.stop()
         learner.close()
+
+
+def test_a_restarted_actor_never_reuses_the_id_of_a_spooled_episode(tmp_path):
+    cfg = actor_config(tmp_path, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+    cfg.home.mkdir(parents=True)
+    (cfg.home / "state.json").write_text('{"next_seq": 2}')
+    # the crash came after episode 2 was spooled, before the counter moved to 3
+    Outbox(cfg.home / "outbox", 0, 10).put("actor-0-000002", encode(episode("actor-0-000002")))
+    loop = ActorLoop(cfg, threading.Event())
+    try:
+        assert loop.state.next_seq == 3 and loop.outbox.ids() == ["actor-0-000002"]
+    finally:
+        loop.client.close()
+        loop.broker.close()
