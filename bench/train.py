@@ -5,7 +5,10 @@ the baseline, the in-process loop on the same config and seeds. Prints both lear
 the actors' achieved rates and missed ticks, the weight lag (median delay from a weight
 publication to the first action computed with it) and ends with
 ``success=... episodes=... minutes=... weight_lag_s=... actor_hz=...`` (then the missed ticks
-and the baseline's success and minutes). Extra arguments are ``limbic-train`` overrides::
+and the baseline's success and minutes). The job's learner and the baseline run at ``nice``
+(+10) below the caller, like ``limbic-train``'s learner: run the benchmark itself at normal
+priority, or the control loops and the server compete at the learner's. Extra arguments are
+``limbic-train`` overrides::
 
     limbic-bench train                                    # the default job (long on a CPU)
     limbic-bench train --no-baseline task=reach online_episodes=50
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -70,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"restarts: {summary.restarts}")
     base_success, base_minutes = float("nan"), float("nan")
     if not args.no_baseline and summary.finished:
+        os.nice(cfg.nice)  # the baseline is training: as low a priority as the job's learner
         started = time.monotonic()
         base = learn(
             dataclasses.replace(

@@ -197,3 +197,23 @@ def test_the_checkpoint_is_a_servable_policy(learner):
         served(images, torch.from_numpy(obs.state)[None], lang),
         learner.policy(images, torch.from_numpy(obs.state)[None], lang),
     )
+
+
+def test_weight_lag_counts_actors_acting_through_a_publication_only():
+    from limbic.runtime.weight_sync import WeightLag
+
+    ms = 1_000_000
+    lag = WeightLag()
+    pubs = [{"version": 2, "publish_ns": 1000 * ms}, {"version": 3, "publish_ns": 5000 * ms}]
+    tick = np.arange(0, 2000, 100, dtype=np.int64) * ms  # ticking every 100 ms
+    version = np.where(tick < 1100 * ms, 1, 2)  # v2 first used by the tick at 1100 ms
+    lag.add_episode(pubs, version, tick, tick + 20 * ms)  # each action arrives 20 ms after its tick
+    assert lag.samples == {2: pytest.approx(0.12)}  # 1120 ms - 1000 ms; v3 was never used
+    # an actor that was idle when v3 came out (its episode starts later) says nothing about v3
+    later = np.arange(7000, 7500, 100, dtype=np.int64) * ms
+    lag.add_episode(pubs, np.full(5, 3), later, later + 20 * ms)
+    assert set(lag.samples) == {2}
+    # another actor, ticking 50 ms later, got v2 sooner: the first action computed with it counts
+    other = tick + 50 * ms
+    lag.add_episode(pubs, np.where(other < 1050 * ms, 1, 2), other, other + 20 * ms)
+    assert lag.samples[2] == pytest.approx(0.07) and lag.median_s == pytest.approx(0.07)
