@@ -217,3 +217,32 @@ def test_weight_lag_counts_actors_acting_through_a_publication_only():
     other = tick + 50 * ms
     lag.add_episode(pubs, np.where(other < 1050 * ms, 1, 2), other, other + 20 * ms)
     assert lag.samples[2] == pytest.approx(0.07) and lag.median_s == pytest.approx(0.07)
+
+
+def test_an_episode_from_an_actor_lands_in_the_replay_as_the_in_process_loop_stores_it(learner):
+    learner.setup()
+    ep = run_episode(
+        learner.env,
+        learner.policy_action(False),
+        learner.featurize,
+        learner.lang,
+        seed=77,
+        split="train",
+        keep_observations=True,
+    )
+    upload = record_to_upload(ep, "actor-0-000000", "online", seed=77)
+    learner.ingest(upload)  # the actor's path: frames -> backbone -> compressor on the learner
+    p = learner.replay.partitions["online"]
+    t = len(ep)
+    rows = np.arange(t)
+    np.testing.assert_allclose(
+        p.tokens[p.obs[rows]].astype(np.float32), ep.tokens[:-1].astype(np.float32), atol=2e-3
+    )
+    np.testing.assert_allclose(
+        p.tokens[p.next[rows][-1]].astype(np.float32), ep.tokens[-1].astype(np.float32), atol=2e-3
+    )
+    np.testing.assert_array_equal(p.action[rows], ep.action)  # normalised from the applied actions
+    np.testing.assert_array_equal(p.reward[rows], ep.reward)
+    np.testing.assert_array_equal(p.terminal[rows], ep.terminal)
+    np.testing.assert_array_equal(p.state[p.obs[rows]], ep.state[:-1])
+    assert learner.online_steps == [t] and learner.owed_updates == t  # utd 1
