@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from limbic.runtime.client import InferenceError, ServerError, ServerTimeoutError
-from limbic.runtime.protocol import ErrorCode, Heartbeat
+from limbic.runtime.protocol import ErrorCode
 from limbic.runtime.weights import WeightPublisher
 
 log = logging.getLogger(__name__)
@@ -133,9 +133,7 @@ class WeightSync:
     def _watch(self) -> None:
         """Heartbeat the server; publish the last snapshot again if it lost it (restarted)."""
         try:
-            beat = self._publisher._conn.request(
-                Heartbeat(self._publisher._conn.next_id(), time.time_ns()), self.check_interval_s
-            )
+            beat = self._publisher.ping(self.check_interval_s)
         except InferenceError:
             return
         self.live_version = beat.policy_version
@@ -162,7 +160,10 @@ class WeightSync:
             if e.code == ErrorCode.STALE_VERSION:
                 self._catch_up()
                 return False
-            raise
+            if e.code == ErrorCode.INTERNAL:  # the server failed loading them; it keeps serving
+                log.error("server failed to load weights v%d: %s; retrying", version, e)
+                return False
+            raise  # weights that do not fit the served model: a configuration error
         except ServerTimeoutError as e:
             log.info("weights v%d not published (%s); retrying", version, e)
             return False
@@ -182,9 +183,7 @@ class WeightSync:
 
     def _catch_up(self) -> None:
         try:
-            beat = self._publisher._conn.request(
-                Heartbeat(self._publisher._conn.next_id(), 0), self.timeout_s
-            )
+            beat = self._publisher.ping()
         except InferenceError:
             return
         self.next_version = max(self.next_version, beat.policy_version + 1)

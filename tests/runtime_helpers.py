@@ -38,6 +38,13 @@ def robot_config(**kw: Any) -> RobotConfig:
     return RobotConfig(sim=sim_config(**kw))
 
 
+class Gate(threading.Event):
+    """An event that copies of a module share (the server deep-copies a model for weight swaps)."""
+
+    def __deepcopy__(self, memo: dict) -> Gate:
+        return self
+
+
 class SimPolicy(SmallConvPolicy):
     """A small servable policy whose actions lie inside the sim arm's bounds; can be held.
 
@@ -58,7 +65,7 @@ class SimPolicy(SmallConvPolicy):
         )
         self.register_buffer("low", torch.as_tensor(spec.low))
         self.register_buffer("high", torch.as_tensor(spec.high))
-        self.gate = threading.Event()
+        self.gate = Gate()
         self.gate.set()
         self.calls = 0
 

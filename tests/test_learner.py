@@ -246,3 +246,43 @@ def test_an_episode_from_an_actor_lands_in_the_replay_as_the_in_process_loop_sto
     np.testing.assert_array_equal(p.terminal[rows], ep.terminal)
     np.testing.assert_array_equal(p.state[p.obs[rows]], ep.state[:-1])
     assert learner.online_steps == [t] and learner.owed_updates == t  # utd 1
+
+
+def test_weights_reach_a_restarted_server_and_versions_only_grow(tmp_path):
+    import socket
+
+    from runtime_helpers import SimPolicy, runner
+    from serving import wait_until
+
+    from limbic.runtime.server import InferenceServer, ServerConfig
+    from limbic.runtime.weight_sync import WeightSync
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        weights = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+    def start(version: int) -> InferenceServer:
+        cfg = ServerConfig(endpoint="tcp://127.0.0.1:*", weights_endpoint=weights)
+        return InferenceServer(cfg, runner(SimPolicy(), version=version)).start()
+
+    state = {k: v.numpy().copy() for k, v in SimPolicy(seed=5).state_dict().items()}
+    server = start(version=4)  # already above what this learner would publish first
+    sync = WeightSync(
+        weights, tmp_path / "weights.jsonl", first_version=1, check_interval_s=0.1
+    ).start()
+    try:
+        sync.offer(state)
+        wait_until(
+            lambda: server.policy.version == 5, 30, "v5 after catching up with the server's v4"
+        )
+        server.stop()
+        server = start(version=0)  # a restarted server holds its initial weights
+        wait_until(lambda: server.policy.version > 5, 30, "the weights published again")
+        versions = [
+            json.loads(line)["version"]
+            for line in (tmp_path / "weights.jsonl").read_text().splitlines()
+        ]
+        assert versions == sorted(set(versions)) and versions[0] == 5
+    finally:
+        sync.stop()
+        server.stop()
