@@ -163,8 +163,10 @@ def _die_with_parent() -> None:  # pragma: no cover (runs in the child before ex
 class Child:
     """One child process: its command, log file, restarts."""
 
-    def __init__(self, name: str, module: str, config: Path, logs: Path):
+    def __init__(self, name: str, module: str, config: Path, logs: Path, budget: int = 0):
         self.name, self.module, self.config = name, module, config
+        self.budget = budget
+        """Episodes this child (an actor) is to deliver."""
         self.log_path = logs / f"{name}.log"
         self.proc: subprocess.Popen | None = None
         self.restarts = 0
@@ -259,9 +261,11 @@ class TrainJob:
                 "limbic.launch.actor",
                 write_config(a, configs / f"{a.actor_id}.yaml"),
                 self.logs,
+                budget=a.episodes,
             )
             for a in self._actor_configs()
         ]
+        self._actors_done_at: float | None = None
 
     # ------------------------------------------------------------ configs
 
@@ -381,7 +385,22 @@ class TrainJob:
                 actor.finished = True
             else:
                 self._restart(actor, "crashed")
+        self._check_starved(status)
         return False
+
+    def _check_starved(self, status: dict[str, Any]) -> None:
+        """Every actor is done (all its episodes acknowledged) but the learner still waits for some:
+        it refused them (see the actors' ``outbox/rejected``). Nothing more will come."""
+        if not self.actors or not all(a.finished for a in self.actors):
+            return
+        if self._actors_done_at is None:
+            self._actors_done_at = time.monotonic()
+        budget = sum(a.budget for a in self.actors)
+        if status.get("episodes", 0) < budget and time.monotonic() - self._actors_done_at > 30.0:
+            raise RuntimeError(
+                f"the actors finished but the learner holds {status.get('episodes', 0)} of {budget} "
+                f"episodes; it refused some: see {self.out / 'actors'}/*/outbox/rejected"
+            )
 
     def shutdown(self) -> None:
         """Actors, then the learner, then the server; each SIGTERM first, SIGKILL after the timeout."""
