@@ -156,7 +156,8 @@ class EpisodeWriter:
         if self._frames == 0:
             raise ValueError("no steps to save: call add_step() first")
         index = self.dataset.meta.total_episodes
-        self.dataset.save_episode(parallel_encoding=self.parallel_encoding)
+        with _keep_scheduling():
+            self.dataset.save_episode(parallel_encoding=self.parallel_encoding)
         if self.durable:
             self._close_files()
         record = {"episode_index": index, "length": self._frames, **(info or {})}
@@ -193,6 +194,25 @@ class EpisodeWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.finalize()
+
+
+@contextmanager
+def _keep_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy after video encoding.
+
+    The SVT-AV1 encoder (LeRobot's default codec) switches the thread that starts it to
+    real-time SCHED_FIFO priority 99 when the process may (as root): a learner or recorder
+    would then pre-empt every control loop on the machine for the rest of its life.
+    """
+    if not hasattr(os, "sched_getscheduler"):  # not Linux
+        yield
+        return
+    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
+            os.sched_setscheduler(0, policy, param)
 
 
 def _quiet_encoders() -> None:

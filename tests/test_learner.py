@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import numpy as np
@@ -286,3 +287,22 @@ def test_weights_reach_a_restarted_server_and_versions_only_grow(tmp_path):
     finally:
         sync.stop()
         server.stop()
+
+
+def test_encoding_an_episode_video_leaves_the_thread_scheduling_alone(tmp_path):
+    # SVT-AV1 makes its calling thread real-time (SCHED_FIFO 99) when it may: a learner that
+    # stores episodes would pre-empt the control loops. The writer restores the policy.
+    from limbic.contracts import ActionSpec, Observation
+    from limbic.data.writer import DatasetLayout, EpisodeWriter
+
+    spec = ActionSpec("ee_delta", ("dx", "gripper"), np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    layout = DatasetLayout(("front",), (32, 32), ("q",), spec, 10, "sim")
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    with EpisodeWriter(tmp_path / "d", layout, use_videos=True, parallel_encoding=False) as writer:
+        for t in range(3):
+            obs = Observation(
+                t, {"front": np.zeros((32, 32, 3), np.uint8)}, np.zeros(1, np.float32), "go", "e", t
+            )
+            writer.add_step(obs, np.zeros(2, np.float32))
+        writer.save_episode()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
