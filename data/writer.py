@@ -12,10 +12,13 @@ beside LeRobot's metadata, one flushed line per saved episode.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -202,17 +205,37 @@ def _keep_scheduling() -> Iterator[None]:
 
     The SVT-AV1 encoder (LeRobot's default codec) switches the thread that starts it to
     real-time SCHED_FIFO priority 99 when the process may (as root): a learner or recorder
-    would then pre-empt every control loop on the machine for the rest of its life.
+    would then pre-empt every control loop on the machine. The policy is put back through
+    ``pthread_setschedparam`` (not ``os.sched_setscheduler``), so glibc's record of it is
+    right too: threads created later (ZeroMQ's, for one) copy that record.
     """
-    if not hasattr(os, "sched_getscheduler"):  # not Linux
+    libc = _libc()
+    if libc is None:
         yield
         return
-    policy, param = os.sched_getscheduler(0), os.sched_getparam(0)
+    self_id = libc.pthread_self()
+    policy, param = ctypes.c_int(), ctypes.c_int()
+    if libc.pthread_getschedparam(self_id, ctypes.byref(policy), ctypes.byref(param)) != 0:
+        yield
+        return
     try:
         yield
     finally:
-        if (os.sched_getscheduler(0), os.sched_getparam(0)) != (policy, param):
-            os.sched_setscheduler(0, policy, param)
+        libc.pthread_setschedparam(self_id, policy, ctypes.byref(param))
+
+
+@functools.cache
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    libc.pthread_self.restype = ctypes.c_ulong
+    libc.pthread_getschedparam.argtypes = [ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p]
+    libc.pthread_setschedparam.argtypes = [ctypes.c_ulong, ctypes.c_int, ctypes.c_void_p]
+    return libc
 
 
 def _quiet_encoders() -> None:

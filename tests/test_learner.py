@@ -306,3 +306,22 @@ def test_encoding_an_episode_video_leaves_the_thread_scheduling_alone(tmp_path):
             writer.add_step(obs, np.zeros(2, np.float32))
         writer.save_episode()
     assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    # threads started afterwards copy glibc's record of the policy: ZeroMQ's I/O threads do
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        ctx.socket(zmq.ROUTER).bind("tcp://127.0.0.1:*")
+        assert all(policy == before[0] for policy in _thread_policies())
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _thread_policies() -> list[int]:
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out.append(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    return out
