@@ -312,7 +312,7 @@ def test_encoding_an_episode_video_leaves_the_thread_scheduling_alone(tmp_path):
     ctx = zmq.Context()
     try:
         ctx.socket(zmq.ROUTER).bind("tcp://127.0.0.1:*")
-        assert all(policy == before[0] for policy in _thread_policies())
+        assert not {os.SCHED_FIFO, os.SCHED_RR} & set(_thread_policies())
     finally:
         ctx.destroy(linger=0)
 
