@@ -12,10 +12,13 @@ beside LeRobot's metadata, one flushed line per saved episode.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import os
 import shutil
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -61,36 +64,64 @@ class EpisodeWriter:
         vcodec: str = "libsvtav1",
         overwrite: bool = False,
         durable: bool = True,
+        resume: bool = False,
+        parallel_encoding: bool = True,
     ):
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         _quiet_encoders()
         self.root = Path(root)
-        if self.root.exists():
-            if not overwrite:
-                raise FileExistsError(
-                    f"dataset folder {self.root} already exists; choose another path or pass overwrite=True"
-                )
-            shutil.rmtree(self.root)
         self.layout = layout
-        self.dataset = LeRobotDataset.create(
-            repo_id=repo_id,
-            fps=layout.fps,
-            features=layout.features(use_videos),
-            root=self.root,
-            robot_type=layout.robot_type,
-            use_videos=use_videos,
-            vcodec=vcodec,
-            metadata_buffer_size=1,
-        )
+        self.parallel_encoding = parallel_encoding
+        if resume and (self.root / "meta" / "info.json").is_file():
+            # Append to the episodes already there (a restarted learner or recorder).
+            self.dataset = LeRobotDataset(repo_id, root=self.root, vcodec=vcodec)
+            expected = layout.features(use_videos)
+            have = {k: v for k, v in self.dataset.features.items() if k in expected}
+            for key, feature in expected.items():
+                got = have.get(key)
+                if (
+                    got is None
+                    or got["dtype"] != feature["dtype"]
+                    or tuple(got["shape"]) != tuple(feature["shape"])
+                ):
+                    raise ValueError(
+                        f"dataset {self.root} does not match this layout at {key!r}: "
+                        f"has {got and (got['dtype'], tuple(got['shape']))}, expected {(feature['dtype'], tuple(feature['shape']))}"
+                    )
+            self.dataset.meta.metadata_buffer_size = 1
+        else:
+            if self.root.exists():
+                if not overwrite and not resume:
+                    raise FileExistsError(
+                        f"dataset folder {self.root} already exists; choose another path or pass overwrite=True"
+                    )
+                shutil.rmtree(self.root)
+            self.dataset = LeRobotDataset.create(
+                repo_id=repo_id,
+                fps=layout.fps,
+                features=layout.features(use_videos),
+                root=self.root,
+                robot_type=layout.robot_type,
+                use_videos=use_videos,
+                vcodec=vcodec,
+                metadata_buffer_size=1,
+            )
         self.durable = durable
         if durable:
-            # LeRobot starts a new parquet file once the open one passes this size; at 0 every
-            # episode gets files of its own, which save_episode() then closes (footers written).
+            # LeRobot starts a new file once the open one passes this size; at 0 every episode
+            # gets data and video files of its own, which save_episode() then closes: a saved
+            # episode is never rewritten (no appending to an earlier episode's video).
             self.dataset.meta.info["data_files_size_in_mb"] = 0
+            self.dataset.meta.info["video_files_size_in_mb"] = 0
         self._frames = 0
         self.episodes_saved = 0
         self.finalized = False
+
+    @property
+    def total_episodes(self) -> int:
+        """Episodes in the dataset, including those of earlier runs when resumed."""
+        return int(self.dataset.meta.total_episodes)
 
     def add_step(
         self,
@@ -128,7 +159,8 @@ class EpisodeWriter:
         if self._frames == 0:
             raise ValueError("no steps to save: call add_step() first")
         index = self.dataset.meta.total_episodes
-        self.dataset.save_episode()
+        with _keep_scheduling():
+            self.dataset.save_episode(parallel_encoding=self.parallel_encoding)
         if self.durable:
             self._close_files()
         record = {"episode_index": index, "length": self._frames, **(info or {})}
@@ -165,6 +197,45 @@ class EpisodeWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.finalize()
+
+
+@contextmanager
+def _keep_scheduling() -> Iterator[None]:
+    """Restore the calling thread's scheduling policy after video encoding.
+
+    The SVT-AV1 encoder (LeRobot's default codec) switches the thread that starts it to
+    real-time SCHED_FIFO priority 99 when the process may (as root): a learner or recorder
+    would then pre-empt every control loop on the machine. The policy is put back through
+    ``pthread_setschedparam`` (not ``os.sched_setscheduler``), so glibc's record of it is
+    right too: threads created later (ZeroMQ's, for one) copy that record.
+    """
+    libc = _libc()
+    if libc is None:
+        yield
+        return
+    self_id = libc.pthread_self()
+    policy, param = ctypes.c_int(), ctypes.c_int()
+    if libc.pthread_getschedparam(self_id, ctypes.byref(policy), ctypes.byref(param)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        libc.pthread_setschedparam(self_id, policy, ctypes.byref(param))
+
+
+@functools.cache
+def _libc() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    libc.pthread_self.restype = ctypes.c_ulong
+    libc.pthread_getschedparam.argtypes = [ctypes.c_ulong, ctypes.c_void_p, ctypes.c_void_p]
+    libc.pthread_setschedparam.argtypes = [ctypes.c_ulong, ctypes.c_int, ctypes.c_void_p]
+    return libc
 
 
 def _quiet_encoders() -> None:

@@ -1,6 +1,8 @@
 """``limbic-serve``: the inference server (policy + progress critic) for actor loops.
 
 limbic-serve [key=value ...]            serve; overrides as in launch/conf/serve.yaml
+limbic-serve --config FILE [key=value ...]
+                                        serve a config file (limbic-train writes one)
 limbic-serve keygen --out DIR [--name NAME] [--force]
                                         write a CURVE key pair (owner-readable only)
 """
@@ -11,7 +13,7 @@ import argparse
 import logging
 import sys
 
-from limbic.launch.compose import compose, show
+from limbic.launch.compose import load_or_compose, show
 from limbic.launch.config import ConfigError
 
 
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__ + "\ndefault config:\n\n" + show("serve", []))
         return 0
     try:
-        cfg = compose("serve", argv, ServeConfig)
+        cfg = load_or_compose("serve", argv, ServeConfig)
     except ConfigError as e:
         print(f"limbic-serve: {e}", file=sys.stderr)
         return 2

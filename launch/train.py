@@ -1,16 +1,21 @@
 """``limbic-train``: learn a task in simulation from scripted demonstrations and online RL.
 
-    limbic-train                                   # SO-101 pick-and-place, CPU, progress bar
-    limbic-train task=reach online_episodes=50
+    limbic-train                                   # SO-101 pick-and-place: server, learner, 2 actors
+    limbic-train task=reach online_episodes=50 actors=3
     limbic-train learner=bc                         # behaviour cloning only
     limbic-train critic_checkpoint=runs/critic/critic.pt   # add the critic's shaped reward
-    torchrun --nproc-per-node 4 -m limbic.launch.train     # data-parallel over 4 GPUs
+    limbic-train runtime=inprocess                  # the single-process loop (no server, no actors)
+    limbic-train resume=true                        # continue an interrupted run in out_dir
+    torchrun --nproc-per-node 4 -m limbic.launch.train runtime=inprocess   # data-parallel over 4 GPUs
 
-Ends by printing the held-out success rate and where the checkpoint, curves and videos are.
+Shows one progress bar (episodes, held-out success, updates/s, weight version) and ends by
+printing the held-out success rate and where the checkpoint, curves, videos and datasets are.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 
 import hydra
@@ -19,22 +24,54 @@ from omegaconf import DictConfig
 
 from limbic.launch.config import ConfigError, to_object
 from limbic.runtime.distributed import DistributedError
-from limbic.runtime.learn import LearnConfig
+from limbic.runtime.supervisor import TrainConfig
 
-ConfigStore.instance().store(name="train_schema", node=LearnConfig)
+
+def register_schema() -> None:
+    """Make ``train_schema`` (``launch/conf/train.yaml``'s first default) known to Hydra."""
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+register_schema()  # before @hydra.main composes train.yaml
 
 
 @hydra.main(version_base=None, config_path="conf", config_name="train")
 def _hydra_main(dcfg: DictConfig) -> None:
-    from limbic.runtime.learn import learn
-
     try:
-        cfg = to_object(dcfg, LearnConfig)
+        cfg = to_object(dcfg, TrainConfig)
     except ConfigError as e:
         print(f"limbic-train: {e}", file=sys.stderr)
         sys.exit(2)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if cfg.runtime == "inprocess":
+        _in_process(cfg)
+    elif int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print(
+            "limbic-train: runtime: under torchrun the learning loop runs data-parallel in "
+            "process; add runtime=inprocess (the asynchronous system starts its own processes)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    else:
+        _asynchronous(cfg)
+
+
+def _asynchronous(cfg: TrainConfig) -> None:
+    from limbic.launch.compose import stop_event_on_signals
+    from limbic.runtime.supervisor import print_summary, run_train
+
+    summary = run_train(cfg, stop_event_on_signals(), progress=cfg.progress)
+    print_summary(cfg, summary)
+
+
+def _in_process(cfg: TrainConfig) -> None:
+    from limbic.runtime.learn import learn
+
+    learn_cfg = cfg.learn_config()
     try:
-        result = learn(cfg)
+        result = learn(learn_cfg)
     except DistributedError as e:
         print(f"limbic-train: {e}", file=sys.stderr)
         sys.exit(2)

@@ -133,6 +133,8 @@ class VLAPolicy(nn.Module):
         )
         self.register_buffer("action_low", torch.as_tensor(action_spec.low, dtype=torch.float32))
         self.register_buffer("action_high", torch.as_tensor(action_spec.high, dtype=torch.float32))
+        self.explore = False
+        """Serve sampled actions (an RL actor's exploration) instead of the deterministic mean."""
 
     @property
     def device(self) -> torch.device:
@@ -177,9 +179,10 @@ class VLAPolicy(nn.Module):
     def forward(
         self, images: torch.Tensor, state: torch.Tensor, lang: torch.Tensor
     ) -> torch.Tensor:
-        """The servable interface: deterministic action chunk ``float32[B, chunk, A]``."""
+        """The servable interface: action chunk ``float32[B, chunk, A]``, deterministic unless
+        :attr:`explore` (then sampled from the policy, as online RL collection needs)."""
         tokens = self.compact_tokens(self.backbone_tokens(images))
-        return self.act_tokens(tokens, state.float(), lang.float(), deterministic=True)
+        return self.act_tokens(tokens, state.float(), lang.float(), deterministic=not self.explore)
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
@@ -199,8 +202,12 @@ class VLAPolicy(nn.Module):
         )
 
     @classmethod
-    def load(cls, path: str | Path, backbone: VisionBackbone | None = None) -> VLAPolicy:
-        """A policy from :meth:`save`; the frozen backbone comes from its package, not the file."""
+    def load(
+        cls, path: str | Path, backbone: VisionBackbone | None = None, explore: bool = False
+    ) -> VLAPolicy:
+        """A policy from :meth:`save`; the frozen backbone comes from its package, not the file
+        (a checkpoint that carries ``backbone`` weights, as the learner's does for a backbone
+        trained from scratch, restores them). ``explore`` serves sampled actions."""
         # weights_only: tensors and plain containers only, nothing is unpickled into code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         raw = dict(ckpt["config"])
@@ -212,5 +219,8 @@ class VLAPolicy(nn.Module):
             raise ValueError(
                 f"{path}: weights do not fit this policy (missing {missing}, unexpected {unexpected})"
             )
+        if "backbone" in ckpt and backbone is None:
+            policy.backbone.load_state_dict(ckpt["backbone"])
         policy.agent.restore(ckpt["agent"])
+        policy.explore = bool(explore)
         return policy

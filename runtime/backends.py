@@ -308,8 +308,9 @@ class EncoderConfig:
 
     target: str = "limbic.runtime.servable:HashInstructionEncoder"
     """``package.module:Class`` with ``dim`` and ``encode(texts) -> float32[N, dim]``."""
-    args: dict[str, Any] = field(default_factory=lambda: {"dim": 32})
-    """Keyword arguments of the class."""
+    args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of the class. (An empty default: a config's map is merged into the
+    default map, so a non-empty default would leak into every other encoder's arguments.)"""
     cache_size: int = 4096
     """Instructions kept in the embedding cache."""
 

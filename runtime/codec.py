@@ -249,10 +249,12 @@ def pack_array(array: np.ndarray, out: FrameWriter = _INLINE) -> dict[str, Any]:
                 "array", f"dtype {array.dtype} cannot travel; use one of {sorted(DTYPES)}"
             )
     if not array.flags.c_contiguous or array.dtype is not DTYPES[name]:
-        array = np.ascontiguousarray(array, dtype=DTYPES[name])
+        array = np.asarray(array, dtype=DTYPES[name])  # (ascontiguousarray makes 0-d arrays 1-d)
+        if not array.flags.c_contiguous:
+            array = array.copy(order="C")
     # A memoryview: msgpack or ZeroMQ copies the bytes once, straight into its own buffer
-    # (a view with a zero in its shape cannot be cast to bytes).
-    data = memoryview(array).cast("B") if array.size else b""
+    # (a view with a zero in its shape cannot be cast to bytes; a 0-d one is flattened first).
+    data = memoryview(array.reshape(-1)).cast("B") if array.size else b""
     return {"dtype": name, "shape": list(array.shape), **out.binary(data, array.nbytes)}
 
 

@@ -109,6 +109,10 @@ class LearnConfig:
         )
 
 
+class StopRequestedError(RuntimeError):
+    """A stop was requested during a long phase (demonstrations, pre-training, evaluation)."""
+
+
 # Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
 DEMO_SEED, ONLINE_SEED, EVAL_SEED = 1_000_000, 2_000_000, 3_000_000
 
@@ -136,6 +140,8 @@ class LearnResult:
     rank: int = 0
     """The rank that returns this result (rank 0 wrote the outputs)."""
     world_size: int = 1
+    finished: bool = True
+    """False when the run was stopped before its budget (it can be resumed)."""
 
     def episodes_to(self, rate: float) -> int | None:
         """Online episodes at the first evaluation that reached ``rate`` (None if none did)."""
@@ -145,6 +151,9 @@ class LearnResult:
 
 class Learner:
     """Holds the env, policy, critic, replay and their RNGs for one run (one rank of it)."""
+
+    keep_observations = False
+    """Keep demonstrations' observations (a subclass that writes them to a dataset sets it)."""
 
     def __init__(self, cfg: LearnConfig, dist: DistContext | None = None):
         self.cfg = cfg
@@ -189,6 +198,14 @@ class Learner:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
 
+    def interrupted(self) -> bool:
+        """Whether a stop was requested (a process that can be stopped overrides this)."""
+        return False
+
+    def _check_interrupted(self, what: str) -> None:
+        if self.interrupted():
+            raise StopRequestedError(f"stopped during {what}")
+
     def lang(self, text: str) -> torch.Tensor:
         """Instruction embedding ``[1, L]`` on the learning device, cached per instruction."""
         if text not in self._lang_cache:
@@ -215,6 +232,7 @@ class Learner:
         expert = ScriptedExpert(self.env, ExpertConfig(), seed=self.cfg.seed)
         demos: list[EpisodeRecord] = []
         for i in range(self.cfg.demos):
+            self._check_interrupted("demonstrations")
             ep = run_episode(
                 self.env,
                 lambda _obs, _tokens, _lang: expert.act(),
@@ -224,6 +242,7 @@ class Learner:
                 split="train",
                 keep_backbone_tokens=True,
                 on_reset=expert.reset,
+                keep_observations=self.keep_observations,
             )
             demos.append(ep)
         full = torch.from_numpy(
@@ -247,7 +266,9 @@ class Learner:
     def pretrain(self, steps: int) -> float:
         """Behaviour cloning on the human partitions; returns the last BC loss."""
         loss = float("nan")
-        for _ in range(steps):
+        for step in range(steps):
+            if step % 50 == 0:
+                self._check_interrupted("pre-training")
             loss = self.policy.agent.bc_update(self._batch())["bc_loss"]
         return loss
 
@@ -272,6 +293,7 @@ class Learner:
         recorded = 0
         for i in range(d.rank, self.cfg.eval_episodes, d.world_size):
             keep = d.is_main and recorded < videos
+            self._check_interrupted("evaluation")
             ep = run_episode(
                 self.env,
                 self.policy_action(True),

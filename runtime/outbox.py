@@ -58,9 +58,10 @@ class OutboxConfig:
 
     spool_dir: str = ""
     """Folder for spilled episodes; empty: ``<actor out_dir>/<actor_id>/outbox``."""
-    memory_episodes: int = 4
-    """Unacknowledged episodes kept in memory; later ones go to the spool folder (0: all do,
-    so every finished episode also survives an actor crash)."""
+    memory_episodes: int = 0
+    """Unacknowledged episodes kept in memory only; later ones go to the spool folder. At 0
+    (the default) every finished episode is on disk before it is sent, so it survives an
+    actor crash too."""
     max_episodes: int = 500
     """Unacknowledged episodes (memory and disk) before the actor waits for the learner."""
     ack_timeout_s: float = 300.0

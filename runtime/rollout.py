@@ -41,6 +41,10 @@ class EpisodeRecord:
     frames: list[np.ndarray] = field(default_factory=list)
     backbone_tokens: np.ndarray | None = None
     """float16[T + 1, V, N, C]: the uncompressed tokens, when asked for (to fit the compressor)."""
+    observations: list[Observation] = field(default_factory=list)
+    """The ``T + 1`` observations, when asked for (to write the episode to a dataset)."""
+    env_action: np.ndarray | None = None
+    """float32[T, A]: the actions as applied, in the arm's units (with the observations)."""
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -91,6 +95,7 @@ def run_episode(
     keep_frames: bool = False,
     keep_backbone_tokens: bool = False,
     on_reset: Callable[[], None] | None = None,
+    keep_observations: bool = False,
 ) -> EpisodeRecord:
     """Run ``act`` for one episode of ``env`` (reset with ``seed``/``split``).
 
@@ -105,6 +110,8 @@ def run_episode(
     tokens, states, actions, rewards, terminals, phis, dones = [], [], [], [], [], [], []
     frames: list[np.ndarray] = []
     full: list[np.ndarray] = []
+    observations: list[Observation] = []
+    applied: list[np.ndarray] = []
 
     def observe(o: Observation, first: bool) -> torch.Tensor:
         compact, critic_tokens, backbone_tokens = featurize(o)
@@ -122,6 +129,8 @@ def run_episode(
         dones.append(done)
         if keep_frames:
             frames.append(np.concatenate([o.images[v] for v in featurize.policy.views], axis=1))
+        if keep_observations:
+            observations.append(o)
         return compact
 
     compact = observe(obs, first=True)
@@ -130,6 +139,8 @@ def run_episode(
         action = act(obs, compact, instr_emb)
         result = env.step(action)
         actions.append(normalizer.normalize(result.action))
+        if keep_observations:
+            applied.append(result.action)
         rewards.append(float(result.success))
         terminals.append(result.terminated)
         obs = result.observation
@@ -149,4 +160,6 @@ def run_episode(
         success=success,
         frames=frames,
         backbone_tokens=np.stack(full) if keep_backbone_tokens else None,
+        observations=observations,
+        env_action=np.stack(applied).astype(np.float32) if keep_observations else None,
     )

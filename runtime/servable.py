@@ -107,7 +107,7 @@ class HashInstructionEncoder:
     same vector, in every process; different texts are nearly orthogonal.
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int = 32):
         if dim < 1:
             raise ContractError("dim", f"expected a positive embedding size, got {dim}")
         self.dim = int(dim)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -84,6 +85,11 @@ class WeightPublisher:
             self._conn.next_id(), target, int(version), to_numpy_tensors(state_dict)
         )
         return self._conn.request(update, self.timeout_s if timeout_s is None else timeout_s)
+
+    def ping(self, timeout_s: float | None = None) -> Heartbeat:
+        """A heartbeat round trip; the reply carries the server's live versions."""
+        beat = Heartbeat(self._conn.next_id(), time.time_ns())
+        return self._conn.request(beat, self.timeout_s if timeout_s is None else timeout_s)
 
     def close(self) -> None:
         """Close the socket."""

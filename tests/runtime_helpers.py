@@ -38,6 +38,13 @@ def robot_config(**kw: Any) -> RobotConfig:
     return RobotConfig(sim=sim_config(**kw))
 
 
+class Gate(threading.Event):
+    """An event that copies of a module share (the server deep-copies a model for weight swaps)."""
+
+    def __deepcopy__(self, memo: dict) -> Gate:
+        return self
+
+
 class SimPolicy(SmallConvPolicy):
     """A small servable policy whose actions lie inside the sim arm's bounds; can be held.
 
@@ -58,7 +65,7 @@ class SimPolicy(SmallConvPolicy):
         )
         self.register_buffer("low", torch.as_tensor(spec.low))
         self.register_buffer("high", torch.as_tensor(spec.high))
-        self.gate = threading.Event()
+        self.gate = Gate()
         self.gate.set()
         self.calls = 0
 
@@ -100,7 +107,7 @@ class RecordingLearner:
     ``hold`` makes it receive but not store (no acknowledgement) until released.
     """
 
-    def __init__(self, endpoint: str = "tcp://127.0.0.1:*", check=None):
+    def __init__(self, endpoint: str = "tcp://127.0.0.1:*", check=None, **inbox_kwargs: Any):
         self.episodes: dict[str, EpisodeUpload] = {}
         self.stored_order: list[str] = []
         self.received = 0
@@ -116,6 +123,7 @@ class RecordingLearner:
                 "policy_version": 1,
                 "finished": False,
             },
+            **inbox_kwargs,
         ).start()
         self.endpoint = self.inbox.endpoint
         self._stop = threading.Event()

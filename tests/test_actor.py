@@ -6,11 +6,26 @@ import socket
 import threading
 
 import numpy as np
-from runtime_helpers import RecordingLearner, SimPolicy, robot_config, serving
+from runtime_helpers import (
+    HW,
+    LANG,
+    RecordingLearner,
+    SimPolicy,
+    episode,
+    robot_config,
+    runner,
+    serving,
+)
 from serving import wait_until
 
 from limbic.runtime.actor import ActorConfig, ActorLoop, run_actor
-from limbic.runtime.outbox import OutboxConfig
+from limbic.runtime.backends import TorchRunner
+from limbic.runtime.client import InferenceClient
+from limbic.runtime.outbox import Outbox, OutboxConfig
+from limbic.runtime.protocol import encode
+from limbic.runtime.servable import CachedInstructionEncoder, HashInstructionEncoder
+from limbic.runtime.server import InferenceServer, ServerConfig
+from limbic.runtime.small_models import SmallConvCritic
 
 FAST_OUTBOX = OutboxConfig(dead_after_s=1.0, status_interval_s=0.1)
 
@@ -148,3 +163,52 @@ def test_a_dead_server_makes_the_actor_hold_the_arm_until_it_is_back(tmp_path):
         assert len(learner.stored_order) == 2
     finally:
         learner.close()
+
+
+def test_the_served_critic_scores_every_frame_as_the_fused_potential(tmp_path):
+    critic = SmallConvCritic(views=("front", "wrist"), image_hw=HW, lang_dim=LANG, seed=2)
+    critic_runner = TorchRunner(
+        critic, "critic", CachedInstructionEncoder(HashInstructionEncoder(LANG)), 0, "cpu"
+    )
+    learner = RecordingLearner()
+    server = InferenceServer(
+        ServerConfig(endpoint="tcp://127.0.0.1:*", weights_endpoint=""),
+        runner(SimPolicy()),
+        critic_runner,
+    ).start()
+    try:
+        report = run_actor(actor_config(tmp_path, server.endpoint, learner.endpoint, episodes=1))
+        assert report.episodes == 1 and report.critic_misses == 0
+        (ep,) = learner.episodes.values()
+        t = len(ep)
+        assert ep.phi.shape == ep.done_prob.shape == (t + 1,) and ep.phi[0] == 0.0
+        assert ((ep.phi >= 0) & (ep.phi <= 1)).all() and (
+            (ep.done_prob >= 0) & (ep.done_prob <= 1)
+        ).all()
+        # the same fusion, recomputed from the stored frames: incremental chain and forward, averaged
+        frames = [{v: ep.images[v][i] for v in ep.images} for i in range(t + 1)]
+        with InferenceClient(server.endpoint, timeout_s=10) as client:
+            inc = 0.0
+            for i in range(1, t + 1):
+                inc = float(
+                    client.critic([frames[i - 1], frames[i]], ep.instruction, phi0=inc).value[0]
+                )
+                fwd = float(client.critic([frames[0], frames[i]], ep.instruction).value[0])
+                assert abs(ep.phi[i] - 0.5 * (inc + fwd)) < 1e-5, i
+    finally:
+        server.stop()
+        learner.close()
+
+
+def test_a_restarted_actor_never_reuses_the_id_of_a_spooled_episode(tmp_path):
+    cfg = actor_config(tmp_path, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+    cfg.home.mkdir(parents=True)
+    (cfg.home / "state.json").write_text('{"next_seq": 2}')
+    # the crash came after episode 2 was spooled, before the counter moved to 3
+    Outbox(cfg.home / "outbox", 0, 10).put("actor-0-000002", encode(episode("actor-0-000002")))
+    loop = ActorLoop(cfg, threading.Event())
+    try:
+        assert loop.state.next_seq == 3 and loop.outbox.ids() == ["actor-0-000002"]
+    finally:
+        loop.client.close()
+        loop.broker.close()

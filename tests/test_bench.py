@@ -53,3 +53,37 @@ def test_learner_benchmark_prints_its_summary_line():
     assert re.fullmatch(
         r"learner_updates_per_s=\d+\.\d baseline_updates_per_s=\d+\.\d sample_share=0\.\d{3}", last
     ), last
+
+
+def test_train_benchmark_prints_its_summary_line(tmp_path):
+    tiny = [
+        "task=reach",
+        "online_episodes=2",
+        "demos=2",
+        "bc_pretrain_steps=3",
+        "eval_every=100",
+        "eval_episodes=1",
+        "batch_size=8",
+        "policy.backbone=small_cnn",
+        "robot.sim.camera.height=64",
+        "robot.sim.camera.width=64",
+        "policy.image_hw=[64,64]",
+        "robot.sim.step_limit=5",
+        "policy.agent.d_model=16",
+        "policy.agent.n_queries=1",
+        "policy.agent.feature_dim=32",
+        "policy.agent.hidden=32",
+        "policy.agent.n_q=2",
+        "videos=0",
+        "use_videos=false",
+        "progress=false",
+    ]
+    res = run_bench("train", "--out", str(tmp_path / "bench"), *tiny)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    last = res.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"success=\d\.\d\d episodes=2 minutes=\d+\.\d weight_lag_s=(\d+\.\d{3}|nan) actor_hz=\d+\.\d\d "
+        r"missed_ticks=\d+ baseline_success=\d\.\d\d baseline_minutes=\d+\.\d",
+        last,
+    ), last
+    assert "in-process baseline" in res.stdout and "actor-0:" in res.stdout

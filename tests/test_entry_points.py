@@ -13,6 +13,8 @@ SCRIPTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scrip
 COMPOSED = {
     "limbic-serve": "serve",
     "limbic-export": "export",
+    "limbic-actor": "actor",
+    "limbic-learner": "learner",
 }  # own argv handling, compose() inside
 HYDRA_SCRIPTS = [name for name in SCRIPTS if name != "limbic-bench" and name not in COMPOSED]
 
@@ -57,8 +59,15 @@ def test_composed_scripts_answer_help_and_compose_defaults(name, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     from limbic.launch.compose import compose
+    from limbic.runtime.actor import ActorConfig
+    from limbic.runtime.learner import LearnerConfig
     from limbic.runtime.onnx_export import ExportConfig
     from limbic.runtime.server import ServeConfig
 
-    schema = {"serve": ServeConfig, "export": ExportConfig}[COMPOSED[name]]
+    schema = {
+        "serve": ServeConfig,
+        "export": ExportConfig,
+        "actor": ActorConfig,
+        "learner": LearnerConfig,
+    }[COMPOSED[name]]
     assert isinstance(compose(COMPOSED[name], [], schema), schema)

@@ -182,3 +182,56 @@ def test_episode_messages_round_trip(image_format):
             np.testing.assert_array_equal(back.images[v], ep.images[v])
     np.testing.assert_array_equal(back.action, ep.action)
     np.testing.assert_array_equal(back.policy_version, ep.policy_version)
+
+
+def test_a_curve_learner_takes_episodes_only_from_actors_holding_its_key(tmp_path):
+    from limbic.runtime import auth
+
+    keys, allowed = tmp_path / "keys", tmp_path / "allowed"
+    learner_pub, learner_sec = auth.generate_keypair(keys, "learner")
+    arm_pub, arm_sec = auth.generate_keypair(keys, "arm")
+    _, stranger_sec = auth.generate_keypair(keys, "stranger")
+    allowed.mkdir()
+    (allowed / "arm.key").write_bytes(arm_pub.read_bytes())
+    learner = RecordingLearner(
+        curve_keys=auth.load_keypair(learner_sec), authorized_clients_dir=str(allowed)
+    )
+    server_key = auth.load_public_key(learner_pub)
+    senders = []
+    try:
+        arm_box = Outbox(None, memory_episodes=4, max_episodes=4)
+        arm_box.put("arm-0", payload("arm-0"))
+        senders.append(
+            EpisodeSender(
+                arm_box,
+                learner.endpoint,
+                "arm",
+                fast(),
+                server_public_key=server_key,
+                client_keypair=auth.load_keypair(arm_sec),
+            ).start()
+        )
+        stranger_box = Outbox(None, memory_episodes=4, max_episodes=4)
+        stranger_box.put("x-0", payload("x-0"))
+        senders.append(
+            EpisodeSender(
+                stranger_box,
+                learner.endpoint,
+                "x",
+                fast(),
+                server_public_key=server_key,
+                client_keypair=auth.load_keypair(stranger_sec),
+            ).start()
+        )
+        plain_box = Outbox(None, memory_episodes=4, max_episodes=4)
+        plain_box.put("p-0", payload("p-0"))
+        senders.append(EpisodeSender(plain_box, learner.endpoint, "p", fast()).start())
+        wait_until(lambda: len(arm_box) == 0, 30, "the key holder's episode acknowledged")
+        wait_until(lambda: senders[0].learner_alive, 5, "status replies")
+        assert learner.stored_order == ["arm-0"]
+        assert not senders[1].learner_alive and not senders[2].learner_alive
+        assert len(stranger_box) == len(plain_box) == 1  # kept for later, never delivered
+    finally:
+        for s in senders:
+            s.stop()
+        learner.close()

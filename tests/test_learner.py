@@ -1,0 +1,327 @@
+"""The learner process's pieces in-process: durable exactly-once storage, exact resume, episode checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+
+import numpy as np
+import pytest
+import torch
+from runtime_helpers import robot_config
+
+from limbic.data.reader import load_episodes
+from limbic.data.writer import read_limbic_episodes
+from limbic.policy.rlpd import AgentConfig
+from limbic.policy.vla import PolicyConfig, VLAPolicy
+from limbic.runtime.codec import ErrorCode
+from limbic.runtime.episode_store import EpisodeStore
+from limbic.runtime.learner import CHECKPOINT, AsyncLearner, LearnerConfig, record_to_upload
+from limbic.runtime.protocol import ProtocolError
+from limbic.runtime.rollout import run_episode
+
+TINY = AgentConfig(d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2)
+
+
+def learner_config(tmp_path, **kw) -> LearnerConfig:
+    base = dict(
+        robot=robot_config(step_limit=5),
+        policy=PolicyConfig(backbone="small_cnn", image_hw=(64, 64), agent=TINY),
+        demos=2,
+        online_episodes=3,
+        batch_size=8,
+        bc_pretrain_steps=3,
+        eval_every=100,
+        eval_episodes=1,
+        videos=0,
+        out_dir=str(tmp_path / "run"),
+        progress=False,
+        nice=0,
+        weights_endpoint="",
+        endpoint="tcp://127.0.0.1:0",
+        use_videos=False,
+        utd=1.0,
+        seed=3,
+    )
+    return LearnerConfig(**{**base, **kw})
+
+
+def online_upload(learner: AsyncLearner, k: int):
+    """An online episode of the learner's own sim, as an actor would send it."""
+    ep = run_episode(
+        learner.env,
+        learner.policy_action(False),
+        learner.featurize,
+        learner.lang,
+        seed=500 + k,
+        split="train",
+        keep_observations=True,
+    )
+    up = record_to_upload(ep, f"actor-0-{k:06d}", "online", seed=500 + k)
+    up.actor, up.seq = "actor-0", k
+    up.intervention[:] = False
+    up.policy_version[:] = 1
+    return up
+
+
+@pytest.fixture
+def learner(tmp_path):
+    lrn = AsyncLearner(learner_config(tmp_path), threading.Event())
+    try:
+        yield lrn
+    finally:
+        if lrn.store is not None:
+            lrn.store.close()
+        lrn.close()
+
+
+def test_set_up_stores_demonstrations_durably_and_a_resumed_learner_is_exactly_where_it_was(
+    learner, tmp_path
+):
+    learner.setup()
+    assert learner.store.count("demo") == 2 and (learner.out / CHECKPOINT).exists()
+    for k in range(2):
+        learner.ingest(online_upload(learner, k))
+    for _ in range(4):
+        learner.policy.agent.update(learner._batch())
+        learner.state.online_updates += 1
+    learner.checkpoint()
+    learner.ingest(online_upload(learner, 2))  # after the checkpoint: still in the replay on resume
+    batch = learner._batch()
+    learner.store.close()
+
+    again = AsyncLearner(learner_config(tmp_path), threading.Event())
+    try:
+        again.setup()  # resume: no new demonstrations, no pre-training
+        assert again.resumed["online_updates"] == 4 and again.resumed["replay_episodes"] == 5
+        assert (
+            again.state.online_updates == 4
+            and again.policy.agent.updates == learner.policy.agent.updates
+        )
+        assert again.online_steps == learner.online_steps  # the replay index, in order
+        for name in ("online", "demo"):
+            a, b = learner.replay.partitions[name], again.replay.partitions[name]
+            assert a.size == b.size and a.episodes == b.episodes
+            np.testing.assert_array_equal(a.tokens[: 2 * a.size], b.tokens[: 2 * b.size])
+            np.testing.assert_array_equal(a.action[: a.size], b.action[: b.size])
+        for key, value in learner.policy.agent.actor_opt.state_dict()["state"].items():
+            torch.testing.assert_close(
+                again.policy.agent.actor_opt.state_dict()["state"][key], value
+            )
+        # training goes on identically: same batch, same update, same weights after
+        m1 = learner.policy.agent.update({k: v.clone() for k, v in batch.items()})
+        m2 = again.policy.agent.update({k: v.clone() for k, v in batch.items()})
+        assert m1 == m2
+        assert again.owed_updates == int(again.cfg.utd * again.online_steps[-1]) - 4
+    finally:
+        again.store.close()
+        again.close()
+
+
+def test_the_store_keeps_each_episode_once_across_crashes_between_its_steps(learner, tmp_path):
+    learner.setup()
+    up = online_upload(learner, 0)
+    tokens = learner.compact_tokens(up)
+    arrays = {
+        "tokens": tokens,
+        "state": up.state,
+        "action": learner.normalizer.normalize(up.action),
+        "reward": up.reward,
+        "terminal": up.terminated,
+        "phi": up.phi,
+    }
+    # A crash after the dataset write, before the replay index: the episode is in the dataset only.
+    learner.store._write_dataset(up, {"actor": "actor-0"})
+    learner.store.close()
+    store = EpisodeStore(learner.out, learner.layout, use_videos=False)
+    assert up.episode_id not in store
+    store.add(up, arrays)  # the actor's re-send: indexed now, not written to the dataset again
+    with pytest.raises(ValueError, match="already stored"):
+        store.add(up, arrays)
+    store.close()
+    ids = [r["episode_id"] for r in read_limbic_episodes(learner.store.dataset_root("online"))]
+    assert ids == [up.episode_id]
+    episodes = load_episodes(learner.store.dataset_root("online"))
+    assert len(episodes) == 1 and len(episodes[0]) == len(up)
+    np.testing.assert_allclose(episodes[0].action, up.action)
+    index = [
+        json.loads(line)
+        for line in (learner.out / "replay" / "index.jsonl").read_text().splitlines()
+    ]
+    assert [r["episode_id"] for r in index if r["source"] == "online"] == [up.episode_id]
+
+
+def test_a_crash_inside_the_dataset_save_is_reconciled_from_the_intent_line(learner, tmp_path):
+    learner.setup()
+    up = online_upload(learner, 0)
+    learner.store._write_dataset(up, {})
+    learner.store.close()
+    # LeRobot counted the episode but the id line never made it (crash inside save_episode).
+    lines = learner.store.dataset_root("online") / "meta" / "limbic_episodes.jsonl"
+    lines.write_text("")
+    store = EpisodeStore(learner.out, learner.layout, use_videos=False)
+    writer = store._writer("online")
+    assert store._in_dataset["online"] == {up.episode_id: 0} and writer.total_episodes == 1
+    store.close()
+
+
+def test_episodes_that_do_not_fit_the_arm_are_refused_naming_the_field(learner):
+    learner.setup()
+    good = online_upload(learner, 0)
+    learner.check_episode(good)
+    wrong_view = online_upload(learner, 1)
+    wrong_view.images["front"] = wrong_view.images["front"][:, :32]
+    bad_bounds = online_upload(learner, 2)
+    bad_bounds.action[1, 0] = 1.0  # metres per tick: far outside the declared bound
+    no_wrist = online_upload(learner, 3)
+    del no_wrist.images["wrist"]
+    for ep, field_name in (
+        (wrong_view, "images['front']"),
+        (bad_bounds, "action[1][dx]"),
+        (no_wrist, "images"),
+    ):
+        with pytest.raises(ProtocolError) as e:
+            learner.check_episode(ep)
+        assert e.value.code == ErrorCode.BAD_FIELD and e.value.field == field_name
+
+
+def test_the_checkpoint_is_a_servable_policy(learner):
+    learner.setup()
+    served = VLAPolicy.load(learner.out / CHECKPOINT, explore=True)
+    obs = learner.env.reset(seed=1)
+    images = torch.from_numpy(np.stack([obs.images[v] for v in served.views]))[None]
+    lang = learner.lang(obs.instruction)
+    learner.policy.explore = False
+    served.explore = False
+    torch.testing.assert_close(
+        served(images, torch.from_numpy(obs.state)[None], lang),
+        learner.policy(images, torch.from_numpy(obs.state)[None], lang),
+    )
+
+
+def test_weight_lag_counts_actors_acting_through_a_publication_only():
+    from limbic.runtime.weight_sync import WeightLag
+
+    ms = 1_000_000
+    lag = WeightLag()
+    pubs = [{"version": 2, "publish_ns": 1000 * ms}, {"version": 3, "publish_ns": 5000 * ms}]
+    tick = np.arange(0, 2000, 100, dtype=np.int64) * ms  # ticking every 100 ms
+    version = np.where(tick < 1100 * ms, 1, 2)  # v2 first used by the tick at 1100 ms
+    lag.add_episode(pubs, version, tick, tick + 20 * ms)  # each action arrives 20 ms after its tick
+    assert lag.samples == {2: pytest.approx(0.12)}  # 1120 ms - 1000 ms; v3 was never used
+    # an actor that was idle when v3 came out (its episode starts later) says nothing about v3
+    later = np.arange(7000, 7500, 100, dtype=np.int64) * ms
+    lag.add_episode(pubs, np.full(5, 3), later, later + 20 * ms)
+    assert set(lag.samples) == {2}
+    # another actor, ticking 50 ms later, got v2 sooner: the first action computed with it counts
+    other = tick + 50 * ms
+    lag.add_episode(pubs, np.where(other < 1050 * ms, 1, 2), other, other + 20 * ms)
+    assert lag.samples[2] == pytest.approx(0.07) and lag.median_s == pytest.approx(0.07)
+
+
+def test_an_episode_from_an_actor_lands_in_the_replay_as_the_in_process_loop_stores_it(learner):
+    learner.setup()
+    ep = run_episode(
+        learner.env,
+        learner.policy_action(False),
+        learner.featurize,
+        learner.lang,
+        seed=77,
+        split="train",
+        keep_observations=True,
+    )
+    upload = record_to_upload(ep, "actor-0-000000", "online", seed=77)
+    learner.ingest(upload)  # the actor's path: frames -> backbone -> compressor on the learner
+    p = learner.replay.partitions["online"]
+    t = len(ep)
+    rows = np.arange(t)
+    np.testing.assert_allclose(
+        p.tokens[p.obs[rows]].astype(np.float32), ep.tokens[:-1].astype(np.float32), atol=2e-3
+    )
+    np.testing.assert_allclose(
+        p.tokens[p.next[rows][-1]].astype(np.float32), ep.tokens[-1].astype(np.float32), atol=2e-3
+    )
+    np.testing.assert_array_equal(p.action[rows], ep.action)  # normalised from the applied actions
+    np.testing.assert_array_equal(p.reward[rows], ep.reward)
+    np.testing.assert_array_equal(p.terminal[rows], ep.terminal)
+    np.testing.assert_array_equal(p.state[p.obs[rows]], ep.state[:-1])
+    assert learner.online_steps == [t] and learner.owed_updates == t  # utd 1
+
+
+def test_weights_reach_a_restarted_server_and_versions_only_grow(tmp_path):
+    import socket
+
+    from runtime_helpers import SimPolicy, runner
+    from serving import wait_until
+
+    from limbic.runtime.server import InferenceServer, ServerConfig
+    from limbic.runtime.weight_sync import WeightSync
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        weights = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+    def start(version: int) -> InferenceServer:
+        cfg = ServerConfig(endpoint="tcp://127.0.0.1:*", weights_endpoint=weights)
+        return InferenceServer(cfg, runner(SimPolicy(), version=version)).start()
+
+    state = {k: v.numpy().copy() for k, v in SimPolicy(seed=5).state_dict().items()}
+    server = start(version=4)  # already above what this learner would publish first
+    sync = WeightSync(
+        weights, tmp_path / "weights.jsonl", first_version=1, check_interval_s=0.1
+    ).start()
+    try:
+        sync.offer(state)
+        wait_until(
+            lambda: server.policy.version == 5, 30, "v5 after catching up with the server's v4"
+        )
+        server.stop()
+        server = start(version=0)  # a restarted server holds its initial weights
+        wait_until(lambda: server.policy.version > 5, 30, "the weights published again")
+        versions = [
+            json.loads(line)["version"]
+            for line in (tmp_path / "weights.jsonl").read_text().splitlines()
+        ]
+        assert versions == sorted(set(versions)) and versions[0] == 5
+    finally:
+        sync.stop()
+        server.stop()
+
+
+def test_encoding_an_episode_video_leaves_the_thread_scheduling_alone(tmp_path):
+    # SVT-AV1 makes its calling thread real-time (SCHED_FIFO 99) when it may: a learner that
+    # stores episodes would pre-empt the control loops. The writer restores the policy.
+    from limbic.contracts import ActionSpec, Observation
+    from limbic.data.writer import DatasetLayout, EpisodeWriter
+
+    spec = ActionSpec("ee_delta", ("dx", "gripper"), np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    layout = DatasetLayout(("front",), (32, 32), ("q",), spec, 10, "sim")
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    with EpisodeWriter(tmp_path / "d", layout, use_videos=True, parallel_encoding=False) as writer:
+        for t in range(3):
+            obs = Observation(
+                t, {"front": np.zeros((32, 32, 3), np.uint8)}, np.zeros(1, np.float32), "go", "e", t
+            )
+            writer.add_step(obs, np.zeros(2, np.float32))
+        writer.save_episode()
+    assert (os.sched_getscheduler(0), os.sched_getparam(0)) == before
+    # threads started afterwards copy glibc's record of the policy: ZeroMQ's I/O threads do
+    import zmq
+
+    ctx = zmq.Context()
+    try:
+        ctx.socket(zmq.ROUTER).bind("tcp://127.0.0.1:*")
+        assert not {os.SCHED_FIFO, os.SCHED_RR} & set(_thread_policies())
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _thread_policies() -> list[int]:
+    out = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            out.append(os.sched_getscheduler(int(tid)))
+        except ProcessLookupError:  # the thread ended meanwhile
+            pass
+    return out
