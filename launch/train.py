@@ -2,7 +2,7 @@
 
     limbic-train                                   # SO-101 pick-and-place: server, learner, 2 actors
     limbic-train task=reach online_episodes=50 actors=3
-    limbic-train learner=bc                         # behaviour cloning only
+    limbic-train algorithm=bc                         # behaviour cloning only
     limbic-train critic_checkpoint=runs/critic/critic.pt   # add the critic's shaped reward
     limbic-train runtime=inprocess                  # the single-process loop (no server, no actors)
     limbic-train resume=true                        # continue an interrupted run in out_dir

@@ -139,20 +139,13 @@ def test_limbic_fleet_runs_until_sigterm_then_reports_and_leaves_no_ray_behind(t
     learner = RecordingLearner()
     try:
         with serving(SimPolicy()) as server:
-            # `learner=...` on the command line would name the `learner` config group, so the
-            # endpoint goes in a site config stacked on fleet.yaml (as a lab keeps its settings)
-            site = tmp_path / "site"
-            site.mkdir()
-            (site / "lab.yaml").write_text(
-                f"defaults:\n  - fleet\n  - _self_\nlearner: {learner.endpoint}\n"
-            )
             cmd = [
                 sys.executable, "-m", "limbic.launch.fleet",
-                "--config-dir", str(site), "--config-name", "lab",
                 "fleet.size=2", "fleet.local_cpus=2", "episodes=0", "task=reach",
                 "robot.sim.step_limit=3", "robot.sim.camera.height=64", "robot.sim.camera.width=64",
                 "control_hz=20", "outbox.dead_after_s=1", "outbox.status_interval_s=0.1",
                 f"server={server.endpoint}",
+                f"learner={learner.endpoint}",
                 f"out_dir={tmp_path / 'actors'}",
             ]  # fmt: skip
             env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
