@@ -45,7 +45,7 @@ from limbic.runtime.chunking import ActionChunkBroker, ChunkStarvationError
 from limbic.runtime.client import InferenceClient, InferenceError
 from limbic.runtime.episode_buffer import CriticTrack, EpisodeBuffer, TickClock
 from limbic.runtime.outbox import EpisodeSender, Outbox, OutboxConfig
-from limbic.runtime.protocol import encode
+from limbic.runtime.protocol import encode_inline
 from limbic.teleop.arbiter import InterventionArbiter, PolicyOnlyArbiter
 
 log = logging.getLogger(__name__)
@@ -404,7 +404,7 @@ class ActorLoop:
         )
         self.outbox.put(
             episode_id,
-            encode(
+            encode_inline(
                 message, image_format=cfg.outbox.image_format, jpeg_quality=cfg.outbox.jpeg_quality
             ),
         )

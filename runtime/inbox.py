@@ -35,7 +35,7 @@ from limbic.runtime.protocol import (
     Limits,
     ProtocolError,
     decode,
-    encode,
+    encode_inline,
 )
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class EpisodeInbox:
         if isinstance(message, ErrorReply):
             self.counters["errors"] += 1
         try:
-            self._sock.send_multipart([*envelope, encode(message)], zmq.NOBLOCK)
+            self._sock.send_multipart([*envelope, encode_inline(message)], zmq.NOBLOCK)
         except zmq.ZMQError as e:  # the actor went away; it re-sends when back
             log.info("reply to a gone actor dropped: %s", e)
 

@@ -40,7 +40,7 @@ from limbic.runtime.protocol import (
     Limits,
     ProtocolError,
     decode,
-    encode,
+    encode_inline,
 )
 
 log = logging.getLogger(__name__)
@@ -317,7 +317,7 @@ class EpisodeSender:
         return self._next_id
 
     def _ask_status(self) -> None:
-        self._send(encode(LearnerStatusRequest(self._id(), self.actor_id)))
+        self._send(encode_inline(LearnerStatusRequest(self._id(), self.actor_id)))
 
     def _receive(self, timeout_s: float) -> Any:
         """One reply within ``timeout_s`` (None if none came); updates liveness and status."""

@@ -418,34 +418,45 @@ class WeightsAck(Message):
 
 
 def _episode_frames_codec() -> Codec:
-    """A view's frames of one episode: ``uint8[T + 1, H, W, 3]`` raw, or one JPEG per frame."""
+    """A view's frames of one episode: ``uint8[T + 1, H, W, 3]`` raw (one data frame), or one
+    JPEG per frame; the bytes travel as data frames when large (as images do)."""
 
-    def pack(frames: np.ndarray, enc: Encoding) -> dict[str, Any]:
+    def pack(frames: np.ndarray, out: FrameWriter) -> dict[str, Any]:
+        enc = out.encoding
         if enc.image_format == "jpeg":
             from limbic.runtime import jpeg
 
-            return {"format": "jpeg", "frames": [jpeg.encode(f, enc.jpeg_quality) for f in frames]}
-        return {"format": "raw", **pack_array(frames)}
+            items = []
+            for f in frames:
+                data = jpeg.encode(f, enc.jpeg_quality)
+                items.append(out.binary(data, len(data)))
+            return {"format": "jpeg", "frames": items}
+        return {"format": "raw", **pack_array(frames, out)}
 
-    def unpack(d: Any, path: str, limits: Limits) -> np.ndarray:
+    def unpack(d: Any, path: str, reader: FrameReader) -> np.ndarray:
         if not isinstance(d, dict):
             raise bad(path, f"expected a frames map with a 'format' key, got {show(d)}")
+        limits = reader.limits
         fmt = d.get("format")
         if fmt == "raw":
             frames = unpack_array(
-                {k: v for k, v in d.items() if k != "format"}, path, dtype="uint8", ndim=4
+                {k: v for k, v in d.items() if k != "format"},
+                path,
+                dtype="uint8",
+                ndim=4,
+                frames=reader,
             )
         elif fmt == "jpeg":
             check_keys(d, path, {"format", "frames"})
             items = check_type(d.get("frames"), f"{path}.frames", list, "an array of JPEG frames")
             if not items:
                 raise bad(f"{path}.frames", "expected at least one frame")
-            frames = np.stack(
-                [
-                    unpack_image({"format": "jpeg", "data": f}, f"{path}[{i}]", limits)
-                    for i, f in enumerate(items)
-                ]
-            )
+            images = []
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise bad(f"{path}.frames[{i}]", f"expected a map, got {show(item)}")
+                images.append(unpack_image({"format": "jpeg", **item}, f"{path}[{i}]", reader))
+            frames = np.stack(images)
         else:
             raise bad(f"{path}.format", f"expected one of {list(IMAGE_FORMATS)}, got {show(fmt)}")
         if frames.shape[3] != 3 or frames.shape[1] * frames.shape[2] > limits.max_image_pixels:
@@ -462,15 +473,15 @@ def _episode_frames_codec() -> Codec:
 def _episode_views_codec() -> Codec:
     frames = _episode_frames_codec()
 
-    def pack(views: dict[str, np.ndarray], enc: Encoding) -> dict[str, Any]:
-        return {view: frames.pack(stack, enc) for view, stack in views.items()}
+    def pack(views: dict[str, np.ndarray], out: FrameWriter) -> dict[str, Any]:
+        return {view: frames.pack(stack, out) for view, stack in views.items()}
 
-    def unpack(d: Any, path: str, limits: Limits) -> dict[str, np.ndarray]:
+    def unpack(d: Any, path: str, reader: FrameReader) -> dict[str, np.ndarray]:
         if not isinstance(d, dict) or not d:
             raise bad(path, f"expected a non-empty map view -> frames, got {show(d)}")
         for view in d:
             check_str(view, path)
-        return {view: frames.unpack(v, f"{path}[{view!r}]", limits) for view, v in d.items()}
+        return {view: frames.unpack(v, f"{path}[{view!r}]", reader) for view, v in d.items()}
 
     return Codec(pack, unpack)
 
@@ -621,6 +632,15 @@ def encode(
     body = message.to_wire(out)
     header = msgpack.packb({"v": PROTOCOL_VERSION, "type": message.TYPE, **body}, use_bin_type=True)
     return [header, *out.frames]
+
+
+def encode_inline(message: Message, *, image_format: str = "raw", jpeg_quality: int = 90) -> bytes:
+    """Serialise a message to one frame, every byte inline: for blobs that are stored and
+    re-sent whole (the learner endpoint's episodes, which an actor may spool to disk)."""
+    (frame,) = encode(
+        message, image_format=image_format, jpeg_quality=jpeg_quality, frame_min_bytes=MAX_ID
+    )
+    return frame
 
 
 def encode_timed(reply: ActReply | CriticReply) -> Frames:

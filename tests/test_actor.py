@@ -22,7 +22,7 @@ from limbic.runtime.actor import ActorConfig, ActorLoop, run_actor
 from limbic.runtime.backends import TorchRunner
 from limbic.runtime.client import InferenceClient
 from limbic.runtime.outbox import Outbox, OutboxConfig
-from limbic.runtime.protocol import encode
+from limbic.runtime.protocol import encode_inline
 from limbic.runtime.servable import CachedInstructionEncoder, HashInstructionEncoder
 from limbic.runtime.server import InferenceServer, ServerConfig
 from limbic.runtime.small_models import SmallConvCritic
@@ -205,7 +205,9 @@ def test_a_restarted_actor_never_reuses_the_id_of_a_spooled_episode(tmp_path):
     cfg.home.mkdir(parents=True)
     (cfg.home / "state.json").write_text('{"next_seq": 2}')
     # the crash came after episode 2 was spooled, before the counter moved to 3
-    Outbox(cfg.home / "outbox", 0, 10).put("actor-0-000002", encode(episode("actor-0-000002")))
+    Outbox(cfg.home / "outbox", 0, 10).put(
+        "actor-0-000002", encode_inline(episode("actor-0-000002"))
+    )
     loop = ActorLoop(cfg, threading.Event())
     try:
         assert loop.state.next_seq == 3 and loop.outbox.ids() == ["actor-0-000002"]

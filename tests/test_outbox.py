@@ -20,14 +20,14 @@ from limbic.runtime.protocol import (
     LearnerStatusRequest,
     ProtocolError,
     decode,
-    encode,
+    encode_inline,
 )
 
 
 def payload(episode_id: str, seed: int = 0) -> bytes:
     ep = episode(episode_id, seed=seed)
     ep.action[:, -1] = 0.5
-    return encode(ep)
+    return encode_inline(ep)
 
 
 def free_endpoint() -> str:
@@ -67,7 +67,7 @@ def _big():
 
 def test_request_id_is_read_without_unpacking_the_frames():
     ep = episode("a-0", seed=41)
-    assert peek_request_id(encode(ep)) == 41
+    assert peek_request_id(encode_inline(ep)) == 41
     assert peek_request_id(b"\x00garbage") is None
 
 
@@ -150,7 +150,7 @@ def test_the_inbox_answers_bad_messages_with_errors_and_keeps_serving():
         assert ask(b"\xc1not msgpack").code == ErrorCode.MALFORMED
         bad = episode("a-9", steps=3)
         bad.state = bad.state[:2]  # 2 frames of state for 3 steps
-        reply = ask(encode(bad))
+        reply = ask(encode_inline(bad))
         assert (
             isinstance(reply, ErrorReply)
             and reply.code == ErrorCode.BAD_FIELD
@@ -158,12 +158,12 @@ def test_the_inbox_answers_bad_messages_with_errors_and_keeps_serving():
         )
         nan = episode("a-8", steps=2)
         nan.action[0, 0] = np.nan
-        assert ask(encode(nan)).field == "action"
-        assert isinstance(ask(encode(LearnerStatusRequest(5, "a"))), LearnerStatus)
+        assert ask(encode_inline(nan)).field == "action"
+        assert isinstance(ask(encode_inline(LearnerStatusRequest(5, "a"))), LearnerStatus)
         good = episode("a-1", steps=2)
-        ack = ask(encode(good))
+        ack = ask(encode_inline(good))
         assert isinstance(ack, EpisodeAck) and ack.status == "stored" and ack.episode_id == "a-1"
-        again = ask(encode(good))
+        again = ask(encode_inline(good))
         assert again.status == "duplicate"
         assert learner.stored_order == ["a-1"]
     finally:
@@ -174,7 +174,7 @@ def test_the_inbox_answers_bad_messages_with_errors_and_keeps_serving():
 @pytest.mark.parametrize("image_format", ["raw", "jpeg"])
 def test_episode_messages_round_trip(image_format):
     ep = episode("a-0", steps=4, seed=3)
-    back = decode(encode(ep, image_format=image_format), _big())
+    back = decode(encode_inline(ep, image_format=image_format), _big())
     assert back.episode_id == "a-0" and len(back) == 4
     for v in ep.images:
         assert back.images[v].shape == ep.images[v].shape
