@@ -45,6 +45,20 @@ from limbic.runtime.protocol import (
 )
 
 
+def connect_dealer(
+    ctx: zmq.Context, endpoint: str, limits: Limits, server_key: Any, keypair: Any
+) -> zmq.Socket:
+    """A DEALER connected to ``endpoint``: no linger, the size limit enforced by the socket, and
+    CURVE when a server key is given (what every limbic client endpoint uses)."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+    if server_key:
+        auth.make_client(sock, server_key, keypair)
+    sock.connect(endpoint)
+    return sock
+
+
 class InferenceError(RuntimeError):
     """Base of every error the client raises about the server or the exchange."""
 
@@ -125,13 +139,9 @@ class Connection:
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
-            if self._server_key:
-                auth.make_client(sock, self._server_key, self._keypair)
-            sock.connect(self.endpoint)
-            self._sock = sock
+            self._sock = connect_dealer(
+                self._ctx, self.endpoint, self._limits, self._server_key, self._keypair
+            )
         return self._sock
 
     def reset(self) -> None:

@@ -30,7 +30,7 @@ import msgpack
 import zmq
 
 from limbic.launch.config import require
-from limbic.runtime import auth
+from limbic.runtime.client import connect_dealer
 from limbic.runtime.codec import ErrorCode
 from limbic.runtime.protocol import (
     EpisodeAck,
@@ -290,13 +290,9 @@ class EpisodeSender:
 
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
-            sock = self._ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.MAXMSGSIZE, self._limits.max_message_bytes)
-            if self._server_key:
-                auth.make_client(sock, self._server_key, self._keypair)
-            sock.connect(self.endpoint)
-            self._sock = sock
+            self._sock = connect_dealer(
+                self._ctx, self.endpoint, self._limits, self._server_key, self._keypair
+            )
         return self._sock
 
     def _reset(self) -> None:
