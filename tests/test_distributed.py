@@ -215,6 +215,18 @@ def run_process_group(cmd: list[str], timeout_s: float) -> subprocess.CompletedP
     return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
+def test_limbic_train_under_torchrun_asks_for_the_in_process_loop(tmp_path):
+    """The asynchronous system starts its own processes: N torchrun ranks must not each start one."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    res = subprocess.run(
+        [sys.executable, "-m", "limbic.launch.train", f"out_dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    assert res.returncode == 2
+    assert "runtime=inprocess" in res.stderr
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_limbic_train_under_torchrun_on_two_cpu_ranks(tmp_path):
     out = tmp_path / "run"
@@ -222,7 +234,7 @@ def test_limbic_train_under_torchrun_on_two_cpu_ranks(tmp_path):
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-        "-m", "limbic.launch.train",
+        "-m", "limbic.launch.train", "runtime=inprocess",
         "task=reach", "device=cpu", "demos=2", "bc_pretrain_steps=3", "online_episodes=3",
         "utd=0.05", "batch_size=16", "eval_every=2", "eval_episodes=3", "eval_split=train",
         "videos=1", "threads=1", "progress=false", f"out_dir={out}",
