@@ -23,22 +23,31 @@ from collections.abc import Callable
 import torch
 
 from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.runtime.distributed import DEVICES, pick_device
 
 TICK_MS = 100.0
 
 
 def _interleaved_median_ms(
-    fns: dict[str, Callable[[], object]], repeats: int, warmup: int = 2
+    fns: dict[str, Callable[[], object]],
+    repeats: int,
+    warmup: int = 2,
+    sync: Callable[[], None] = lambda: None,
 ) -> dict[str, float]:
-    """Median ms of each function, timed in turn within every repeat so load drifts hit all alike."""
+    """Median ms of each function, timed in turn within every repeat so load drifts hit all alike.
+
+    ``sync`` waits for queued device work (CUDA runs asynchronously) before each clock read.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
 
@@ -48,16 +57,16 @@ def measure(critic: ProgressCritic, batch: int, repeats: int) -> dict[str, float
     """Median milliseconds of the backbone, a streaming step and a cold forward at ``batch``."""
     v = len(critic.views)
     h, w = critic.image_hw
+    device = next(critic.parameters()).device
     g = torch.Generator().manual_seed(0)
-    new_obs = torch.randint(0, 256, (batch, v, h, w, 3), dtype=torch.uint8, generator=g)
-    old_obs = torch.randint(0, 256, (batch, v, h, w, 3), dtype=torch.uint8, generator=g)
+
+    def frames() -> torch.Tensor:
+        return torch.randint(0, 256, (batch, v, h, w, 3), dtype=torch.uint8, generator=g).to(device)
+
+    new_obs, old_obs = frames(), frames()
     lang = torch.nn.functional.normalize(torch.randn(batch, critic.lang_dim, generator=g), dim=-1)
-    cached = {
-        name: critic.encode_frames(
-            torch.randint(0, 256, (batch, v, h, w, 3), dtype=torch.uint8, generator=g)
-        )
-        for name in ("previous", "first", "goal")
-    }
+    lang = lang.to(device)
+    cached = {name: critic.encode_frames(frames()) for name in ("previous", "first", "goal")}
     flat = new_obs.reshape(batch * v, h, w, 3)
 
     def step() -> None:
@@ -75,6 +84,7 @@ def measure(critic: ProgressCritic, batch: int, repeats: int) -> dict[str, float
             "forward": lambda: critic(old_obs, new_obs, lang),
         },
         repeats,
+        sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None,
     )
 
 
@@ -97,17 +107,28 @@ def main(argv: list[str] | None = None) -> int:
         "--repeats", type=int, default=10, help="timed repeats per figure (median reported)"
     )
     parser.add_argument("--batches", default="1,32", help="comma-separated batch sizes")
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        choices=DEVICES,
+        help="where the critic runs (auto: CUDA if there)",
+    )
     args = parser.parse_args(argv)
+    device = pick_device(args.device)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     views = [f"view{i}" for i in range(args.views)]
-    critic = ProgressCritic(
-        CriticModelConfig(backbone=args.backbone, views=views, image_hw=[args.size, args.size])
-    ).eval()
+    critic = (
+        ProgressCritic(
+            CriticModelConfig(backbone=args.backbone, views=views, image_hw=[args.size, args.size])
+        )
+        .eval()
+        .to(device)
+    )
     print(
         f"critic: backbone={args.backbone} views={args.views} image={args.size}x{args.size} "
-        f"threads={args.threads} tokens={critic.num_tokens}x{critic.backbone.feature_dim}"
+        f"threads={args.threads} device={device} tokens={critic.num_tokens}x{critic.backbone.feature_dim}"
     )
     print(
         f"{'batch':>5} {'backbone ms':>12} {'step ms':>9} {'forward ms':>11} {'step ms/arm':>12} {'tick share/arm':>15}"

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
+from limbic.runtime.distributed import DEVICES, pick_device
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 
 
@@ -48,19 +49,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--updates", type=int, default=60)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument(
+        "--device", default="cpu", choices=DEVICES, help="where updates run (auto: CUDA if there)"
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+
+    def sync() -> None:  # GPU work is asynchronous: a timer must wait for it
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     shape = ObsShape(n_views=2, n_tokens=16, token_dim=32, state_dim=6, lang_dim=384, action_dim=4)
-    agent = RLPDAgent(AgentConfig(), shape)
+    agent = RLPDAgent(AgentConfig(), shape).to(device)
     replay = filled_replay(shape, episodes=100, length=80, seed=0)
     rng = np.random.default_rng(0)
     reward, gamma = RewardConfig(), agent.cfg.gamma
 
     def batch() -> dict[str, torch.Tensor]:
         return {
-            k: torch.from_numpy(v)
+            k: torch.from_numpy(v).to(device, non_blocking=True)
             for k, v in replay.sample(args.batch_size, rng, reward, gamma).items()
         }
 
@@ -69,12 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         agent.update(batch())
     sample_s = update_s = base_s = 0.0
     for _ in range(args.updates):  # alternate so load changes hit both alike
+        sync()
         t0 = time.perf_counter()
         b = batch()
+        sync()
         t1 = time.perf_counter()
         agent.update(b)
+        sync()
         t2 = time.perf_counter()
         agent.update(fixed)
+        sync()
         t3 = time.perf_counter()
         sample_s += t1 - t0
         update_s += t2 - t1
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     share = sample_s / (sample_s + update_s)
     print(
         f"# learner: batch {args.batch_size}, tokens {shape.n_views}x{shape.n_tokens}x{shape.token_dim}, "
-        f"{agent.cfg.n_q} Q heads, {torch.get_num_threads()} torch threads, replay {len(replay)} transitions"
+        f"{agent.cfg.n_q} Q heads, {torch.get_num_threads()} torch threads, {device}, replay {len(replay)} transitions"
     )
     print(
         f"sampled batches : {rate:7.1f} updates/s  (sampling {sample_s / n * 1e3:.2f} ms, update {update_s / n * 1e3:.2f} ms)"

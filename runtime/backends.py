@@ -11,6 +11,7 @@ from __future__ import annotations
 import abc
 import copy
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ POLICY_OUTPUTS = ("actions",)
 CRITIC_INPUTS = ("images_a", "images_b", "lang")
 CRITIC_OUTPUTS = ("progress", "done_prob")
 KINDS = ("policy", "critic")
+
+log = logging.getLogger(__name__)
 
 ONNX_META_KIND = "limbic.kind"
 ONNX_META_SPEC = "limbic.spec"
@@ -219,10 +222,38 @@ class OnnxRunner(ModelRunner):
                 f"ONNX model {self.path} does not exist; write it with limbic-export"
             )
         self._model_bytes = self.path.read_bytes()
-        self.providers = ["CPUExecutionProvider"]
-        if resolve_device(device).startswith("cuda"):
-            self.providers.insert(0, "CUDAExecutionProvider")
+        wanted = resolve_device(device)
+        self.providers: list[Any] = ["CPUExecutionProvider"]
+        if (
+            wanted.startswith("cuda")
+            and "CUDAExecutionProvider" not in ort.get_available_providers()
+        ):
+            if device == "auto":  # torch sees a GPU, ONNX Runtime cannot use it: run on the CPU
+                log.warning(
+                    "ONNX Runtime has no CUDAExecutionProvider (it has %s); %s runs on the CPU",
+                    ort.get_available_providers(),
+                    self.path,
+                )
+                wanted = "cpu"
+            else:
+                raise RuntimeError(
+                    f"device={device!r}: this ONNX Runtime build has no CUDAExecutionProvider "
+                    f"(it has {ort.get_available_providers()}); install onnxruntime-gpu alone "
+                    "(not beside plain onnxruntime) or serve with device=cpu"
+                )
+        if wanted.startswith("cuda"):
+            index = int(wanted.partition(":")[2] or 0)
+            self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
         self.session = self._session(None)
+        live = self.session.get_providers()
+        self.device = "cuda" if "CUDAExecutionProvider" in live else "cpu"
+        if wanted.startswith("cuda") and self.device != "cuda":
+            # ONNX Runtime falls back to the CPU silently when the CUDA libraries fail to load
+            raise RuntimeError(
+                f"device={device!r}: ONNX Runtime could not start its CUDA provider for "
+                f"{self.path} (session providers: {live}); check that the CUDA and cuDNN "
+                "libraries onnxruntime-gpu needs are installed, or serve with device=cpu"
+            )
         meta = self.session.get_modelmeta().custom_metadata_map
         for key in (ONNX_META_KIND, ONNX_META_SPEC, ONNX_META_TENSORS):
             if key not in meta:
