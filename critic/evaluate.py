@@ -38,8 +38,9 @@ class CriticEvalConfig:
     """Reference goal frames (other successful episodes, same instruction) for the backward value."""
     mismatch_pairs: int = 8
     """Pairs per episode scored under a wrong instruction."""
-    done_threshold: float = 0.5
-    """Done probability from which a frame counts as done."""
+    done_threshold: float | None = None
+    """Done probability from which a frame counts as done; None: the critic's own, calibrated
+    on validation episodes when it was trained (0.5 for a critic that never was)."""
     plots: bool = True
     """Write a value-curve PNG per episode."""
 
@@ -55,7 +56,7 @@ class CriticEvalConfig:
             f"expected >= 2, got {self.mismatch_pairs}",
         )
         require(
-            0 < self.done_threshold < 1,
+            self.done_threshold is None or 0 < self.done_threshold < 1,
             "eval.done_threshold",
             f"expected (0, 1), got {self.done_threshold}",
         )
@@ -261,14 +262,16 @@ def evaluate_critic(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = score_episodes(critic, episodes, references=references, config=config)
-    result: dict[str, Any] = compute_metrics(episodes, scores, config.done_threshold)
+    threshold = critic.done_threshold if config.done_threshold is None else config.done_threshold
+    result: dict[str, Any] = compute_metrics(episodes, scores, threshold)
+    result["done_threshold"] = threshold
     result["per_task"] = {
         task: compute_metrics(
             *zip(
                 *[(e, s) for e, s in zip(episodes, scores, strict=True) if e.instruction == task],
                 strict=True,
             ),
-            config.done_threshold,
+            threshold,
         )  # type: ignore[arg-type]
         for task in sorted({e.instruction for e in episodes})
     }

@@ -32,6 +32,8 @@ from torch import nn
 from limbic.launch.config import require
 from limbic.policy.encoders import LanguageEncoder, VisionBackbone, make_backbone
 
+DEFAULT_DONE_THRESHOLD = 0.5
+
 CHECKPOINT_FORMAT = "limbic.critic/1"
 
 
@@ -108,6 +110,8 @@ class ProgressCritic(nn.Module):
     def __init__(self, config: CriticModelConfig, backbone: VisionBackbone | None = None):
         super().__init__()
         self.config = config
+        self.done_threshold = DEFAULT_DONE_THRESHOLD
+        """Done probability from which a frame counts as done; training calibrates it on validation."""
         self.views: tuple[str, ...] = tuple(config.views)
         self.image_hw: tuple[int, int] = (int(config.image_hw[0]), int(config.image_hw[1]))
         self.lang_dim = config.lang_dim
@@ -307,6 +311,7 @@ class ProgressCritic(nn.Module):
             "format": CHECKPOINT_FORMAT,
             "config": asdict(self.config),
             "model": self.state_dict(),
+            "done_threshold": float(self.done_threshold),
         }
 
     @classmethod
@@ -318,6 +323,7 @@ class ProgressCritic(nn.Module):
             )
         critic = cls(CriticModelConfig(**state["config"]))
         critic.load_state_dict(state["model"])
+        critic.done_threshold = float(state.get("done_threshold", DEFAULT_DONE_THRESHOLD))
         return critic
 
     @classmethod

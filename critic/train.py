@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from limbic.critic.evaluate import CriticEvalConfig, compute_metrics, score_episodes
 from limbic.critic.features import CACHE_DTYPES, FrameTokens
-from limbic.critic.labels import PairSampler, PairSamplingConfig
+from limbic.critic.labels import PairSampler, PairSamplingConfig, done_labels
+from limbic.critic.metrics import best_done_threshold
 from limbic.critic.model import CriticModelConfig, ProgressCritic
 from limbic.data.schema import EpisodeArrays
 from limbic.launch.config import require
@@ -68,6 +69,9 @@ class CriticTrainConfig:
     """Steps between validation passes (0: only at the end, when validation episodes are given)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (the final step always writes one)."""
+    calibrate_done: bool = True
+    """At every validation pass set the critic's done threshold to the one with the best done F1
+    on the validation episodes (saved in the checkpoint; ``limbic-eval-critic`` uses it)."""
     resume: bool = True
     """Continue from ``<out_dir>/checkpoints/last.pt`` when it exists."""
     init_from: str = ""
@@ -113,6 +117,8 @@ class TrainResult:
     step: int
     val_metrics: dict[str, float] = field(default_factory=dict)
     """Metrics of the last validation pass (empty without validation episodes)."""
+    best_checkpoint: Path | None = None
+    """``best.pt``: the critic of the validation pass with the best :func:`selection_score`."""
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
@@ -158,6 +164,8 @@ def train_critic(
         torch.set_num_threads(config.num_threads)
     out = Path(config.out_dir)
     ckpt_path = out / "checkpoints" / "last.pt"
+    best_path = out / "checkpoints" / "best.pt"
+    best_score = -math.inf
     device = torch.device(config.device)
 
     torch.manual_seed(config.seed)
@@ -177,6 +185,8 @@ def train_critic(
                 f"resume: {ckpt_path} was trained with model config {state['critic']['config']}, not {asdict(config.model)}; use a new out_dir or resume=false"
             )
         critic.load_state_dict(state["critic"]["model"])
+        critic.done_threshold = float(state["critic"].get("done_threshold", 0.5))
+        best_score = float(state.get("best_score", -math.inf))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         start = int(state["step"])
@@ -254,11 +264,22 @@ def train_critic(
                 (config.eval_every and done_steps % config.eval_every == 0)
                 or done_steps == config.steps
             ):
-                scores = score_episodes(critic, val_episodes, val_tokens, config=config.eval)
-                val_metrics = compute_metrics(val_episodes, scores, config.eval.done_threshold)
+                val_metrics = validate(critic, val_episodes, val_tokens, config)
                 for k, v in val_metrics.items():
                     if np.isfinite(v):
                         writer.add_scalar(f"val/{k}", v, done_steps)
+                score = selection_score(val_metrics)
+                if score > best_score:  # the best validation pass so far is kept as best.pt
+                    best_score = score
+                    save_checkpoint(
+                        best_path,
+                        {
+                            "critic": critic.export_state(),
+                            "step": done_steps,
+                            "val_metrics": val_metrics,
+                            "selection_score": score,
+                        },
+                    )
             if done_steps % config.checkpoint_every == 0 or done_steps in (config.steps, end):
                 save_checkpoint(
                     ckpt_path,
@@ -269,13 +290,57 @@ def train_critic(
                         "step": done_steps,
                         "train_config": asdict(config),
                         "val_metrics": val_metrics,
+                        "best_score": best_score,
                     },
                 )
     finally:
         bar.close()
         writer.close()
     critic.eval()
-    return TrainResult(critic, ckpt_path, max(start, end), val_metrics)
+    return TrainResult(
+        critic,
+        ckpt_path,
+        max(start, end),
+        val_metrics,
+        best_path if best_path.is_file() else None,
+    )
+
+
+def validate(
+    critic: ProgressCritic,
+    episodes: list[EpisodeArrays],
+    tokens: FrameTokens | None,
+    config: CriticTrainConfig,
+) -> dict[str, float]:
+    """Score the validation episodes; with ``calibrate_done``, first fit the critic's done threshold."""
+    scores = score_episodes(critic, episodes, tokens, config=config.eval)
+    if config.calibrate_done:
+        labels = [done_labels(e) for e in episodes]
+        critic.done_threshold, _ = best_done_threshold(
+            np.concatenate([s.curves.done_prob for s in scores]),
+            np.concatenate([lab for lab, _ in labels]),
+            np.concatenate([m for _, m in labels]),
+        )
+    elif config.eval.done_threshold is not None:
+        critic.done_threshold = config.eval.done_threshold
+    metrics = compute_metrics(episodes, scores, critic.done_threshold)
+    metrics["done_threshold"] = critic.done_threshold
+    return metrics
+
+
+SELECTION_KEYS = ("voc", "voc_f1", "done_f1", "cls_acc")
+
+
+def selection_score(metrics: dict[str, float]) -> float:
+    """One validation figure to keep the best checkpoint by: the mean of VOC, VOC-F1, done F1,
+    classification accuracy and ``1 - mismatch`` (a missing or NaN figure counts as 0)."""
+
+    def ok(v: float | None) -> float:
+        return float(v) if v is not None and np.isfinite(v) else 0.0
+
+    parts = [ok(metrics.get(k)) for k in SELECTION_KEYS]
+    parts.append(1.0 - ok(metrics.get("mismatch")) if "mismatch" in metrics else 0.0)
+    return float(np.mean(parts))
 
 
 def done_weights(target: torch.Tensor, mask: torch.Tensor, max_ratio: float = 20.0) -> torch.Tensor:

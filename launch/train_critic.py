@@ -32,6 +32,9 @@ class TrainCriticJob:
     """Held-out LeRobotDataset folders scored during training (may repeat ``datasets`` with another split)."""
     val_split: str | None = None
     """Split to take from each validation dataset."""
+    val_fraction: float = 0.0
+    """Without ``val_datasets``: hold out this fraction of each training dataset's episodes (its
+    last ones, unseen seeds) for validation, threshold calibration and the best checkpoint."""
     critic: CriticTrainConfig = field(default_factory=CriticTrainConfig)
     """Model, labels and optimisation."""
 
@@ -41,6 +44,16 @@ class TrainCriticJob:
             "datasets",
             "give at least one LeRobotDataset folder, e.g. datasets='[data/demos]'",
         )
+        require(
+            0.0 <= self.val_fraction < 1.0,
+            "val_fraction",
+            f"expected [0, 1), got {self.val_fraction}",
+        )
+        require(
+            not (self.val_fraction and self.val_datasets),
+            "val_fraction",
+            "give either val_datasets or val_fraction, not both",
+        )
 
 
 ConfigStore.instance().store(name="train_critic_schema", node=TrainCriticJob)
@@ -49,10 +62,22 @@ ConfigStore.instance().store(name="train_critic_schema", node=TrainCriticJob)
 def run(job: TrainCriticJob) -> None:
     """Load the episodes and train; prints where the checkpoint went."""
     views = job.critic.model.views
-    episodes = load_many(job.datasets, split=job.split, views=views)
-    val = (
-        load_many(job.val_datasets, split=job.val_split, views=views) if job.val_datasets else None
-    )
+    if job.val_fraction:
+        episodes, val = [], []
+        for folder in job.datasets:
+            mine = load_many([folder], split=job.split, views=views)
+            n_val = int(round(len(mine) * job.val_fraction))
+            cut = len(mine) - n_val if 0 < n_val < len(mine) else len(mine)
+            episodes += mine[:cut]
+            val += mine[cut:]
+        val = val or None
+    else:
+        episodes = load_many(job.datasets, split=job.split, views=views)
+        val = (
+            load_many(job.val_datasets, split=job.val_split, views=views)
+            if job.val_datasets
+            else None
+        )
     print(
         f"training on {len(episodes)} episodes ({sum(e.succeeded for e in episodes)} successful)"
         + (f", validating on {len(val)}" if val else "")
@@ -60,7 +85,8 @@ def run(job: TrainCriticJob) -> None:
     result = train_critic(job.critic, episodes, val)
     if result.val_metrics:
         print("validation: " + " ".join(f"{k}={v:.4f}" for k, v in result.val_metrics.items()))
-    print(f"checkpoint={result.checkpoint} step={result.step}")
+    best = f" best={result.best_checkpoint}" if result.best_checkpoint else ""
+    print(f"checkpoint={result.checkpoint}{best} step={result.step}")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train_critic")

@@ -52,7 +52,7 @@ def test_train_then_eval_from_dataset_folders(tmp_path: Path) -> None:
     )
     assert "training on 4 episodes" in out and "validation: voc=" in out
     checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
-    assert checkpoint.exists()
+    assert checkpoint.exists() and f"best={tmp_path / 'run' / 'checkpoints' / 'best.pt'}" in out
     out = _run(
         "limbic.launch.eval_critic",
         f"checkpoint={checkpoint}",
@@ -96,3 +96,42 @@ def test_train_config_errors_name_the_key(tmp_path: Path) -> None:
             )
         with pytest.raises(ConfigError, match="datasets"):
             to_object(compose("train_critic", overrides=["datasets=[]"]), TrainCriticJob)
+        with pytest.raises(ConfigError, match="val_fraction"):
+            to_object(
+                compose("train_critic", overrides=["datasets=[a]", "val_fraction=1.5"]),
+                TrainCriticJob,
+            )
+        with pytest.raises(ConfigError, match="val_fraction"):
+            to_object(
+                compose(
+                    "train_critic",
+                    overrides=["datasets=[a]", "val_datasets=[b]", "val_fraction=0.1"],
+                ),
+                TrainCriticJob,
+            )
+
+
+def test_val_fraction_holds_out_the_last_episodes_of_each_dataset(tmp_path: Path, monkeypatch):
+    from limbic.launch import train_critic as cli
+    from limbic.launch.train_critic import TrainCriticJob
+
+    a = make_episodes(10, seed=0, hw=32, fail_fraction=0.2)
+    b = make_episodes(5, seed=1, hw=32, fail_fraction=0.2, start_index=10)
+    write_dataset(a, tmp_path / "a")
+    write_dataset(b, tmp_path / "b")
+    seen = {}
+
+    def fake_train(config, episodes, val):
+        seen["train"], seen["val"] = episodes, val
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "train_critic", fake_train)
+    job = TrainCriticJob(datasets=[str(tmp_path / "a"), str(tmp_path / "b")], val_fraction=0.2)
+    job.critic.model.views = ["front", "wrist"]
+    with pytest.raises(SystemExit):
+        cli.run(job)
+    train_ids = [e.episode_index for e in seen["train"]]
+    val_ids = [e.episode_index for e in seen["val"]]
+    # each dataset numbers its episodes from 0: a keeps 0-7 and gives 8-9, b keeps 0-3 and gives 4
+    assert train_ids == [*range(8), *range(4)]
+    assert val_ids == [8, 9, 4]

@@ -119,3 +119,60 @@ def test_training_improves_held_out_voc_over_the_untrained_critic(tmp_path: Path
     assert np.isfinite(result.val_metrics["voc"])
     assert len(list((tmp_path / "after" / "curves").glob("*.png"))) == len(held_out)
     assert (tmp_path / "after" / "metrics.json").exists()
+
+
+def test_best_done_threshold_picks_the_f1_best_cut() -> None:
+    from limbic.critic.metrics import best_done_threshold
+
+    # done frames score 0.7-0.8, not-done 0.1-0.6: any cut in (0.6, 0.7] separates them
+    prob = np.array([0.1, 0.3, 0.6, 0.55, 0.7, 0.8, 0.75])
+    labels = np.array([0, 0, 0, 0, 1, 1, 1], dtype=np.float32)
+    labelled = np.ones(7, dtype=bool)
+    t, f1 = best_done_threshold(prob, labels, labelled)
+    assert 0.6 < t <= 0.7 and f1 == pytest.approx(1.0)
+    # 0.5 would have admitted two false positives
+    from limbic.critic.metrics import done_precision_recall_f1
+
+    assert done_precision_recall_f1(prob, labels, labelled, 0.5)[2] < 0.8
+
+
+def test_validation_calibrates_the_threshold_and_keeps_the_best_checkpoint(
+    tmp_path: Path,
+) -> None:
+    train = make_episodes(4, seed=0, hw=32, fail_fraction=0.25)
+    val = make_episodes(3, seed=5, hw=32, fail_fraction=0.34, start_index=50)
+    cfg = _config(tmp_path, "small_cnn", 6, eval_every=3)
+    cfg.eval.mismatch_pairs = 2
+    result = train_critic(cfg, train, val_episodes=val)
+    assert result.best_checkpoint is not None and result.best_checkpoint.name == "best.pt"
+    best = torch.load(result.best_checkpoint, weights_only=True)
+    assert best["step"] in (3, 6)
+    assert best["selection_score"] >= -1
+    # the calibrated threshold is on the grid, saved with the critic and read back
+    t = result.val_metrics["done_threshold"]
+    assert 0.05 <= t <= 0.95 and result.critic.done_threshold == t
+    assert ProgressCritic.from_checkpoint(result.checkpoint).done_threshold == t
+    assert ProgressCritic.from_checkpoint(result.best_checkpoint).done_threshold == pytest.approx(
+        best["critic"]["done_threshold"]
+    )
+    # evaluation uses the checkpoint's threshold unless told otherwise
+    ev = evaluate_critic(
+        result.critic, val, tmp_path / "ev", config=CriticEvalConfig(plots=False, mismatch_pairs=2)
+    )
+    assert ev["done_threshold"] == t
+    fixed = evaluate_critic(
+        result.critic,
+        val,
+        tmp_path / "ev2",
+        config=CriticEvalConfig(plots=False, mismatch_pairs=2, done_threshold=0.5),
+    )
+    assert fixed["done_threshold"] == 0.5
+
+
+def test_selection_score_counts_missing_figures_as_zero() -> None:
+    from limbic.critic.train import selection_score
+
+    perfect = dict(voc=1.0, voc_f1=1.0, done_f1=1.0, cls_acc=1.0, mismatch=0.0)
+    assert selection_score(perfect) == pytest.approx(1.0)
+    assert selection_score({**perfect, "voc": float("nan")}) == pytest.approx(0.8)
+    assert selection_score({**perfect, "mismatch": 1.0}) == pytest.approx(0.8)
