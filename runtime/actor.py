@@ -225,7 +225,6 @@ class ActorLoop:
         cfg.home.mkdir(parents=True, exist_ok=True)
         self.state = _ActorState(cfg.home / "state.json")
         server_key = auth.load_public_key(cfg.server_public_key) if cfg.server_public_key else None
-        keypair = auth.load_keypair(cfg.client_secret_key) if cfg.client_secret_key else None
         self.robot = make_robot(cfg.robot)
         self.client = InferenceClient(
             cfg.server,
@@ -251,7 +250,7 @@ class ActorLoop:
                 cfg.actor_id,
                 cfg.outbox,
                 server_public_key=server_key,
-                client_keypair=keypair,
+                client_secret_key=cfg.client_secret_key or None,
             )
             if cfg.learner
             else None

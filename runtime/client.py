@@ -137,6 +137,10 @@ class Connection:
         """A fresh request id."""
         return next(self._ids)
 
+    def socket(self) -> zmq.Socket:
+        """The DEALER socket, opened and connected on first use (for callers that pipeline)."""
+        return self._socket()
+
     def _socket(self) -> zmq.Socket:
         if self._sock is None:
             self._sock = connect_dealer(

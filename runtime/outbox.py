@@ -30,7 +30,7 @@ import msgpack
 import zmq
 
 from limbic.launch.config import require
-from limbic.runtime.client import connect_dealer
+from limbic.runtime.client import Connection
 from limbic.runtime.codec import ErrorCode
 from limbic.runtime.protocol import (
     EpisodeAck,
@@ -238,15 +238,18 @@ class EpisodeSender:
         actor_id: str,
         cfg: OutboxConfig,
         *,
-        server_public_key: bytes | None = None,
-        client_keypair: tuple[bytes, bytes] | None = None,
+        server_public_key: bytes | str | os.PathLike | None = None,
+        client_secret_key: str | os.PathLike | None = None,
     ):
         self.outbox, self.endpoint, self.actor_id, self.cfg = outbox, endpoint, actor_id, cfg
-        self._server_key, self._keypair = server_public_key, client_keypair
-        self._ctx = zmq.Context.instance()
-        self._sock: zmq.Socket | None = None
+        # Replies (acknowledgements, status) are small; episodes only go out.
+        self._conn = Connection(
+            endpoint,
+            server_public_key=server_public_key,
+            client_secret_key=client_secret_key,
+            max_reply_bytes=2**20,
+        )
         self._limits = Limits(max_message_bytes=2**20)
-        self._next_id = int.from_bytes(os.urandom(3), "little") << 20
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.status: LearnerStatus | None = None
@@ -288,36 +291,23 @@ class EpisodeSender:
 
     # ------------------------------------------------------------ socket
 
-    def _socket(self) -> zmq.Socket:
-        if self._sock is None:
-            self._sock = connect_dealer(
-                self._ctx, self.endpoint, self._limits, self._server_key, self._keypair
-            )
-        return self._sock
-
     def _reset(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        self._conn.reset()
 
     def _send(self, payload: bytes) -> bool:
         try:
-            self._socket().send(payload, zmq.NOBLOCK)
+            self._conn.socket().send(payload, zmq.NOBLOCK)
             return True
         except zmq.Again:  # nothing connected and the queue is full: the learner is away
             self._reset()
             return False
 
-    def _id(self) -> int:
-        self._next_id += 1
-        return self._next_id
-
     def _ask_status(self) -> None:
-        self._send(encode_inline(LearnerStatusRequest(self._id(), self.actor_id)))
+        self._send(encode_inline(LearnerStatusRequest(self._conn.next_id(), self.actor_id)))
 
     def _receive(self, timeout_s: float) -> Any:
         """One reply within ``timeout_s`` (None if none came); updates liveness and status."""
-        sock = self._socket()
+        sock = self._conn.socket()
         if not sock.poll(max(1, int(timeout_s * 1000)), zmq.POLLIN):
             return None
         frames = sock.recv_multipart()
@@ -348,7 +338,7 @@ class EpisodeSender:
                 next_status = now + cfg.status_interval_s
             if not self.learner_alive:
                 self._receive(cfg.status_interval_s)  # wait for the learner to answer at all
-                if not self.learner_alive and self.last_contact and self._sock is not None:
+                if not self.learner_alive and self.last_contact:
                     self._reset()  # drop whatever is queued to the gone learner
                 continue
             item = self.outbox.oldest(timeout_s=0.0)

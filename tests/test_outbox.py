@@ -208,7 +208,7 @@ def test_a_curve_learner_takes_episodes_only_from_actors_holding_its_key(tmp_pat
                 "arm",
                 fast(),
                 server_public_key=server_key,
-                client_keypair=auth.load_keypair(arm_sec),
+                client_secret_key=arm_sec,
             ).start()
         )
         stranger_box = Outbox(None, memory_episodes=4, max_episodes=4)
@@ -220,7 +220,7 @@ def test_a_curve_learner_takes_episodes_only_from_actors_holding_its_key(tmp_pat
                 "x",
                 fast(),
                 server_public_key=server_key,
-                client_keypair=auth.load_keypair(stranger_sec),
+                client_secret_key=stranger_sec,
             ).start()
         )
         plain_box = Outbox(None, memory_episodes=4, max_episodes=4)
