@@ -99,7 +99,14 @@ class SimConfig:
             )
         else:
             require(
-                self.task in TASKS, "sim.task", f"{self.task!r} is not one of {sorted(TASKS)}"
+                self.task in TASKS,
+                "sim.task",
+                f"{self.task!r} is not one of {sorted(TASKS)}"
+                + (
+                    " (pick_cube is gym-hil's: robot=hil_pick_cube)"
+                    if self.task == "pick_cube"
+                    else ""
+                ),
             )
         splits = [s.value for s in Split]
         require(self.split in splits, "sim.split", f"{self.split!r} is not one of {splits}")

@@ -31,8 +31,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import gymnasium as gym
 import gym_hil  # noqa: F401  (registers the gym_hil/* ids read below)
+import gymnasium as gym
 import mujoco
 import numpy as np
 from gym_hil.envs import PandaPickCubeGymEnv
@@ -61,6 +61,17 @@ PHRASINGS = Phrasings(
 )
 
 
+def hil_action_spec() -> ActionSpec:
+    """Our action space on gym-hil: ``[dx, dy, dz]`` within gym-hil's EE step, gripper in [0, 1]."""
+    step = np.array([DEFAULT_EE_STEP_SIZE[k] for k in ("x", "y", "z")], dtype=np.float64)
+    return ActionSpec(
+        ActionKind.EE_DELTA,
+        ("dx", "dy", "dz", "gripper"),
+        np.append(-step, 0.0),
+        np.append(step, 1.0),
+    )
+
+
 class HilPickCubeEnv:
     """gym-hil's PandaPickCube, observed and commanded like a :class:`SimEnv`."""
 
@@ -82,13 +93,7 @@ class HilPickCubeEnv:
         self.data: mujoco.MjData = self.hil.data
         self.model.vis.quality.shadowsize = cfg.camera.shadow_map_px
         self.model.vis.quality.offsamples = 0
-        step = np.array([DEFAULT_EE_STEP_SIZE[k] for k in ("x", "y", "z")])
-        self.action_spec = ActionSpec(
-            ActionKind.EE_DELTA,
-            ("dx", "dy", "dz", "gripper"),
-            np.append(-step, 0.0),
-            np.append(step, 1.0),
-        )
+        self.action_spec = hil_action_spec()
         self.hil_low = self.hil.action_space.low.astype(np.float64)
         self.hil_high = self.hil.action_space.high.astype(np.float64)
         self.step_limit = cfg.step_limit or int(gym.spec(BASE_ID).max_episode_steps)

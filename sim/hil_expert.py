@@ -103,11 +103,7 @@ class HilPickCubeExpert:
             self._advance(self.timer >= 3)
             return np.array([*grasp_xy, self.rest_z]), 1.0
         target = np.array([*tool[:2], self.rest_z + LIFT_M])
-        if (
-            self.mode is not ExpertMode.FAILED
-            and tool[2] > self.rest_z + 2.5 * half
-            and not held
-        ):
+        if self.mode is not ExpertMode.FAILED and tool[2] > self.rest_z + 2.5 * half and not held:
             self.phase, self.timer = 0, 0  # the cube stayed behind: open and try again
             return target, 0.0
         return target, 1.0  # lift (and hold it up)
