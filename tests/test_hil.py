@@ -183,3 +183,12 @@ def test_bc_learning_run_completes_on_it(tmp_path):
     assert result.updates == 0  # BC only: no actor-critic updates
     assert (tmp_path / "run" / "policy.pt").is_file()
     assert (tmp_path / "run" / "eval_00.mp4").stat().st_size > 0
+
+
+def test_learning_benchmark_takes_the_env_and_names_bad_combinations(capsys):
+    from limbic.bench.learn import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--env", HIL_PICK_CUBE, "--arm", "so101", "--arms", "bc"])
+    assert e.value.code == 2
+    assert "sim.arm" in capsys.readouterr().err
