@@ -1,7 +1,8 @@
 """``limbic-bench learn``: sample efficiency of BC only, sparse-reward RL and shaped-reward RL.
 
 All three start from the same scripted demonstrations (same seeds) on the default task
-(SO-101 pick-and-place, two 128x128 views) and are evaluated on the same held-out seeds of
+(SO-101 pick-and-place, two 128x128 views; ``--env gym_hil/PandaPickCube`` for gym-hil's cube
+lifting through limbic's adapter) and are evaluated on the same held-out seeds of
 the held-out split. The shaped arm needs a progress-critic checkpoint (``--critic``). Prints
 held-out success against online episodes for each arm and ends with
 ``episodes_to_90=... success_at_150=... sparse_success_at_150=... bc_success=... minutes=...``.
@@ -16,17 +17,27 @@ from pathlib import Path
 
 import limbic.sim  # noqa: F401  (headless GL before mujoco loads)
 from limbic.launch.components import RobotConfig
+from limbic.launch.config import ConfigError
 from limbic.runtime.learn import LearnConfig, LearnResult, learn, plot_curves
 from limbic.runtime.replay import RewardConfig
-from limbic.sim.env import SimConfig
+from limbic.sim.env import HIL_PICK_CUBE, SIM_ENVS, SimConfig
+
+DEFAULT_ARM_TASK = {"limbic": ("so101", "pick_place"), HIL_PICK_CUBE: ("panda", "pick_cube")}
+"""Arm and task when ``--arm``/``--task`` are not given, per simulator."""
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the three arms and print the comparison."""
     p = argparse.ArgumentParser(prog="limbic-bench learn", description=__doc__.splitlines()[0])
     p.add_argument("--critic", default="", help="progress-critic checkpoint for the shaped arm")
-    p.add_argument("--task", default="pick_place")
-    p.add_argument("--arm", default="so101")
+    p.add_argument(
+        "--env",
+        default="limbic",
+        choices=list(SIM_ENVS),
+        help="simulator (gym_hil/PandaPickCube: gym-hil's env through limbic's adapter)",
+    )
+    p.add_argument("--task", default=None, help="default: pick_place (pick_cube on gym-hil)")
+    p.add_argument("--arm", default=None, help="default: so101 (panda on gym-hil)")
     p.add_argument("--demos", type=int, default=20)
     p.add_argument("--episodes", type=int, default=150, help="online episodes per RL arm")
     p.add_argument("--eval-every", type=int, default=25)
@@ -43,8 +54,14 @@ def main(argv: list[str] | None = None) -> int:
     if "shaped" in args.arms and not args.critic:
         p.error("the shaped arm needs --critic (train one with limbic-train-critic)")
 
+    default_arm, default_task = DEFAULT_ARM_TASK[args.env]
+    args.arm, args.task = args.arm or default_arm, args.task or default_task
+    try:
+        sim = SimConfig(env=args.env, arm=args.arm, task=args.task)
+    except ConfigError as e:
+        p.error(str(e))
     base = LearnConfig(
-        robot=RobotConfig(sim=SimConfig(arm=args.arm, task=args.task)),
+        robot=RobotConfig(sim=sim),
         demos=args.demos,
         online_episodes=args.episodes,
         utd=args.utd,
@@ -67,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     }
     print(
-        f"# learning: {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
+        f"# learning: {args.env} {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
         f"eval on {args.eval_episodes} held-out episodes every {args.eval_every}"
     )
     results: dict[str, LearnResult] = {}

@@ -42,8 +42,8 @@ from limbic.runtime.distributed import (
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
-from limbic.sim.env import SimEnv
-from limbic.sim.expert import ExpertConfig, ScriptedExpert
+from limbic.sim.envs import make_expert, make_sim_env
+from limbic.sim.expert import ExpertConfig
 
 
 @dataclass
@@ -163,7 +163,7 @@ class Learner:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.rng = rank_rng(cfg.seed, self.dist)
-        self.env = SimEnv(cfg.robot.sim)
+        self.env = make_sim_env(cfg.robot.sim)
         self.critic = (
             ProgressCritic.from_checkpoint(cfg.critic_checkpoint).eval().to(self.device)
             if cfg.critic_checkpoint
@@ -229,7 +229,7 @@ class Learner:
 
         Returns the fraction of token variance the compressor keeps.
         """
-        expert = ScriptedExpert(self.env, ExpertConfig(), seed=self.cfg.seed)
+        expert = make_expert(self.env, ExpertConfig(), seed=self.cfg.seed)
         demos: list[EpisodeRecord] = []
         for i in range(self.cfg.demos):
             self._check_interrupted("demonstrations")

@@ -20,12 +20,17 @@ from limbic.launch.config import require
 from limbic.sim.arms import ArmSpec, get_arm
 from limbic.sim.control import ActionConfig, Controller, make_action_spec
 from limbic.sim.kinematics import ArmKinematics
-from limbic.sim.scene import FRONT_CAMERA, CameraConfig, build_scene_spec
+from limbic.sim.scene import FRONT_CAMERA, AppearanceJitter, CameraConfig, build_scene_spec
 from limbic.sim.tasks import TASKS, Split, Task, make_task
 
 HOME_HEIGHT_M = {"so101": 0.09, "panda": 0.25}
 
-_OPEN_ENVS: weakref.WeakSet[SimEnv] = weakref.WeakSet()
+HIL_PICK_CUBE = "gym_hil/PandaPickCube"
+"""gym-hil's Panda cube-lifting env, driven through :mod:`limbic.sim.hil_adapter`."""
+SIM_ENVS = ("limbic", HIL_PICK_CUBE)
+"""Simulators a :class:`SimConfig` can pick: ``limbic`` (our own scenes) or an external env."""
+
+_OPEN_ENVS: weakref.WeakSet[Any] = weakref.WeakSet()
 _EXIT_HOOK_REGISTERED = False
 
 
@@ -35,10 +40,25 @@ def _close_open_envs() -> None:
         env.close()
 
 
+def close_at_exit(env: Any) -> None:
+    """Have ``env.close()`` run at interpreter exit, before EGL tears its display down.
+
+    For any env that owns a MuJoCo renderer; call it right after creating the renderer.
+    """
+    global _EXIT_HOOK_REGISTERED
+    _OPEN_ENVS.add(env)
+    if not _EXIT_HOOK_REGISTERED:  # registered after EGL's hook, so it runs before it
+        atexit.register(_close_open_envs)
+        _EXIT_HOOK_REGISTERED = True
+
+
 @dataclass
 class SimConfig:
     """A simulated arm, its task and how it is observed and commanded."""
 
+    env: str = "limbic"
+    """Simulator: ``limbic`` (our own scenes, any arm and task) or ``gym_hil/PandaPickCube``
+    (gym-hil's env through an adapter; arm ``panda``, task ``pick_cube``)."""
     arm: str = "so101"
     """Arm model: ``so101`` or ``panda``."""
     task: str = "pick_place"
@@ -57,8 +77,37 @@ class SimConfig:
     def __post_init__(self) -> None:
         from limbic.sim.arms import ARMS
 
+        require(self.env in SIM_ENVS, "sim.env", f"{self.env!r} is not one of {list(SIM_ENVS)}")
         require(self.arm in ARMS, "sim.arm", f"{self.arm!r} is not one of {sorted(ARMS)}")
-        require(self.task in TASKS, "sim.task", f"{self.task!r} is not one of {sorted(TASKS)}")
+        if self.env == HIL_PICK_CUBE:
+            require(
+                self.arm == "panda",
+                "sim.arm",
+                f"{HIL_PICK_CUBE} has a Panda only (arm=panda), got {self.arm!r}",
+            )
+            require(
+                self.task == "pick_cube",
+                "sim.task",
+                f"{HIL_PICK_CUBE} has one task, 'pick_cube' (select task=pick_cube), "
+                f"got {self.task!r}",
+            )
+            require(
+                self.action.kind == "ee_delta" and not self.action.yaw,
+                "sim.action",
+                f"{HIL_PICK_CUBE} moves the tool in x, y, z only: needs action.kind=ee_delta "
+                f"and action.yaw=false, got kind={self.action.kind!r} yaw={self.action.yaw}",
+            )
+        else:
+            require(
+                self.task in TASKS,
+                "sim.task",
+                f"{self.task!r} is not one of {sorted(TASKS)}"
+                + (
+                    " (pick_cube is gym-hil's: robot=hil_pick_cube)"
+                    if self.task == "pick_cube"
+                    else ""
+                ),
+            )
         splits = [s.value for s in Split]
         require(self.split in splits, "sim.split", f"{self.split!r} is not one of {splits}")
         require(
@@ -103,11 +152,7 @@ class SimEnv:
         self.views = cfg.camera.views
         self._cameras = {"front": FRONT_CAMERA, "wrist": self.arm.wrist_camera}
         self._cam_ids = {v: self.model.camera(self._cameras[v]).id for v in self.views}
-        self._front_id = self.model.camera(FRONT_CAMERA).id
-        self._front_pos0 = self.model.cam_pos[self._front_id].copy()
-        self._front_quat0 = self.model.cam_quat[self._front_id].copy()
-        self._light_diffuse0 = self.model.light_diffuse.copy()
-        self._mat_rgba0 = self.model.mat_rgba.copy()
+        self._appearance = AppearanceJitter(self.model, cfg.camera, FRONT_CAMERA)
         self._renderer: mujoco.Renderer | None = None
         self.scene_option = cfg.camera.scene_option()
         self.q_home = self._solve_home()
@@ -141,11 +186,7 @@ class SimEnv:
                     f"MuJoCo could not create an OpenGL context ({e}). Without a display, set "
                     "MUJOCO_GL=egl before anything imports mujoco (import limbic.sim first)."
                 ) from e
-            _OPEN_ENVS.add(self)
-            global _EXIT_HOOK_REGISTERED
-            if not _EXIT_HOOK_REGISTERED:  # after EGL's hook, so it runs before it
-                atexit.register(_close_open_envs)
-                _EXIT_HOOK_REGISTERED = True
+            close_at_exit(self)
         return self._renderer
 
     def close(self) -> None:
@@ -165,7 +206,7 @@ class SimEnv:
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         if self.cfg.randomize:
-            self._randomize_appearance(rng)
+            self._appearance.apply(rng)
         self.instruction = self.task.reset(d, rng, self.split)
         q0 = self.q_home.copy()
         start = self.task.start_tool_pos(d, rng)
@@ -180,23 +221,6 @@ class SimEnv:
         self._last_obs = self._observe()
         return self._last_obs
 
-    def _randomize_appearance(self, rng: np.random.Generator) -> None:
-        m, cam = self.model, self.cfg.camera
-        m.cam_pos[self._front_id] = self._front_pos0 + rng.uniform(
-            -cam.jitter_pos_m, cam.jitter_pos_m, 3
-        )
-        axis = rng.normal(size=3)
-        angle = rng.uniform(0.0, cam.jitter_rot_rad)
-        dq = np.zeros(4)
-        mujoco.mju_axisAngle2Quat(dq, axis / np.linalg.norm(axis), angle)
-        q = np.zeros(4)
-        mujoco.mju_mulQuat(q, self._front_quat0, dq)
-        m.cam_quat[self._front_id] = q
-        m.light_diffuse[:] = self._light_diffuse0 * rng.uniform(0.7, 1.3)
-        m.vis.headlight.ambient[:] = rng.uniform(0.25, 0.45)
-        m.mat_rgba[:] = self._mat_rgba0
-        m.mat_rgba[:, :3] *= rng.uniform(0.85, 1.15, size=(m.nmat, 3))
-
     def step(self, action: np.ndarray) -> StepResult:
         """Apply one action for one control period and observe the result."""
         applied = self.controller.apply(self.data, action)
@@ -207,6 +231,10 @@ class SimEnv:
         truncated = (not success) and self.t >= self.step_limit
         self._last_obs = self._observe()
         return StepResult(self._last_obs, float(success), success, truncated, success, applied)
+
+    def success(self) -> bool:
+        """The task's success predicate on the current state."""
+        return self.task.success(self.data)
 
     # --- observing ---------------------------------------------------------------------------
     def state(self) -> np.ndarray:

@@ -57,6 +57,18 @@ class ExpertConfig:
         require(total <= 1.0, "expert", f"p_slow + p_partial + p_fail must be <= 1, got {total}")
 
 
+def draw_mode(cfg: ExpertConfig, rng: np.random.Generator) -> ExpertMode:
+    """One episode's mode, drawn with the config's probabilities (one uniform draw)."""
+    u = rng.uniform()
+    if u < cfg.p_fail:
+        return ExpertMode.FAILED
+    if u < cfg.p_fail + cfg.p_partial:
+        return ExpertMode.PARTIAL
+    if u < cfg.p_fail + cfg.p_partial + cfg.p_slow:
+        return ExpertMode.SLOW
+    return ExpertMode.EXPERT
+
+
 @dataclass
 class Waypoint:
     """Where the tool should go this tick."""
@@ -85,15 +97,7 @@ class ScriptedExpert:
     def reset(self) -> ExpertMode:
         """Start a new episode: draw the mode and clear the plan."""
         c = self.cfg
-        u = self.rng.uniform()
-        if u < c.p_fail:
-            self.mode = ExpertMode.FAILED
-        elif u < c.p_fail + c.p_partial:
-            self.mode = ExpertMode.PARTIAL
-        elif u < c.p_fail + c.p_partial + c.p_slow:
-            self.mode = ExpertMode.SLOW
-        else:
-            self.mode = ExpertMode.EXPERT
+        self.mode = draw_mode(c, self.rng)
         self.phase = 0
         self.timer = 0
         self.stop_phase = int(self.rng.integers(1, 4)) if self.mode is ExpertMode.PARTIAL else 99

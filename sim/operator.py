@@ -6,10 +6,13 @@ from the policy when the intervention protocol asks for it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from limbic.contracts import Observation
-from limbic.sim.expert import ExpertConfig, ExpertMode, ScriptedExpert
+from limbic.sim.envs import make_expert
+from limbic.sim.expert import ExpertConfig, ExpertMode
 from limbic.sim.robot import SimRobot
 from limbic.teleop.base import Teleoperator
 
@@ -23,11 +26,11 @@ class ScriptedOperator(Teleoperator):
         self.robot = robot
         self.cfg = cfg or ExpertConfig()
         self.seed = seed
-        self.expert: ScriptedExpert | None = None
+        self.expert: Any = None  # ScriptedExpert or an external env's expert
 
     def connect(self) -> None:
         self.robot._require_connected()
-        self.expert = ScriptedExpert(self.robot.env, self.cfg, self.seed)
+        self.expert = make_expert(self.robot.env, self.cfg, self.seed)
 
     def on_episode_start(self) -> None:
         if self.expert is None:

@@ -15,10 +15,15 @@ import numpy as np
 from limbic.contracts import ActionSpec, Observation
 from limbic.robot.base import Robot
 from limbic.sim.env import SimConfig, SimEnv, StepResult
+from limbic.sim.envs import make_sim_env, sim_action_spec
 
 
 class SimRobot(Robot):
-    """A MuJoCo arm and task, driven through the Robot interface."""
+    """A MuJoCo arm and task, driven through the Robot interface.
+
+    ``cfg.env`` picks the simulator: limbic's own :class:`SimEnv` or an adapter with its
+    interface (gym-hil's PandaPickCube).
+    """
 
     def __init__(self, cfg: SimConfig | None = None):
         self.cfg = cfg or SimConfig()
@@ -35,7 +40,7 @@ class SimRobot(Robot):
     def connect(self) -> None:
         """Build the scene and start a first episode."""
         if self.env is None:
-            self.env = SimEnv(self.cfg)
+            self.env = make_sim_env(self.cfg)
             self.env.reset()
 
     def disconnect(self) -> None:
@@ -57,10 +62,7 @@ class SimRobot(Robot):
     def action_spec(self) -> ActionSpec:
         if self.env is not None:
             return self.env.action_spec
-        from limbic.sim.arms import get_arm
-        from limbic.sim.control import make_action_spec
-
-        return make_action_spec(get_arm(self.cfg.arm), self.cfg.action)
+        return sim_action_spec(self.cfg)
 
     @property
     def observation_features(self) -> dict[str, Any]:
@@ -100,4 +102,4 @@ class SimRobot(Robot):
     def success(self) -> bool:
         """The task's success predicate on the current state."""
         self._require_connected()
-        return self.env.task.success(self.env.data)
+        return self.env.success()

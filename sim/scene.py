@@ -88,6 +88,36 @@ class CameraConfig:
         return (self.height, self.width)
 
 
+class AppearanceJitter:
+    """Per-episode lighting, material colour and front-camera pose jitter around the model's own."""
+
+    def __init__(self, model: mujoco.MjModel, camera: CameraConfig, front_camera: str):
+        self.model, self.camera = model, camera
+        self.front_id = model.camera(front_camera).id
+        self.front_pos0 = model.cam_pos[self.front_id].copy()
+        self.front_quat0 = model.cam_quat[self.front_id].copy()
+        self.light_diffuse0 = model.light_diffuse.copy()
+        self.mat_rgba0 = model.mat_rgba.copy()
+
+    def apply(self, rng: np.random.Generator) -> None:
+        """Draw a new appearance from ``rng`` (always the same number of draws)."""
+        m, cam = self.model, self.camera
+        m.cam_pos[self.front_id] = self.front_pos0 + rng.uniform(
+            -cam.jitter_pos_m, cam.jitter_pos_m, 3
+        )
+        axis = rng.normal(size=3)
+        angle = rng.uniform(0.0, cam.jitter_rot_rad)
+        dq = np.zeros(4)
+        mujoco.mju_axisAngle2Quat(dq, axis / np.linalg.norm(axis), angle)
+        q = np.zeros(4)
+        mujoco.mju_mulQuat(q, self.front_quat0, dq)
+        m.cam_quat[self.front_id] = q
+        m.light_diffuse[:] = self.light_diffuse0 * rng.uniform(0.7, 1.3)
+        m.vis.headlight.ambient[:] = rng.uniform(0.25, 0.45)
+        m.mat_rgba[:] = self.mat_rgba0
+        m.mat_rgba[:, :3] *= rng.uniform(0.85, 1.15, size=(m.nmat, 3))
+
+
 def look_at_quat(pos: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Quaternion (w, x, y, z) of a MuJoCo camera at ``pos`` looking at ``target`` with world z up."""
     forward = np.asarray(target, float) - np.asarray(pos, float)

@@ -62,6 +62,11 @@ def _cell_of(u: float, v: float) -> tuple[int, int]:
     return (min(int(u * GRID), GRID - 1), min(int(v * GRID), GRID - 1))
 
 
+def in_heldout_cell(u: float, v: float) -> bool:
+    """Whether the point ``(u, v)`` of the unit square (the work area) is in a held-out cell."""
+    return _cell_of(u, v) in HELDOUT_CELLS
+
+
 class Task(abc.ABC):
     """One task on one arm: builds its objects into the scene, resets them, judges success."""
 
@@ -123,7 +128,7 @@ class Task(abc.ABC):
         hx, hy = self.arm.work_half_extent_xy
         for _ in range(500):
             u, v = rng.uniform(0.0, 1.0, size=2)
-            if (_cell_of(u, v) in HELDOUT_CELLS) != heldout:
+            if in_heldout_cell(u, v) != heldout:
                 continue
             xy = np.array([cx - hx + 2 * hx * u, cy - hy + 2 * hy * v])
             if margin and (abs(xy[0] - cx) > hx - margin or abs(xy[1] - cy) > hy - margin):
