@@ -131,7 +131,65 @@ class StepResult:
     """The action as applied (validated, float32)."""
 
 
-class SimEnv:
+class ObservingEnv:
+    """The camera and observation half of a simulated env: offscreen rendering, and every view
+    rendered at the sim's clock with the proprioception and the instruction as one
+    :class:`Observation`.
+
+    The env provides ``model``/``data`` (MuJoCo), ``cfg.camera``, ``views``, ``_cam_ids``,
+    ``scene_option``, ``_renderer``, ``state()``, ``instruction``, ``episode_id``, ``t`` and
+    ``_last_obs``.
+    """
+
+    @property
+    def renderer(self) -> mujoco.Renderer:
+        """The offscreen renderer, created on first use (needs a GL context)."""
+        if self._renderer is None:
+            h, w = self.cfg.camera.image_hw
+            try:
+                self._renderer = mujoco.Renderer(self.model, h, w)
+            except mujoco.FatalError as e:
+                raise RuntimeError(
+                    f"MuJoCo could not create an OpenGL context ({e}). Without a display, set "
+                    "MUJOCO_GL=egl before anything imports mujoco (import limbic.sim first)."
+                ) from e
+            close_at_exit(self)
+        return self._renderer
+
+    def render(self, view: str) -> np.ndarray:
+        """One camera view as ``uint8[H, W, 3]``."""
+        r = self.renderer
+        r.update_scene(self.data, camera=self._cam_ids[view], scene_option=self.scene_option)
+        return r.render()
+
+    def close(self) -> None:
+        """Free the renderer's GL context."""
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def _observe(self) -> Observation:
+        ts = int(round(self.data.time * 1e9))
+        images = {v: self.render(v) for v in self.views}
+        return Observation(
+            timestamp_ns=ts,
+            images=images,
+            state=self.state(),
+            instruction=self.instruction,
+            episode_id=self.episode_id,
+            step=self.t,
+            frame_timestamps_ns=dict.fromkeys(images, ts),
+        )
+
+    @property
+    def observation(self) -> Observation:
+        """The latest observation (after the last reset or step)."""
+        if self._last_obs is None:
+            raise RuntimeError("call reset() before reading an observation")
+        return self._last_obs
+
+
+class SimEnv(ObservingEnv):
     """A MuJoCo scene of one arm and one task, stepped at the control rate."""
 
     def __init__(self, cfg: SimConfig | None = None):
@@ -173,27 +231,6 @@ class SimEnv:
                 f"{self.arm.name}: home pose unreachable (error {sol.pos_err_m:.4f} m)"
             )
         return sol.q
-
-    @property
-    def renderer(self) -> mujoco.Renderer:
-        """The offscreen renderer, created on first use (needs a GL context)."""
-        if self._renderer is None:
-            h, w = self.cfg.camera.image_hw
-            try:
-                self._renderer = mujoco.Renderer(self.model, h, w)
-            except mujoco.FatalError as e:
-                raise RuntimeError(
-                    f"MuJoCo could not create an OpenGL context ({e}). Without a display, set "
-                    "MUJOCO_GL=egl before anything imports mujoco (import limbic.sim first)."
-                ) from e
-            close_at_exit(self)
-        return self._renderer
-
-    def close(self) -> None:
-        """Free the renderer's GL context."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
 
     # --- episodes ------------------------------------------------------------------------
     def reset(self, seed: int | None = None, split: str | Split | None = None) -> Observation:
@@ -246,32 +283,6 @@ class SimEnv:
     def state_names(self) -> tuple[str, ...]:
         """Names of the state vector's components."""
         return (*self.arm.arm_joints, "gripper")
-
-    def render(self, view: str) -> np.ndarray:
-        """One camera view as ``uint8[H, W, 3]``."""
-        r = self.renderer
-        r.update_scene(self.data, camera=self._cam_ids[view], scene_option=self.scene_option)
-        return r.render()
-
-    def _observe(self) -> Observation:
-        ts = int(round(self.data.time * 1e9))
-        images = {v: self.render(v) for v in self.views}
-        return Observation(
-            timestamp_ns=ts,
-            images=images,
-            state=self.state(),
-            instruction=self.instruction,
-            episode_id=self.episode_id,
-            step=self.t,
-            frame_timestamps_ns=dict.fromkeys(images, ts),
-        )
-
-    @property
-    def observation(self) -> Observation:
-        """The latest observation (after the last reset or step)."""
-        if self._last_obs is None:
-            raise RuntimeError("call reset() before reading an observation")
-        return self._last_obs
 
     def goal_info(self) -> dict[str, Any]:
         """Privileged task state for scripted operators (never given to a learning policy)."""

@@ -69,6 +69,14 @@ def draw_mode(cfg: ExpertConfig, rng: np.random.Generator) -> ExpertMode:
     return ExpertMode.EXPERT
 
 
+def episode_plan(cfg: ExpertConfig, rng: np.random.Generator) -> tuple[ExpertMode, int, float]:
+    """One episode's mode, the phase a partial episode stops at (99: none) and its speed."""
+    mode = draw_mode(cfg, rng)
+    stop_phase = int(rng.integers(1, 4)) if mode is ExpertMode.PARTIAL else 99
+    speed = cfg.speed * (rng.uniform(0.3, 0.6) if mode is ExpertMode.SLOW else 1.0)
+    return mode, stop_phase, speed
+
+
 @dataclass
 class Waypoint:
     """Where the tool should go this tick."""
@@ -96,12 +104,9 @@ class ScriptedExpert:
 
     def reset(self) -> ExpertMode:
         """Start a new episode: draw the mode and clear the plan."""
-        c = self.cfg
-        self.mode = draw_mode(c, self.rng)
+        self.mode, self.stop_phase, self.speed = episode_plan(self.cfg, self.rng)
         self.phase = 0
         self.timer = 0
-        self.stop_phase = int(self.rng.integers(1, 4)) if self.mode is ExpertMode.PARTIAL else 99
-        self.speed = c.speed * (self.rng.uniform(0.3, 0.6) if self.mode is ExpertMode.SLOW else 1.0)
         self.fail_offset = self._random_offset(2.2, 3.5)
         self.partial_fraction = float(self.rng.uniform(0.25, 0.75))
         self.start_distance: float | None = None

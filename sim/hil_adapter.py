@@ -41,7 +41,7 @@ from gym_hil.wrappers.hil_wrappers import DEFAULT_EE_STEP_SIZE
 
 from limbic.contracts import ActionKind, ActionSpec, Observation
 from limbic.sim.arms import PANDA
-from limbic.sim.env import HIL_PICK_CUBE, SimConfig, StepResult, close_at_exit
+from limbic.sim.env import HIL_PICK_CUBE, ObservingEnv, SimConfig, StepResult
 from limbic.sim.scene import AppearanceJitter
 from limbic.sim.tasks import COLORS, HELDOUT_COLORS, TRAIN_COLORS, Phrasings, Split, in_heldout_cell
 
@@ -72,7 +72,7 @@ def hil_action_spec() -> ActionSpec:
     )
 
 
-class HilPickCubeEnv:
+class HilPickCubeEnv(ObservingEnv):
     """gym-hil's PandaPickCube, observed and commanded like a :class:`SimEnv`."""
 
     def __init__(self, cfg: SimConfig | None = None):
@@ -115,34 +115,6 @@ class HilPickCubeEnv:
         self.t = 0
         self._success = False
         self._last_obs: Observation | None = None
-
-    # --- rendering -----------------------------------------------------------------------
-    @property
-    def renderer(self) -> mujoco.Renderer:
-        """The offscreen renderer, created on first use (needs a GL context)."""
-        if self._renderer is None:
-            h, w = self.cfg.camera.image_hw
-            try:
-                self._renderer = mujoco.Renderer(self.model, h, w)
-            except mujoco.FatalError as e:
-                raise RuntimeError(
-                    f"MuJoCo could not create an OpenGL context ({e}). Without a display, set "
-                    "MUJOCO_GL=egl before anything imports mujoco (import limbic.sim first)."
-                ) from e
-            close_at_exit(self)
-        return self._renderer
-
-    def render(self, view: str) -> np.ndarray:
-        """One camera view as ``uint8[H, W, 3]``."""
-        r = self.renderer
-        r.update_scene(self.data, camera=self._cam_ids[view], scene_option=self.scene_option)
-        return r.render()
-
-    def close(self) -> None:
-        """Free the renderer's GL context."""
-        if self._renderer is not None:
-            self._renderer.close()
-            self._renderer = None
 
     # --- episodes ------------------------------------------------------------------------
     def reset(self, seed: int | None = None, split: str | Split | None = None) -> Observation:
@@ -211,26 +183,6 @@ class HilPickCubeEnv:
     def state_names(self) -> tuple[str, ...]:
         """Names of the state vector's components."""
         return (*PANDA.arm_joints, "gripper")
-
-    def _observe(self) -> Observation:
-        ts = int(round(self.data.time * 1e9))
-        images = {v: self.render(v) for v in self.views}
-        return Observation(
-            timestamp_ns=ts,
-            images=images,
-            state=self.state(),
-            instruction=self.instruction,
-            episode_id=self.episode_id,
-            step=self.t,
-            frame_timestamps_ns=dict.fromkeys(images, ts),
-        )
-
-    @property
-    def observation(self) -> Observation:
-        """The latest observation (after the last reset or step)."""
-        if self._last_obs is None:
-            raise RuntimeError("call reset() before reading an observation")
-        return self._last_obs
 
     def goal_info(self) -> dict[str, Any]:
         """Privileged state for scripted operators (never given to a learning policy)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from limbic.sim.expert import ExpertConfig, ExpertMode, draw_mode
+from limbic.sim.expert import ExpertConfig, ExpertMode, episode_plan
 from limbic.sim.hil_adapter import HilPickCubeEnv
 
 HOVER_M = 0.06
@@ -35,12 +35,9 @@ class HilPickCubeExpert:
 
     def reset(self) -> ExpertMode:
         """Start a new episode: draw the mode and clear the plan."""
-        c = self.cfg
-        self.mode = draw_mode(c, self.rng)
+        self.mode, self.stop_phase, self.speed = episode_plan(self.cfg, self.rng)
         self.phase = 0
         self.timer = 0
-        self.stop_phase = int(self.rng.integers(1, 4)) if self.mode is ExpertMode.PARTIAL else 99
-        self.speed = c.speed * (self.rng.uniform(0.3, 0.6) if self.mode is ExpertMode.SLOW else 1.0)
         angle = self.rng.uniform(0, 2 * np.pi)
         # a failed episode grasps beside the cube: 2.5-4 cube widths away
         self.miss_xy = np.array([np.cos(angle), np.sin(angle)]) * self.rng.uniform(0.1, 0.16)
