@@ -58,6 +58,10 @@ class CriticModelConfig:
     """Instruction-conditioned attention-pooling queries per frame."""
     dropout: float = 0.1
     """Dropout in the heads (training only)."""
+    match_gate: bool = True
+    """Gate progress by an instruction-match head: ``c = tanh(pair) * sigmoid(match)``, where
+    ``match`` is trained as a classifier of "this instruction is what the episode is doing"
+    (mismatched pairs are its negatives), so a wrong instruction scales progress towards 0."""
 
     def __post_init__(self) -> None:
         require(
@@ -139,6 +143,13 @@ class ProgressCritic(nn.Module):
         self.done_mlp = nn.Sequential(
             nn.Linear(2 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
         )
+        self.match_mlp = (
+            nn.Sequential(
+                nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
+            )
+            if config.match_gate
+            else None
+        )
         self._language: LanguageEncoder | None = None
 
     # ----- stage 1: vision tokens (cacheable with a frozen backbone) -----------------------
@@ -196,7 +207,18 @@ class ProgressCritic(nn.Module):
 
     def pair_head(self, z_a: torch.Tensor, z_b: torch.Tensor, lang_d: torch.Tensor) -> torch.Tensor:
         """Frame embeddings of ``a`` and ``b`` -> progress ``float32[B]`` in ``[-1, 1]``."""
-        return torch.tanh(self.pair_mlp(torch.cat([z_a, z_b, z_b - z_a, lang_d], -1)).squeeze(-1))
+        c = torch.tanh(self.pair_mlp(torch.cat([z_a, z_b, z_b - z_a, lang_d], -1)).squeeze(-1))
+        if self.match_mlp is not None:
+            c = c * torch.sigmoid(self.match_logit(z_a, z_b, lang_d))
+        return c
+
+    def match_logit(
+        self, z_a: torch.Tensor, z_b: torch.Tensor, lang_d: torch.Tensor
+    ) -> torch.Tensor:
+        """Logit ``float32[B]`` that the instruction describes what frames ``a`` and ``b`` show."""
+        if self.match_mlp is None:
+            raise RuntimeError("this critic has no match gate (critic.model.match_gate=false)")
+        return self.match_mlp(torch.cat([z_a, z_b, lang_d], -1)).squeeze(-1)
 
     def done_head(self, z_b: torch.Tensor, lang_d: torch.Tensor) -> torch.Tensor:
         """Frame embedding of ``b`` -> done logit ``float32[B]`` (apply a sigmoid for the probability)."""
@@ -321,7 +343,8 @@ class ProgressCritic(nn.Module):
             raise ValueError(
                 f"critic checkpoint: expected format {CHECKPOINT_FORMAT!r}, got {state.get('format')!r}"
             )
-        critic = cls(CriticModelConfig(**state["config"]))
+        # critics saved before the match gate existed have none
+        critic = cls(CriticModelConfig(**{"match_gate": False, **state["config"]}))
         critic.load_state_dict(state["model"])
         critic.done_threshold = float(state.get("done_threshold", DEFAULT_DONE_THRESHOLD))
         return critic

@@ -54,6 +54,8 @@ class CriticTrainConfig:
     """Global gradient-norm clip."""
     done_loss_weight: float = 0.5
     """Weight of the done BCE beside the progress MSE."""
+    match_loss_weight: float = 0.5
+    """Weight of the match gate's BCE (class-balanced; needs ``pairs.mismatch_fraction`` > 0)."""
     done_balance: bool = True
     """Class-balance the done BCE per batch: done frames are a few percent of all frames, so
     without it the head learns to say "not done" and done recall collapses."""
@@ -226,7 +228,11 @@ def train_critic(
             tok_b, present_b = tokens.get(batch.episode_b, batch.frame_b)
             views = drop_views(present_a & present_b, config.view_dropout, gen)
             lang = lang_table[torch.from_numpy(batch.instruction)]
-            progress, done_logit = critic.head(tok_a, tok_b, lang, views, views)
+            lang_d = critic.embed_lang(lang)
+            z_a = critic.embed_frame(tok_a, lang_d, views)
+            z_b = critic.embed_frame(tok_b, lang_d, views)
+            progress = critic.pair_head(z_a, z_b, lang_d)
+            done_logit = critic.done_head(z_b, lang_d)
 
             p_mask = torch.from_numpy(batch.progress_mask).to(device).float()
             p_target = torch.from_numpy(batch.progress).to(device)
@@ -241,6 +247,18 @@ def train_critic(
                 * d_weight
             ).sum() / d_weight.sum().clamp(min=1.0)
             loss = progress_loss + config.done_loss_weight * done_loss
+            match_loss = None
+            if critic.match_mlp is not None and batch.mismatch.any():
+                # every pair is labelled: 1 under its own task's instruction, 0 under another's
+                matched = torch.from_numpy(~batch.mismatch).to(device).float()
+                m_weight = done_weights(matched, torch.ones_like(matched))
+                match_loss = (
+                    F.binary_cross_entropy_with_logits(
+                        critic.match_logit(z_a, z_b, lang_d), matched, reduction="none"
+                    )
+                    * m_weight
+                ).sum() / m_weight.sum()
+                loss = loss + config.match_loss_weight * match_loss
 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -253,6 +271,8 @@ def train_critic(
                 writer.add_scalar("loss/total", loss.item(), done_steps)
                 writer.add_scalar("loss/progress", progress_loss.item(), done_steps)
                 writer.add_scalar("loss/done", done_loss.item(), done_steps)
+                if match_loss is not None:
+                    writer.add_scalar("loss/match", match_loss.item(), done_steps)
                 writer.add_scalar("train/grad_norm", float(grad_norm), done_steps)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done_steps)
                 bar.set_postfix(

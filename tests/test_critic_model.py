@@ -125,3 +125,36 @@ def test_checkpoint_round_trip(critic: ProgressCritic, tmp_path: Path) -> None:
     assert not loaded.training
     with pytest.raises(FileNotFoundError, match="no such file"):
         ProgressCritic.from_checkpoint(tmp_path / "missing.pt")
+
+
+def test_match_gate_scales_progress(critic: ProgressCritic) -> None:
+    a, b, lang = _images(3, 0), _images(3, 1), _lang(3)
+    with torch.no_grad():
+        lang_d = critic.embed_lang(lang)
+        z_a = critic.embed_frame(critic.encode_frames(a), lang_d)
+        z_b = critic.embed_frame(critic.encode_frames(b), lang_d)
+        raw = torch.tanh(critic.pair_mlp(torch.cat([z_a, z_b, z_b - z_a, lang_d], -1)).squeeze(-1))
+        gate = torch.sigmoid(critic.match_logit(z_a, z_b, lang_d))
+        torch.testing.assert_close(critic.pair_head(z_a, z_b, lang_d), raw * gate)
+        # a gate that says "wrong instruction" silences progress whatever the frames
+        critic.match_mlp[-1].bias.fill_(-30.0)
+        try:
+            assert critic.pair_head(z_a, z_b, lang_d).abs().max() < 1e-9
+        finally:
+            critic.match_mlp[-1].reset_parameters()
+
+
+def test_a_critic_saved_before_the_match_gate_loads_without_one(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    old = ProgressCritic(CriticModelConfig(**{**CFG.__dict__, "match_gate": False})).eval()
+    state = old.export_state()
+    del state["config"]["match_gate"]  # what an older checkpoint holds
+    del state["done_threshold"]
+    torch.save(state, tmp_path / "old.pt")
+    loaded = ProgressCritic.from_checkpoint(tmp_path / "old.pt")
+    assert loaded.match_mlp is None and loaded.done_threshold == 0.5
+    a, b, lang = _images(2, 0), _images(2, 1), _lang(2)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(a, b, lang), old(a, b, lang))
+    with pytest.raises(RuntimeError, match="no match gate"):
+        loaded.match_logit(torch.zeros(1, 32), torch.zeros(1, 32), torch.zeros(1, 32))
