@@ -136,7 +136,7 @@ class ObservingEnv:
     rendered at the sim's clock with the proprioception and the instruction as one
     :class:`Observation`.
 
-    The env provides ``model``/``data`` (MuJoCo), ``cfg.camera``, ``views``, ``_cam_ids``,
+    The env provides ``model``/``data`` (MuJoCo), ``cfg.camera``, ``views``, ``_cam_ids``, ``rng``, ``split``,
     ``scene_option``, ``_renderer``, ``state()``, ``instruction``, ``episode_id``, ``t`` and
     ``_last_obs``.
     """
@@ -161,6 +161,14 @@ class ObservingEnv:
         r = self.renderer
         r.update_scene(self.data, camera=self._cam_ids[view], scene_option=self.scene_option)
         return r.render()
+
+    def _begin(self, seed: int | None, split: str | Split | None) -> np.random.Generator:
+        """Reseed (a given seed makes the episode reproducible), set the split; the episode's RNG."""
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        if split is not None:
+            self.split = Split(split)
+        return self.rng
 
     def close(self) -> None:
         """Free the renderer's GL context."""
@@ -235,11 +243,7 @@ class SimEnv(ObservingEnv):
     # --- episodes ------------------------------------------------------------------------
     def reset(self, seed: int | None = None, split: str | Split | None = None) -> Observation:
         """Start a new episode; the same ``seed`` (and split) gives the same episode."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        if split is not None:
-            self.split = Split(split)
-        rng = self.rng
+        rng = self._begin(seed, split)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
         if self.cfg.randomize:

@@ -119,11 +119,7 @@ class HilPickCubeEnv(ObservingEnv):
     # --- episodes ------------------------------------------------------------------------
     def reset(self, seed: int | None = None, split: str | Split | None = None) -> Observation:
         """Start a new episode; the same ``seed`` (and split) gives the same episode."""
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        if split is not None:
-            self.split = Split(split)
-        rng = self.rng
+        rng = self._begin(seed, split)
         heldout = self.split is Split.HELDOUT
         self.hil.reset()
         if self.cfg.randomize:
