@@ -136,9 +136,9 @@ class ObservingEnv:
     rendered at the sim's clock with the proprioception and the instruction as one
     :class:`Observation`.
 
-    The env provides ``model``/``data`` (MuJoCo), ``cfg.camera``, ``views``, ``_cam_ids``, ``rng``, ``split``,
-    ``scene_option``, ``_renderer``, ``state()``, ``instruction``, ``episode_id``, ``t`` and
-    ``_last_obs``.
+    The env provides ``model``/``data`` (MuJoCo), ``cfg.camera``, ``views``, ``_cam_ids``,
+    ``scene_option``, ``_renderer``, ``rng``, ``split``, ``state()``, ``instruction``,
+    ``episode_id``, ``t`` and ``_last_obs``.
     """
 
     @property
@@ -163,7 +163,8 @@ class ObservingEnv:
         return r.render()
 
     def _begin(self, seed: int | None, split: str | Split | None) -> np.random.Generator:
-        """Reseed (a given seed makes the episode reproducible), set the split; the episode's RNG."""
+        """Reseed (a given seed makes the episode reproducible) and set the split; return the
+        episode's RNG."""
         if seed is not None:
             self.rng = np.random.default_rng(seed)
         if split is not None:
