@@ -23,7 +23,7 @@ from collections.abc import Callable
 import torch
 
 from limbic.critic.model import CriticModelConfig, ProgressCritic
-from limbic.runtime.distributed import DEVICES, pick_device
+from limbic.runtime.distributed import DEVICES, pick_device, synchronize
 
 TICK_MS = 100.0
 
@@ -84,7 +84,7 @@ def measure(critic: ProgressCritic, batch: int, repeats: int) -> dict[str, float
             "forward": lambda: critic(old_obs, new_obs, lang),
         },
         repeats,
-        sync=(lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else lambda: None,
+        sync=lambda: synchronize(device),
     )
 
 

@@ -11,8 +11,6 @@ global batch (N x per-rank). The last line is
 from __future__ import annotations
 
 import argparse
-import os
-import socket
 import time
 from collections.abc import Iterable
 
@@ -20,7 +18,15 @@ import torch
 import torch.multiprocessing as mp
 
 from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
-from limbic.runtime.distributed import DistContext, init_distributed, pick_device, shutdown
+from limbic.runtime.distributed import (
+    DistContext,
+    free_loopback_port,
+    init_distributed,
+    pick_device,
+    set_local_rank_env,
+    shutdown,
+    synchronize,
+)
 
 SHAPE = ObsShape(n_views=2, n_tokens=16, token_dim=32, state_dim=6, lang_dim=384, action_dim=4)
 
@@ -51,10 +57,10 @@ class TimedGroup:
         self.seconds = 0.0
 
     def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
-        _sync(self.ctx.device)
+        synchronize(self.ctx.device)
         t0 = time.perf_counter()
         self.ctx.average_gradients(params)
-        _sync(self.ctx.device)
+        synchronize(self.ctx.device)
         self.seconds += time.perf_counter() - t0
 
     def broadcast_module(self, module: torch.nn.Module) -> None:
@@ -64,32 +70,20 @@ class TimedGroup:
         self.ctx.broadcast_generator(generator)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_updates(agent: RLPDAgent, batch: dict, updates: int, device: torch.device) -> float:
     """Seconds for ``updates`` updates on ``batch`` after a warm-up."""
     for _ in range(3):
         agent.update(batch)
-    _sync(device)
+    synchronize(device)
     t0 = time.perf_counter()
     for _ in range(updates):
         agent.update(batch)
-    _sync(device)
+    synchronize(device)
     return time.perf_counter() - t0
 
 
 def _rank(rank: int, world: int, port: int, args: argparse.Namespace, results) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    set_local_rank_env(rank, world, port)
     torch.set_num_threads(args.threads)
     ctx = init_distributed(args.device)
     try:
@@ -118,12 +112,6 @@ def _gather(ctx: DistContext, values: list[float]) -> list[list[float]]:
     return [t.tolist() for t in everyone]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main(argv: list[str] | None = None) -> int:
     """Time N data-parallel ranks beside one process; print the figures."""
     p = argparse.ArgumentParser(prog="limbic-bench ddp", description=__doc__.splitlines()[0])
@@ -146,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     ctx = mp.get_context("spawn")
     results = ctx.SimpleQueue()
-    mp.spawn(_rank, args=(ranks, _free_port(), args, results), nprocs=ranks, join=True)
+    mp.spawn(_rank, args=(ranks, free_loopback_port(), args, results), nprocs=ranks, join=True)
     seconds, reduce_s, backend, where = results.get()
     ddp = args.updates / seconds
     base = single[args.batch_size]

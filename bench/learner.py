@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
-from limbic.runtime.distributed import DEVICES, pick_device
+from limbic.runtime.distributed import DEVICES, pick_device, synchronize
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 
 
@@ -58,8 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     device = pick_device(args.device)
 
     def sync() -> None:  # GPU work is asynchronous: a timer must wait for it
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
 
     shape = ObsShape(n_views=2, n_tokens=16, token_dim=32, state_dim=6, lang_dim=384, action_dim=4)
     agent = RLPDAgent(AgentConfig(), shape).to(device)

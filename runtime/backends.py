@@ -196,6 +196,14 @@ class TorchRunner(ModelRunner):
         self.version = int(version)
 
 
+def _ort_providers(device: str) -> list[Any]:
+    """ONNX Runtime's provider list for a resolved device: ``cuda[:N]`` first, the CPU always."""
+    if not device.startswith("cuda"):
+        return ["CPUExecutionProvider"]
+    index = int(device.partition(":")[2] or 0)
+    return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
 class OnnxRunner(ModelRunner):
     """An ONNX file written by ``limbic-export``, on ONNX Runtime (CUDA provider when present).
 
@@ -223,27 +231,24 @@ class OnnxRunner(ModelRunner):
             )
         self._model_bytes = self.path.read_bytes()
         wanted = resolve_device(device)
-        self.providers: list[Any] = ["CPUExecutionProvider"]
         if (
             wanted.startswith("cuda")
             and "CUDAExecutionProvider" not in ort.get_available_providers()
         ):
-            if device == "auto":  # torch sees a GPU, ONNX Runtime cannot use it: run on the CPU
-                log.warning(
-                    "ONNX Runtime has no CUDAExecutionProvider (it has %s); %s runs on the CPU",
-                    ort.get_available_providers(),
-                    self.path,
-                )
-                wanted = "cpu"
-            else:
+            if device != "auto":
                 raise RuntimeError(
                     f"device={device!r}: this ONNX Runtime build has no CUDAExecutionProvider "
                     f"(it has {ort.get_available_providers()}); install onnxruntime-gpu alone "
                     "(not beside plain onnxruntime) or serve with device=cpu"
                 )
-        if wanted.startswith("cuda"):
-            index = int(wanted.partition(":")[2] or 0)
-            self.providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+            # torch sees a GPU, ONNX Runtime cannot use it: run on the CPU
+            log.warning(
+                "ONNX Runtime has no CUDAExecutionProvider (it has %s); %s runs on the CPU",
+                ort.get_available_providers(),
+                self.path,
+            )
+            wanted = "cpu"
+        self.providers = _ort_providers(wanted)
         self.session = self._session(None)
         live = self.session.get_providers()
         self.device = "cuda" if "CUDAExecutionProvider" in live else "cpu"

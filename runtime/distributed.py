@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -164,6 +165,33 @@ def pick_device(device: str, local_rank: int = 0) -> torch.device:
             f"start at most {count} processes per node (torchrun --nproc-per-node {count})"
         )
     return torch.device("cuda", local_rank)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (CUDA runs asynchronously; a no-op on the CPU).
+
+    Call it before reading a clock around GPU work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_loopback_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a group's ``MASTER_PORT`` on one machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_local_rank_env(rank: int, world: int, port: int) -> None:
+    """What torchrun sets for rank ``rank`` of a ``world``-process group on this machine (loopback)."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistContext:

@@ -137,11 +137,13 @@ def test_match_gate_scales_progress(critic: ProgressCritic) -> None:
         gate = torch.sigmoid(critic.match_logit(z_a, z_b, lang_d))
         torch.testing.assert_close(critic.pair_head(z_a, z_b, lang_d), raw * gate)
         # a gate that says "wrong instruction" silences progress whatever the frames
-        critic.match_mlp[-1].bias.fill_(-30.0)
+        bias = critic.match_mlp[-1].bias
+        saved = bias.clone()
+        bias.fill_(-30.0)
         try:
             assert critic.pair_head(z_a, z_b, lang_d).abs().max() < 1e-9
         finally:
-            critic.match_mlp[-1].reset_parameters()
+            bias.copy_(saved)  # the module-scoped critic is shared with other tests
 
 
 def test_a_critic_saved_before_the_match_gate_loads_without_one(tmp_path: Path) -> None:

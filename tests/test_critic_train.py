@@ -11,7 +11,13 @@ from synthetic_episodes import make_episodes
 
 from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic
 from limbic.critic.model import CriticModelConfig, ProgressCritic
-from limbic.critic.train import CriticTrainConfig, done_weights, drop_views, train_critic
+from limbic.critic.train import (
+    CriticTrainConfig,
+    done_weights,
+    drop_views,
+    selection_score,
+    train_critic,
+)
 
 torch.set_num_threads(1)
 
@@ -147,7 +153,7 @@ def test_validation_calibrates_the_threshold_and_keeps_the_best_checkpoint(
     assert result.best_checkpoint is not None and result.best_checkpoint.name == "best.pt"
     best = torch.load(result.best_checkpoint, weights_only=True)
     assert best["step"] in (3, 6)
-    assert best["selection_score"] >= -1
+    assert best["selection_score"] == pytest.approx(selection_score(best["val_metrics"]))
     # the calibrated threshold is on the grid, saved with the critic and read back
     t = result.val_metrics["done_threshold"]
     assert 0.05 <= t <= 0.95 and result.critic.done_threshold == t
@@ -170,8 +176,6 @@ def test_validation_calibrates_the_threshold_and_keeps_the_best_checkpoint(
 
 
 def test_selection_score_counts_missing_figures_as_zero() -> None:
-    from limbic.critic.train import selection_score
-
     perfect = dict(voc=1.0, voc_f1=1.0, done_f1=1.0, cls_acc=1.0, mismatch=0.0)
     assert selection_score(perfect) == pytest.approx(1.0)
     assert selection_score({**perfect, "voc": float("nan")}) == pytest.approx(0.8)

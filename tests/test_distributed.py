@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
@@ -20,8 +19,10 @@ from limbic.policy.vla import VLAPolicy
 from limbic.runtime.distributed import (
     DistContext,
     DistributedError,
+    free_loopback_port,
     init_distributed,
     pick_device,
+    set_local_rank_env,
     shutdown,
 )
 
@@ -72,14 +73,8 @@ def snapshot(agent: RLPDAgent) -> dict:
 
 
 def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        GLOO_SOCKET_IFNAME="lo",
-    )
+    set_local_rank_env(rank, world, port)
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     torch.set_num_threads(1)
     ctx = init_distributed("cpu", timeout_s=60)
     try:
@@ -102,16 +97,10 @@ def _rank_main(rank: int, world: int, port: int, out_dir: str) -> None:
         shutdown(ctx)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_rank_main, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(2, free_loopback_port(), str(out)), nprocs=2, join=True)
     return {
         name: torch.load(out / f"{name}.pt", weights_only=True)
         for name in ("init0", "init1", "rank0", "rank1")
@@ -233,7 +222,7 @@ def test_limbic_train_under_torchrun_on_two_cpu_ranks(tmp_path):
     cmd = [
         sys.executable, "-m", "torch.distributed.run",
         "--nnodes", "1", "--nproc-per-node", "2",
-        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "--master-addr", "127.0.0.1", "--master-port", str(free_loopback_port()),
         "-m", "limbic.launch.train", "runtime=inprocess",
         "task=reach", "device=cpu", "demos=2", "bc_pretrain_steps=3", "online_episodes=3",
         "utd=0.05", "batch_size=16", "eval_every=2", "eval_episodes=3", "eval_split=train",

@@ -31,10 +31,6 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 ATOL = 2e-3
 
 
-def _outputs(runner, inputs):
-    return runner.run(*inputs)
-
-
 @gpu
 @pytest.mark.parametrize("kind", ["policy", "critic"])
 def test_torch_runner_on_cuda_answers_as_on_cpu(kind):
@@ -44,7 +40,7 @@ def test_torch_runner_on_cuda_answers_as_on_cpu(kind):
     assert gpu.device.type == "cuda" and next(gpu.active.parameters()).is_cuda
     for batch in (1, 5):
         inputs = example_inputs(make(), kind, batch=batch, seed=batch)
-        for g, c in zip(_outputs(gpu, inputs), _outputs(cpu, inputs), strict=True):
+        for g, c in zip(gpu.run(*inputs), cpu.run(*inputs), strict=True):
             assert g.dtype == np.float32 and g.shape == c.shape
             np.testing.assert_allclose(g, c, atol=ATOL, rtol=0)
 
