@@ -233,9 +233,18 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
     return DistContext(rank, world, local_rank, dev, backend)
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group (if this process made one)."""
+def shutdown(ctx: DistContext, wait_s: float = 30.0) -> None:
+    """Leave the process group (if this process made one).
+
+    Gloo ranks first meet at a barrier (at most ``wait_s``): a rank that tears its connections
+    down while a peer is still reading from them can make that peer abort at exit.
+    """
     if ctx.distributed and dist.is_initialized():
+        if ctx.backend == "gloo":
+            try:
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=wait_s))
+            except RuntimeError:
+                pass  # a peer is gone or late: leave anyway
         dist.destroy_process_group()
 
 
