@@ -76,6 +76,16 @@ class AgentConfig:
     """Weight of the BC term on human rows during RL."""
     grad_clip: float = 10.0
     """Global gradient-norm clip for every optimiser step."""
+    token_noise: float = 1.0
+    """Std of the Gaussian noise added to every vision token of a training batch, in units of
+    the tokens' own spread (the compressor scales them to unit std). With a frozen backbone
+    the tokens are stored once per frame, so this is the augmentation that keeps a few
+    demonstrations from being memorised (0 turns it off)."""
+    lang_dropout: float = 0.3
+    """Fraction of a training batch's rows whose instruction embedding is zeroed."""
+    lang_noise: float = 0.5
+    """Std of the Gaussian noise on the instruction embeddings of a training batch, relative to
+    each embedding's own RMS (held-out phrasings land near, not on, the training ones)."""
 
     def __post_init__(self) -> None:
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
@@ -89,6 +99,13 @@ class AgentConfig:
         require(self.lr > 0, "agent.lr", f"must be > 0, got {self.lr}")
         require(self.init_alpha > 0, "agent.init_alpha", f"must be > 0, got {self.init_alpha}")
         require(self.bc_weight >= 0, "agent.bc_weight", f"must be >= 0, got {self.bc_weight}")
+        require(self.token_noise >= 0, "agent.token_noise", f"must be >= 0, got {self.token_noise}")
+        require(
+            0.0 <= self.lang_dropout < 1.0,
+            "agent.lang_dropout",
+            f"must be in [0, 1), got {self.lang_dropout}",
+        )
+        require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
 
 
 @dataclass(frozen=True)
@@ -218,15 +235,45 @@ class RLPDAgent(nn.Module):
 
     # --- learning ------------------------------------------------------------------------------
     def _noise(self, rows: int, device: torch.device) -> torch.Tensor:
-        """Standard normal sampling noise ``[rows, action_size]`` for this rank's rows.
+        """Standard normal sampling noise ``[rows, action_size]`` for this rank's rows."""
+        return self._randn((rows, self.action_size), device)
+
+    def _randn(
+        self, shape: tuple[int, ...], device: torch.device, uniform: bool = False
+    ) -> torch.Tensor:
+        """Standard normal (or uniform in [0, 1)) noise of ``shape`` for this rank's rows.
 
         All ranks draw the global batch's noise and keep their slice, so the shared generator
         advances alike everywhere and row ``i`` of rank ``r`` gets what row ``r * rows + i``
         of one process on the concatenated batch would.
         """
         rank, world = (self.parallel.rank, self.parallel.world_size) if self.parallel else (0, 1)
-        full = torch.randn((rows * world, self.action_size), generator=self.generator)
+        rows, *rest = shape
+        draw = torch.rand if uniform else torch.randn
+        full = draw((rows * world, *rest), generator=self.generator)
         return full[rank * rows : (rank + 1) * rows].to(device)
+
+    def augment(self, b: Batch) -> Batch:
+        """The batch as training sees it: noisy vision tokens and perturbed instructions.
+
+        Tokens (and next tokens) get ``token_noise`` Gaussian noise; ``lang_dropout`` of the
+        rows lose their instruction, the rest get ``lang_noise`` relative Gaussian noise.
+        """
+        cfg = self.cfg
+        out = dict(b)
+        rows, device = b["tokens"].shape[0], b["tokens"].device
+        if cfg.token_noise > 0:
+            for key in ("tokens", "next_tokens"):
+                if key in b:
+                    noise = self._randn(tuple(b[key].shape), device)
+                    out[key] = b[key].float() + cfg.token_noise * noise
+        if cfg.lang_dropout > 0 or cfg.lang_noise > 0:
+            lang = b["lang"].float()
+            rms = lang.pow(2).mean(-1, keepdim=True).sqrt()
+            noisy = lang + cfg.lang_noise * rms * self._randn(tuple(lang.shape), device)
+            keep = self._randn((rows, 1), device, uniform=True) >= cfg.lang_dropout
+            out["lang"] = noisy * keep
+        return out
 
     def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, clip: bool = True) -> None:
         """Backward, average gradients over the ranks, clip, and take the optimiser step."""
@@ -242,6 +289,7 @@ class RLPDAgent(nn.Module):
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
         """One critic step, and (when ``update_actor``) one actor and temperature step."""
         cfg = self.cfg
+        batch = self.augment(batch)
         metrics, critic_feature = self._critic_step(batch)
         if update_actor:
             metrics.update(
@@ -254,7 +302,7 @@ class RLPDAgent(nn.Module):
 
     def bc_update(self, batch: Batch) -> dict[str, float]:
         """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline)."""
-        return self._actor_step(batch, bc_weight=1.0, rl=False)
+        return self._actor_step(self.augment(batch), bc_weight=1.0, rl=False)
 
     def _critic_step(self, b: Batch) -> tuple[dict[str, float], torch.Tensor]:
         cfg = self.cfg

@@ -55,13 +55,15 @@ class PolicyConfig:
 
 class TokenCompressor(nn.Module):
     """A fixed map of token grids: average-pool ``[..., N, D]`` by ``pool``, then centre and
-    project each token on the top-k principal axes -> ``[..., N / pool^2, k]``."""
+    project each token on the top-k principal axes -> ``[..., N / pool^2, k]``, scaled so the
+    fitted tokens have unit standard deviation overall (the unit of the agent's token noise)."""
 
     def __init__(self, in_dim: int, out_dim: int, pool: int = 1):
         super().__init__()
         self.pool = pool
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("components", torch.eye(in_dim, out_dim))
+        self.register_buffer("scale", torch.ones(()))
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[..., N, D]`` (a square grid of N tokens) -> ``[..., N / pool^2, D]``."""
@@ -88,10 +90,12 @@ class TokenCompressor(nn.Module):
         self.mean.copy_(mean)
         self.components.copy_(vh[:k].T)
         var = s**2
+        # the kept components' variance per number: (sum of squared singular values) / rows / k
+        self.scale.copy_((var[:k].sum() / max(x.shape[0] - 1, 1) / k).sqrt().clamp_min(1e-6))
         return float(var[:k].sum() / var.sum())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return (self.pooled(tokens) - self.mean) @ self.components
+        return (self.pooled(tokens) - self.mean) @ self.components / self.scale
 
 
 class VLAPolicy(nn.Module):
@@ -215,6 +219,8 @@ class VLAPolicy(nn.Module):
         spec = ActionSpec.from_dict(ckpt["action_spec"])
         policy = cls(cfg, spec, ckpt["state_dim"], ckpt["lang_dim"], backbone)
         missing, unexpected = policy.load_state_dict(ckpt["weights"], strict=False)
+        # checkpoints from before the compressor scaled its tokens keep the unit scale
+        missing = [k for k in missing if k != "compressor.scale"]
         if unexpected or any(not k.startswith("backbone.") for k in missing):
             raise ValueError(
                 f"{path}: weights do not fit this policy (missing {missing}, unexpected {unexpected})"

@@ -119,6 +119,13 @@ def test_checkpoint_reproduces_actions_and_training_state_exactly(tmp_path):
             rtol=0,
             atol=0,
         )
+        # a checkpoint from before the compressor scaled its tokens loads with the unit scale
+        assert learner.policy.compressor.scale.item() != 1.0
+        ckpt = torch.load(path, weights_only=True)
+        del ckpt["weights"]["compressor.scale"]
+        torch.save(ckpt, tmp_path / "old.pt")
+        old = VLAPolicy.load(tmp_path / "old.pt", backbone=learner.policy.backbone)
+        assert old.compressor.scale.item() == 1.0
     finally:
         learner.close()
 

@@ -194,3 +194,55 @@ def test_old_transitions_never_see_overwritten_frames():
     np.testing.assert_array_equal(
         p.state[p.obs, 0], p.state[p.next, 0]
     )  # each pair from one episode
+
+
+def _agent(**cfg):
+    from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
+
+    small = dict(d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2)
+    return RLPDAgent(AgentConfig(**small, **cfg), ObsShape(2, 4, 8, 3, 16, 2), seed=0)
+
+
+def test_augmentation_noise_and_instruction_dropout_have_the_configured_sizes():
+    rows = 4000
+    batch = {
+        "tokens": torch.randn(rows, 2, 4, 8),
+        "next_tokens": torch.randn(rows, 2, 4, 8),
+        "lang": torch.nn.functional.normalize(torch.randn(rows, 16), dim=-1),
+    }
+    off = _agent(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0).augment(batch)
+    for key in batch:
+        assert torch.equal(off[key], batch[key])
+
+    out = _agent(token_noise=0.7, lang_dropout=0.25, lang_noise=0.5).augment(batch)
+    for key in ("tokens", "next_tokens"):
+        assert (out[key] - batch[key]).std().item() == pytest.approx(0.7, rel=0.02)
+    assert not torch.equal(
+        out["tokens"] - batch["tokens"], out["next_tokens"] - batch["next_tokens"]
+    )
+    dropped = (out["lang"] == 0).all(-1)
+    assert dropped.float().mean().item() == pytest.approx(0.25, abs=0.03)
+    kept = ~dropped
+    rms = batch["lang"][kept].pow(2).mean(-1, keepdim=True).sqrt()
+    rel = (out["lang"][kept] - batch["lang"][kept]) / rms
+    assert rel.std().item() == pytest.approx(0.5, rel=0.03)
+
+
+def test_augmentation_is_reproducible_from_the_agent_generator():
+    batch = {"tokens": torch.randn(8, 2, 4, 8), "lang": torch.randn(8, 16)}
+    a, b = _agent(), _agent()
+    first, second = a.augment(batch), b.augment(batch)
+    assert all(torch.equal(first[k], second[k]) for k in batch)
+    assert not torch.equal(first["tokens"], a.augment(batch)["tokens"])  # fresh noise each batch
+
+
+def test_token_compressor_scales_fitted_tokens_to_unit_std():
+    from limbic.policy.vla import TokenCompressor
+
+    tokens = 5.0 * torch.randn(64, 16, 24) + 3.0
+    comp = TokenCompressor(24, 6, pool=1)
+    comp.fit(tokens)
+    out = comp(tokens)
+    assert out.mean().abs().item() < 0.05
+    assert out.std().item() == pytest.approx(1.0, rel=0.02)
+    assert comp.scale.item() == pytest.approx(5.0, rel=0.1)
