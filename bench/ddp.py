@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.multiprocessing as mp
@@ -63,6 +63,9 @@ class TimedGroup:
         synchronize(self.ctx.device)
         self.seconds += time.perf_counter() - t0
 
+    def sum(self, values: Sequence[float]) -> list[float]:
+        return self.ctx.sum(values)
+
     def broadcast_module(self, module: torch.nn.Module) -> None:
         self.ctx.broadcast_module(module)
 
@@ -88,7 +91,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, results) -
     ctx = init_distributed(args.device)
     try:
         group = TimedGroup(ctx)
-        agent = RLPDAgent(AgentConfig(), SHAPE).to(ctx.device).data_parallel(group)
+        agent = RLPDAgent(AgentConfig(critic_warmup=0), SHAPE).to(ctx.device).data_parallel(group)
         batch = make_batch(args.batch_size, seed=rank, device=ctx.device)
         ctx.barrier()
         seconds = time_updates(agent, batch, args.updates, ctx.device)
@@ -127,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     single = {}
     for rows in (args.batch_size, args.batch_size * ranks):
-        agent = RLPDAgent(AgentConfig(), SHAPE).to(device)
+        agent = RLPDAgent(AgentConfig(critic_warmup=0), SHAPE).to(device)
         single[rows] = args.updates / time_updates(
             agent, make_batch(rows, 0, device), args.updates, device
         )

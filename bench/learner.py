@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         synchronize(device)
 
     shape = ObsShape(n_views=2, n_tokens=16, token_dim=32, state_dim=6, lang_dim=384, action_dim=4)
-    agent = RLPDAgent(AgentConfig(), shape).to(device)
+    agent = RLPDAgent(AgentConfig(critic_warmup=0), shape).to(device)
     replay = filled_replay(shape, episodes=100, length=80, seed=0)
     rng = np.random.default_rng(0)
     reward, gamma = RewardConfig(), agent.cfg.gamma

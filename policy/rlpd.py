@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -83,6 +83,12 @@ class AgentConfig:
     demonstrations from being memorised (0 turns it off)."""
     lang_dropout: float = 0.3
     """Fraction of a training batch's rows whose instruction embedding is zeroed."""
+    q_normalize: bool = True
+    """Divide the actor's Q term by the batch's mean |Q| (TD3+BC's normalisation), so the BC
+    term keeps its weight against it whatever the scale of the reward and the returns."""
+    critic_warmup: int = 1000
+    """RL updates at the start of online learning that train the critic only: the actor, fresh
+    from BC pre-training, follows the Q-function once it has seen some online data."""
     lang_noise: float = 0.5
     """Std of the Gaussian noise on the instruction embeddings of a training batch, relative to
     each embedding's own RMS (held-out phrasings land near, not on, the training ones)."""
@@ -106,6 +112,11 @@ class AgentConfig:
             f"must be in [0, 1), got {self.lang_dropout}",
         )
         require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
+        require(
+            self.critic_warmup >= 0,
+            "agent.critic_warmup",
+            f"must be >= 0, got {self.critic_warmup}",
+        )
 
 
 @dataclass(frozen=True)
@@ -148,6 +159,9 @@ class DataParallelGroup(Protocol):
 
     rank: int
     world_size: int
+
+    def sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum of ``values`` over the ranks."""
 
     def average_gradients(self, params: Iterable[torch.Tensor]) -> None:
         """Replace each gradient by its mean over the ranks."""
@@ -253,6 +267,13 @@ class RLPDAgent(nn.Module):
         full = draw((rows * world, *rest), generator=self.generator)
         return full[rank * rows : (rank + 1) * rows].to(device)
 
+    def _mean_abs(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean of ``|x|`` over every rank's rows (floored at 1e-3: a fresh critic's Q is ~0)."""
+        total, count = float(x.abs().sum()), float(x.numel())
+        if self.parallel is not None:
+            total, count = self.parallel.sum([total, count])
+        return torch.tensor(max(total / count, 1e-3), device=x.device)
+
     def augment(self, b: Batch) -> Batch:
         """The batch as training sees it: noisy vision tokens and perturbed instructions.
 
@@ -287,8 +308,10 @@ class RLPDAgent(nn.Module):
         opt.step()
 
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
-        """One critic step, and (when ``update_actor``) one actor and temperature step."""
+        """One critic step, and (when ``update_actor`` and the critic's warm-up is over) one actor
+        and temperature step."""
         cfg = self.cfg
+        update_actor = update_actor and self.updates >= cfg.critic_warmup
         batch = self.augment(batch)
         metrics, critic_feature = self._critic_step(batch)
         if update_actor:
@@ -344,6 +367,8 @@ class RLPDAgent(nn.Module):
             q = self.critic(critic_feature, action)
             self.critic.requires_grad_(True)
             rl_loss = actor_loss(q, logp, self.alpha)
+            if self.cfg.q_normalize:
+                rl_loss = rl_loss / self._mean_abs(q.detach())
             loss = loss + rl_loss
             alpha_loss = temperature_loss(self.log_alpha, logp, self.target_entropy)
             self._step(alpha_loss, self.alpha_opt, clip=False)

@@ -27,7 +27,9 @@ from limbic.runtime.distributed import (
 )
 
 SHAPE = ObsShape(n_views=2, n_tokens=4, token_dim=8, state_dim=3, lang_dim=6, action_dim=2)
-AGENT = AgentConfig(d_model=16, n_queries=2, feature_dim=32, hidden=32, n_q=4, q_subset=2)
+AGENT = AgentConfig(
+    d_model=16, n_queries=2, feature_dim=32, hidden=32, n_q=4, q_subset=2, critic_warmup=0
+)
 ROWS = 8  # per rank
 UPDATES = 4
 

@@ -126,7 +126,7 @@ def test_rlpd_agent_updates_on_cuda():
     from limbic.runtime.replay import RewardConfig
 
     shape = ObsShape(n_views=2, n_tokens=4, token_dim=8, state_dim=5, lang_dim=16, action_dim=3)
-    agent = RLPDAgent(AgentConfig(), shape).cuda()
+    agent = RLPDAgent(AgentConfig(critic_warmup=0), shape).cuda()
     replay = filled_replay(shape, episodes=4, length=10, seed=0)
     sample = replay.sample(32, np.random.default_rng(0), RewardConfig(), agent.cfg.gamma)
     batch = {k: torch.from_numpy(v).cuda() for k, v in sample.items()}

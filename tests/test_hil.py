@@ -165,7 +165,9 @@ def test_bc_learning_run_completes_on_it(tmp_path):
     cfg = LearnConfig(
         robot=RobotConfig(sim=hil_config(step_limit=30)),
         policy=PolicyConfig(
-            agent=AgentConfig(d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2)
+            agent=AgentConfig(
+                d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2, critic_warmup=0
+            )
         ),
         mode="bc",
         demos=2,

@@ -21,7 +21,9 @@ from limbic.runtime.learner import CHECKPOINT, AsyncLearner, LearnerConfig, reco
 from limbic.runtime.protocol import ProtocolError
 from limbic.runtime.rollout import run_episode
 
-TINY = AgentConfig(d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2)
+TINY = AgentConfig(
+    d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2, critic_warmup=0
+)
 
 
 def learner_config(tmp_path, **kw) -> LearnerConfig:

@@ -11,7 +11,9 @@ from limbic.runtime.learn import LearnConfig, Learner
 from limbic.runtime.rollout import run_episode
 from limbic.sim.env import SimConfig
 
-SMALL_AGENT = AgentConfig(d_model=32, n_queries=2, feature_dim=128, hidden=128, n_q=2, q_subset=2)
+SMALL_AGENT = AgentConfig(
+    d_model=32, n_queries=2, feature_dim=128, hidden=128, n_q=2, q_subset=2, critic_warmup=0
+)
 
 
 def reach_config(tmp_path, **kw) -> LearnConfig:

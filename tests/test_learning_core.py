@@ -246,3 +246,47 @@ def test_token_compressor_scales_fitted_tokens_to_unit_std():
     assert out.mean().abs().item() < 0.05
     assert out.std().item() == pytest.approx(1.0, rel=0.02)
     assert comp.scale.item() == pytest.approx(5.0, rel=0.1)
+
+
+def _rl_batch(rows: int = 32) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "tokens": torch.randn(rows, 2, 4, 8, generator=g),
+        "next_tokens": torch.randn(rows, 2, 4, 8, generator=g),
+        "state": torch.randn(rows, 3, generator=g),
+        "next_state": torch.randn(rows, 3, generator=g),
+        "lang": torch.randn(rows, 16, generator=g),
+        "action": torch.rand(rows, 2, generator=g) * 2 - 1,
+        "reward": torch.rand(rows, generator=g),
+        "terminal": torch.zeros(rows),
+        "human": torch.arange(rows) % 2 == 0,
+    }
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_q_normalised_actor_gradient_ignores_the_scale_of_q(normalize):
+    grads = []
+    for scale in (1.0, 10.0):
+        agent = _agent(q_normalize=normalize, init_alpha=1e-9, grad_clip=1e9)
+        with torch.no_grad():  # the same critic, its values `scale` times larger
+            agent.critic.w_out.mul_(scale)
+            agent.critic.b_out.add_(0.5).mul_(scale)
+        agent._actor_step(_rl_batch(), bc_weight=0.0, rl=True)
+        grads.append(agent.actor.net[-1].weight.grad.clone())
+    if normalize:
+        torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+    else:
+        torch.testing.assert_close(grads[1], 10.0 * grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_critic_warmup_holds_the_actor_still():
+    agent = _agent(critic_warmup=2, token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    actor0 = [p.clone() for p in agent.actor.parameters()]
+    critic0 = agent.critic.w_out.clone()
+    for _ in range(2):
+        metrics = agent.update(_rl_batch())
+        assert "actor_loss" not in metrics
+    assert all(torch.equal(a, b) for a, b in zip(actor0, agent.actor.parameters(), strict=True))
+    assert not torch.equal(critic0, agent.critic.w_out)
+    assert "actor_loss" in agent.update(_rl_batch())
+    assert not torch.equal(actor0[0], next(agent.actor.parameters()))

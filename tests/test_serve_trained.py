@@ -19,7 +19,9 @@ def test_a_trained_policy_checkpoint_is_served_with_its_own_actions(tmp_path):
     cfg = LearnConfig(
         robot=RobotConfig(sim=SimConfig(task="reach")),
         policy=PolicyConfig(
-            agent=AgentConfig(d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2)
+            agent=AgentConfig(
+                d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2, critic_warmup=0
+            )
         ),
         demos=2,
         batch_size=16,

@@ -27,7 +27,9 @@ from limbic.runtime.outbox import OutboxConfig
 from limbic.runtime.server import ServeConfig
 from limbic.runtime.supervisor import ActorSettings, TrainConfig, TrainJob
 
-TINY = AgentConfig(d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2)
+TINY = AgentConfig(
+    d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2, critic_warmup=0
+)
 OVERRIDES = [
     "task=reach",
     "demos=2",
