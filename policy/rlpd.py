@@ -86,6 +86,10 @@ class AgentConfig:
     q_normalize: bool = True
     """Divide the actor's Q term by the batch's mean |Q| (TD3+BC's normalisation), so the BC
     term keeps its weight against it whatever the scale of the reward and the returns."""
+    rl_through_encoder: bool = False
+    """Let the actor's value term train the actor's encoder too; off, the encoder learns from the
+    BC term alone and the value term moves only the action head (perception stays what the
+    demonstrations taught while the Q-function is still poor)."""
     critic_warmup: int = 1000
     """RL updates at the start of online learning that train the critic only: the actor, fresh
     from BC pre-training, follows the Q-function once it has seen some online data."""
@@ -359,7 +363,10 @@ class RLPDAgent(nn.Module):
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
         if rl:
-            action, logp = self.actor(feature, noise=self._noise(feature.shape[0], feature.device))
+            rl_feature = feature if self.cfg.rl_through_encoder else feature.detach()
+            action, logp = self.actor(
+                rl_feature, noise=self._noise(feature.shape[0], feature.device)
+            )
             if critic_feature is None:
                 with torch.no_grad():
                     critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])

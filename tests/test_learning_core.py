@@ -290,3 +290,12 @@ def test_critic_warmup_holds_the_actor_still():
     assert not torch.equal(critic0, agent.critic.w_out)
     assert "actor_loss" in agent.update(_rl_batch())
     assert not torch.equal(actor0[0], next(agent.actor.parameters()))
+
+
+@pytest.mark.parametrize("through", [True, False])
+def test_value_term_reaches_the_actor_encoder_only_when_asked(through):
+    agent = _agent(rl_through_encoder=through)
+    agent._actor_step(_rl_batch(), bc_weight=0.0, rl=True)
+    grad = agent.actor_encoder.proj.weight.grad
+    assert (grad is not None and grad.abs().sum() > 0) == through
+    assert agent.actor.net[-1].weight.grad.abs().sum() > 0
