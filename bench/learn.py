@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-episodes", type=int, default=20)
     p.add_argument("--utd", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--bc-steps", type=int, default=1500)
+    p.add_argument("--bc-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--arms", nargs="+", default=["bc", "sparse", "shaped"], choices=["bc", "sparse", "shaped"]

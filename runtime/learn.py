@@ -66,7 +66,7 @@ class LearnConfig:
     utd: float = 2.0
     """Gradient updates per environment step."""
     batch_size: int = 256
-    bc_pretrain_steps: int = 1500
+    bc_pretrain_steps: int = 3000
     """Behaviour-cloning steps before online learning (and the whole of ``mode=bc``)."""
     eval_every: int = 25
     """Evaluate after every this many online episodes (and at 0)."""
