@@ -84,8 +84,12 @@ class AgentConfig:
     lang_dropout: float = 0.3
     """Fraction of a training batch's rows whose instruction embedding is zeroed."""
     q_normalize: bool = True
-    """Divide the actor's Q term by the batch's mean |Q| (TD3+BC's normalisation), so the BC
-    term keeps its weight against it whatever the scale of the reward and the returns."""
+    """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
+    so the BC term keeps its weight against it whatever the scale of the returns."""
+    bc_std: float = 0.1
+    """BC pre-training also sets the exploration noise: it regresses the actor's (pre-squash)
+    standard deviation to this, so the first online episodes explore around the demonstrated
+    actions instead of drowning them in the untrained head's noise (0 leaves it alone)."""
     rl_through_encoder: bool = False
     """Let the actor's value term train the actor's encoder too; off, the encoder learns from the
     BC term alone and the value term moves only the action head (perception stays what the
@@ -116,6 +120,7 @@ class AgentConfig:
             f"must be in [0, 1), got {self.lang_dropout}",
         )
         require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
+        require(self.bc_std >= 0, "agent.bc_std", f"must be >= 0, got {self.bc_std}")
         require(
             self.critic_warmup >= 0,
             "agent.critic_warmup",
@@ -272,11 +277,12 @@ class RLPDAgent(nn.Module):
         return full[rank * rows : (rank + 1) * rows].to(device)
 
     def _mean_abs(self, x: torch.Tensor) -> torch.Tensor:
-        """Mean of ``|x|`` over every rank's rows (floored at 1e-3: a fresh critic's Q is ~0)."""
+        """Mean of ``|x|`` over every rank's rows, at least 1: the normalisation shrinks the value
+        term when returns are large and never magnifies a Q-function that is still near 0."""
         total, count = float(x.abs().sum()), float(x.numel())
         if self.parallel is not None:
             total, count = self.parallel.sum([total, count])
-        return torch.tensor(max(total / count, 1e-3), device=x.device)
+        return torch.tensor(max(total / count, 1.0), device=x.device)
 
     def augment(self, b: Batch) -> Batch:
         """The batch as training sees it: noisy vision tokens and perturbed instructions.
@@ -358,10 +364,12 @@ class RLPDAgent(nn.Module):
         self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
     ) -> dict[str, float]:
         feature = self.actor_encoder(b["tokens"], b["state"], b["lang"])
-        mean_action = torch.tanh(self.actor.distribution(feature)[0])
-        imitation = bc_loss(mean_action, b["action"], b["human"])
+        mean, std = self.actor.distribution(feature)
+        imitation = bc_loss(torch.tanh(mean), b["action"], b["human"])
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
+        if not rl and self.cfg.bc_std > 0:  # pre-training: the exploration noise to start from
+            loss = loss + (std.log() - math.log(self.cfg.bc_std)).pow(2).mean()
         if rl:
             rl_feature = feature if self.cfg.rl_through_encoder else feature.detach()
             action, logp = self.actor(

@@ -270,7 +270,7 @@ def test_q_normalised_actor_gradient_ignores_the_scale_of_q(normalize):
         agent = _agent(q_normalize=normalize, init_alpha=1e-9, grad_clip=1e9)
         with torch.no_grad():  # the same critic, its values `scale` times larger
             agent.critic.w_out.mul_(scale)
-            agent.critic.b_out.add_(0.5).mul_(scale)
+            agent.critic.b_out.add_(2.0).mul_(scale)
         agent._actor_step(_rl_batch(), bc_weight=0.0, rl=True)
         grads.append(agent.actor.net[-1].weight.grad.clone())
     if normalize:
@@ -299,3 +299,14 @@ def test_value_term_reaches_the_actor_encoder_only_when_asked(through):
     grad = agent.actor_encoder.proj.weight.grad
     assert (grad is not None and grad.abs().sum() > 0) == through
     assert agent.actor.net[-1].weight.grad.abs().sum() > 0
+
+
+def test_bc_pretraining_sets_the_exploration_noise():
+    agent = _agent(bc_std=0.1, token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    batch = _rl_batch()
+    for _ in range(300):
+        agent.bc_update(batch)
+    with torch.no_grad():
+        feature = agent.actor_encoder(batch["tokens"], batch["state"], batch["lang"])
+        std = agent.actor.distribution(feature)[1]
+    assert std.mean().item() == pytest.approx(0.1, rel=0.1)
