@@ -87,9 +87,10 @@ class AgentConfig:
     """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
     so the BC term keeps its weight against it whatever the scale of the returns."""
     bc_std: float = 0.1
-    """BC pre-training also sets the exploration noise: it regresses the actor's (pre-squash)
-    standard deviation to this, so the first online episodes explore around the demonstrated
-    actions instead of drowning them in the untrained head's noise (0 leaves it alone)."""
+    """The exploration noise: BC pre-training and every actor step regress the actor's
+    (pre-squash) standard deviation to this, so online episodes explore around the demonstrated
+    actions instead of in the untrained head's noise, and the entropy term cannot inflate it
+    while the Q-function is still poor (0: the entropy term alone sets it, as in SAC)."""
     rl_through_encoder: bool = False
     """Let the actor's value term train the actor's encoder too; off, the encoder learns from the
     BC term alone and the value term moves only the action head (perception stays what the
@@ -368,7 +369,7 @@ class RLPDAgent(nn.Module):
         imitation = bc_loss(torch.tanh(mean), b["action"], b["human"])
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
-        if not rl and self.cfg.bc_std > 0:  # pre-training: the exploration noise to start from
+        if self.cfg.bc_std > 0:  # the exploration noise stays anchored at bc_std
             loss = loss + (std.log() - math.log(self.cfg.bc_std)).pow(2).mean()
         if rl:
             rl_feature = feature if self.cfg.rl_through_encoder else feature.detach()

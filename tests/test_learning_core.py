@@ -267,7 +267,7 @@ def _rl_batch(rows: int = 32) -> dict:
 def test_q_normalised_actor_gradient_ignores_the_scale_of_q(normalize):
     grads = []
     for scale in (1.0, 10.0):
-        agent = _agent(q_normalize=normalize, init_alpha=1e-9, grad_clip=1e9)
+        agent = _agent(q_normalize=normalize, init_alpha=1e-9, grad_clip=1e9, bc_std=0.0)
         with torch.no_grad():  # the same critic, its values `scale` times larger
             agent.critic.w_out.mul_(scale)
             agent.critic.b_out.add_(2.0).mul_(scale)
@@ -294,7 +294,7 @@ def test_critic_warmup_holds_the_actor_still():
 
 @pytest.mark.parametrize("through", [True, False])
 def test_value_term_reaches_the_actor_encoder_only_when_asked(through):
-    agent = _agent(rl_through_encoder=through)
+    agent = _agent(rl_through_encoder=through, bc_std=0.0)
     agent._actor_step(_rl_batch(), bc_weight=0.0, rl=True)
     grad = agent.actor_encoder.proj.weight.grad
     assert (grad is not None and grad.abs().sum() > 0) == through
