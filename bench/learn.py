@@ -1,11 +1,14 @@
 """``limbic-bench learn``: sample efficiency of BC only, sparse-reward RL and shaped-reward RL.
 
-All three start from the same scripted demonstrations (same seeds) on the default task
+All arms start from the same scripted demonstrations (same seeds) on the default task
 (SO-101 pick-and-place, two 128x128 views; ``--env gym_hil/PandaPickCube`` for gym-hil's cube
 lifting through limbic's adapter) and are evaluated on the same held-out seeds of
-the held-out split. The shaped arm needs a progress-critic checkpoint (``--critic``). Prints
-held-out success against online episodes for each arm and ends with
-``episodes_to_90=... success_at_150=... sparse_success_at_150=... bc_success=... minutes=...``.
+the held-out split. The shaped arm needs a progress-critic checkpoint (``--critic``). The
+optional ``hil`` arm is the shaped arm with a simulated human watching the online episodes
+and taking over when the policy goes wrong (HIL-SERL's setting). Prints held-out success
+against online episodes for each arm and ends with
+``episodes_to_90=... success_at_150=... sparse_success_at_150=... bc_success=... minutes=...``
+(and, with the hil arm, ``hil_episodes_to_90=... hil_success_at_150=... hil_human_share=...``).
 """
 
 from __future__ import annotations
@@ -47,12 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bc-steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--arms", nargs="+", default=["bc", "sparse", "shaped"], choices=["bc", "sparse", "shaped"]
+        "--arms",
+        nargs="+",
+        default=["bc", "sparse", "shaped"],
+        choices=["bc", "sparse", "shaped", "hil"],
     )
     p.add_argument("--out", default="runs/bench_learn")
     args = p.parse_args(argv)
-    if "shaped" in args.arms and not args.critic:
-        p.error("the shaped arm needs --critic (train one with limbic-train-critic)")
+    if {"shaped", "hil"} & set(args.arms) and not args.critic:
+        p.error("the shaped and hil arms need --critic (train one with limbic-train-critic)")
 
     default_arm, default_task = DEFAULT_ARM_TASK[args.env]
     args.arm, args.task = args.arm or default_arm, args.task or default_task
@@ -82,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "shaped": dataclasses.replace(
             base, critic_checkpoint=args.critic, out_dir=f"{args.out}/shaped"
         ),
+        "hil": dataclasses.replace(
+            base, critic_checkpoint=args.critic, interventions=True, out_dir=f"{args.out}/hil"
+        ),
     }
     print(
         f"# learning: {args.env} {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
@@ -93,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = learn(arms[name])
         r = results[name]
         print(f"\n{name}: {r.minutes:.1f} min, {r.updates} updates")
-        print("  episodes  success  length  shaped_return")
+        print("  episodes  success  length  shaped_return  human_share")
         for e in r.curve:
             print(
-                f"  {e.episodes:8d}  {e.success_rate:7.0%}  {e.mean_length:6.1f}  {e.mean_shaped_return:13.2f}"
+                f"  {e.episodes:8d}  {e.success_rate:7.0%}  {e.mean_length:6.1f}  "
+                f"{e.mean_shaped_return:13.2f}  {e.human_share:11.2f}"
             )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot_curves({k: v.curve for k, v in results.items()}, Path(args.out) / "curves.png")
@@ -110,8 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     main_arm = "shaped" if "shaped" in results else "sparse" if "sparse" in results else None
     to_90 = results[main_arm].episodes_to(0.9) if main_arm else None
     minutes = results[main_arm].minutes if main_arm else float("nan")
-    print(
+    line = (
         f"episodes_to_90={to_90 if to_90 is not None else 'none'} success_at_{args.episodes}={final(main_arm) if main_arm else 'nan'} "
         f"sparse_success_at_{args.episodes}={final('sparse')} bc_success={final('bc')} minutes={minutes:.1f}"
     )
+    if "hil" in results:
+        hil = results["hil"]
+        hil_90 = hil.episodes_to(0.9)
+        line += (
+            f" hil_episodes_to_90={hil_90 if hil_90 is not None else 'none'}"
+            f" hil_success_at_{args.episodes}={final('hil')}"
+            f" hil_human_share={hil.curve[-1].human_share:.2f} hil_minutes={hil.minutes:.1f}"
+        )
+    print(line)
     return 0

@@ -86,7 +86,8 @@ class ActorConfig:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     """Unacknowledged episodes: memory bound, spool folder, re-send timing."""
     arbiter: str = "policy"
-    """Intervention arbiter (a key of ``ARBITERS``); ``policy`` never intervenes."""
+    """Intervention arbiter (a key of ``ARBITERS``): ``policy`` never intervenes, ``scripted``
+    is the simulated human taking over when the policy goes wrong (sim robots only)."""
     envelope: str = "bounds"
     """Safety envelope (a key of ``ENVELOPES``); ``bounds`` enforces the declared action bounds."""
     server_public_key: str = ""
@@ -148,8 +149,19 @@ class ActorConfig:
         return Path(self.out_dir) / self.actor_id
 
 
-ARBITERS: dict[str, Any] = {"policy": lambda robot: PolicyOnlyArbiter()}
-"""Arbiter name -> ``f(robot) -> InterventionArbiter`` (the teleop issue adds human arbiters)."""
+def _scripted_takeover(robot: Any) -> InterventionArbiter:
+    from limbic.sim.operator import ScriptedTakeover
+
+    return ScriptedTakeover.for_robot(robot)
+
+
+ARBITERS: dict[str, Any] = {
+    "policy": lambda robot: PolicyOnlyArbiter(),
+    "scripted": _scripted_takeover,
+}
+"""Arbiter name -> ``f(robot) -> InterventionArbiter``: ``policy`` never intervenes;
+``scripted`` (simulation only) is the scripted expert taking over when the policy goes wrong;
+the teleop issue adds human arbiters."""
 ENVELOPES: dict[str, Any] = {"bounds": lambda robot: ActionBoundsEnvelope(robot.action_spec)}
 """Envelope name -> ``f(robot) -> SafetyEnvelope`` (the deployment issue adds real limits)."""
 

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 REPLAY_KEYS = ("tokens", "state", "action", "reward", "terminal", "phi")
 """Arrays each replay file holds (plus the instruction)."""
+OPTIONAL_REPLAY_KEYS = ("intervention",)
+"""Arrays a replay file holds when the episode had them (bool[T]: the steps a human took)."""
 
 
 def _append_line(path: Path, record: dict[str, Any]) -> None:
@@ -213,7 +215,8 @@ class EpisodeStore:
         name = f"{len(self.records):07d}.npz"
         tmp = folder / (name + ".tmp")
         with open(tmp, "wb") as f:
-            np.savez(f, instruction=np.array(ep.instruction), **{k: replay[k] for k in REPLAY_KEYS})
+            keys = [*REPLAY_KEYS, *(k for k in OPTIONAL_REPLAY_KEYS if k in replay)]
+            np.savez(f, instruction=np.array(ep.instruction), **{k: replay[k] for k in keys})
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, folder / name)
@@ -234,6 +237,7 @@ class EpisodeStore:
         """The replay arrays of a committed episode (``instruction`` as a str)."""
         with np.load(self.root / "replay" / record["file"], allow_pickle=False) as z:
             out = {k: z[k] for k in REPLAY_KEYS}
+            out.update({k: z[k] for k in OPTIONAL_REPLAY_KEYS if k in z.files})
             out["instruction"] = str(z["instruction"])
         return out
 

@@ -44,6 +44,7 @@ from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
+from limbic.sim.operator import ScriptedTakeover, TakeoverConfig
 
 
 @dataclass
@@ -82,6 +83,10 @@ class LearnConfig:
     """torch threads (0: leave torch's default)."""
     device: str = "auto"
     """``auto`` (GPU ``LOCAL_RANK`` when CUDA is there, else the CPU), ``cpu`` or ``cuda``."""
+    interventions: bool = False
+    """A simulated human (the scripted expert) watches the online episodes and takes over when
+    the policy goes wrong (``takeover``); its steps go to the intervention partition."""
+    takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
 
     def __post_init__(self) -> None:
         require(
@@ -126,6 +131,8 @@ class EvalResult:
     mean_length: float
     mean_shaped_return: float
     minutes: float
+    human_share: float = 0.0
+    """Share of the online steps so far that the simulated human took (``interventions``)."""
 
 
 @dataclass
@@ -194,6 +201,16 @@ class Learner:
             self.env.action_spec.dim * cfg.policy.chunk_len,
             self.language.dim,
         )
+        self.arbiter = (
+            ScriptedTakeover(
+                make_expert(self.env, ExpertConfig(), seed=cfg.seed + 1),
+                self.env.action_spec,
+                cfg.takeover,
+            )
+            if cfg.interventions
+            else None
+        )
+        self.played_steps = self.human_steps = 0
         self.out = Path(cfg.out_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +232,10 @@ class Learner:
     def _store(self, source: str, ep: EpisodeRecord) -> None:
         embedding = self.lang(ep.instruction)[0].cpu().numpy()
         lang_id = self.replay.instruction_id(ep.instruction, embedding)
-        self.replay.add_episode(source, **ep.replay_arrays(lang_id))
+        if source == "online" and ep.intervention is not None and ep.intervention.any():
+            self.replay.add_shared_episode(ep.intervention, **ep.replay_arrays(lang_id))
+        else:
+            self.replay.add_episode(source, **ep.replay_arrays(lang_id))
 
     def _batch(self) -> dict[str, torch.Tensor]:
         b = self.replay.sample(
@@ -311,7 +331,9 @@ class Learner:
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
                 recorded += 1
-        wins, steps, shaped = d.sum([wins, steps, shaped])
+        wins, steps, shaped, online, human = d.sum(
+            [wins, steps, shaped, self.played_steps, self.human_steps]
+        )
         n = self.cfg.eval_episodes
         return EvalResult(
             episodes=episodes_done,
@@ -319,6 +341,7 @@ class Learner:
             mean_length=steps / n,
             mean_shaped_return=shaped / n,
             minutes=(time.monotonic() - started) / 60,
+            human_share=human / online if online else 0.0,
         )
 
     def run(self) -> LearnResult:
@@ -355,9 +378,13 @@ class Learner:
                     self.lang,
                     seed=ONLINE_SEED + ep_i,
                     split="train",
+                    arbiter=self.arbiter,
                 )
                 self._store("online", ep)
                 steps = len(ep)
+                self.played_steps += steps
+                if ep.intervention is not None:
+                    self.human_steps += int(ep.intervention.sum())
             (round_steps,) = d.sum([steps])
             done = min(first + d.world_size - 1, online)
             credit += cfg.utd * round_steps / d.world_size

@@ -218,6 +218,8 @@ class AsyncLearner(Learner):
             "terminal": ep.terminated,
             "phi": ep.phi,
         }
+        if ep.source == "intervention":
+            arrays["intervention"] = np.asarray(ep.intervention, bool)
         self.store.add(ep, arrays, {"late_ticks": ep.late_ticks})
         self._add_to_replay(ep.source, ep.instruction, arrays)
         if ep.source != "demo":
@@ -232,7 +234,13 @@ class AsyncLearner(Learner):
         lang = self.lang(instruction)[0].numpy()
         with self.cond:
             lang_id = self.replay.instruction_id(instruction, lang)
-            self.replay.add_episode(source, lang_id=lang_id, **arrays)
+            human = arrays.pop("intervention", None)
+            if (
+                source == "intervention" and human is not None
+            ):  # human steps apart from the policy's
+                self.replay.add_shared_episode(human, lang_id=lang_id, **arrays)
+            else:
+                self.replay.add_episode(source, lang_id=lang_id, **arrays)
             if source != "demo":  # online interaction, with or without a human stepping in
                 total = (self.online_steps[-1] if self.online_steps else 0) + len(arrays["action"])
                 self.online_steps.append(total)

@@ -102,28 +102,39 @@ class Partition:
         reward: np.ndarray,
         terminal: np.ndarray,
         phi: np.ndarray,
+        keep: np.ndarray | None = None,
     ) -> None:
-        """Store ``T`` transitions from ``T + 1`` frames (``phi`` has ``T + 1`` entries too)."""
+        """Store ``T`` transitions from ``T + 1`` frames (``phi`` has ``T + 1`` entries too).
+
+        ``keep`` (bool[T]) stores only those transitions (the frames they need are stored
+        whole): an episode the policy and a human shared goes half here, half there.
+        """
         t = action.shape[0]
         if tokens.shape[0] != t + 1 or state.shape[0] != t + 1 or phi.shape[0] != t + 1:
             raise ValueError(
                 f"an episode of {t} actions needs {t + 1} frames, states and potentials; got "
                 f"{tokens.shape[0]}, {state.shape[0]}, {phi.shape[0]}"
             )
+        keep = np.ones(t, bool) if keep is None else np.asarray(keep, bool)
+        if keep.shape != (t,):
+            raise ValueError(f"keep must be bool[{t}], got shape {keep.shape}")
+        n = int(keep.sum())
+        if n == 0:
+            return
         if t > self.capacity:
             raise ValueError(f"episode of {t} steps is longer than the partition ({self.capacity})")
         frames = self._frame_slots(t + 1)
         self.tokens[frames] = tokens
         self.state[frames] = state
         self.lang[frames] = lang_id
-        rows = (self.ptr + np.arange(t)) % self.capacity
-        self.obs[rows], self.next[rows] = frames[:-1], frames[1:]
-        self.action[rows] = action
-        self.reward[rows] = reward
-        self.terminal[rows] = terminal
-        self.phi[rows], self.phi_next[rows] = phi[:-1], phi[1:]
-        self.ptr = int((self.ptr + t) % self.capacity)
-        self.size = min(self.size + t, self.capacity)
+        rows = (self.ptr + np.arange(n)) % self.capacity
+        self.obs[rows], self.next[rows] = frames[:-1][keep], frames[1:][keep]
+        self.action[rows] = action[keep]
+        self.reward[rows] = reward[keep]
+        self.terminal[rows] = terminal[keep]
+        self.phi[rows], self.phi_next[rows] = phi[:-1][keep], phi[1:][keep]
+        self.ptr = int((self.ptr + n) % self.capacity)
+        self.size = min(self.size + n, self.capacity)
         self.episodes += 1
 
 
@@ -166,6 +177,13 @@ class ReplayMix:
         if source not in self.partitions:
             raise KeyError(f"unknown replay partition {source!r}; choose from {list(PARTITIONS)}")
         self.partitions[source].add_episode(**arrays)
+
+    def add_shared_episode(self, intervention: np.ndarray, **arrays: np.ndarray | int) -> None:
+        """Store an episode the policy and a human shared: the steps a human took
+        (``intervention``, bool[T]) go to the intervention partition, the policy's to online."""
+        human = np.asarray(intervention, bool)
+        self.partitions["online"].add_episode(keep=~human, **arrays)
+        self.partitions["intervention"].add_episode(keep=human, **arrays)
 
     def __len__(self) -> int:
         return sum(p.size for p in self.partitions.values())

@@ -20,6 +20,7 @@ from limbic.critic.potential import OnlinePotential
 from limbic.policy.rlpd import ActionNormalizer
 from limbic.policy.vla import VLAPolicy
 from limbic.sim.env import SimEnv
+from limbic.teleop.arbiter import InterventionArbiter
 
 ActionSource = Callable[[Observation, torch.Tensor, torch.Tensor], np.ndarray]
 """``(observation, compact tokens [1, V, N, k], instruction embedding [1, L]) -> env action``."""
@@ -45,6 +46,8 @@ class EpisodeRecord:
     """The ``T + 1`` observations, when asked for (to write the episode to a dataset)."""
     env_action: np.ndarray | None = None
     """float32[T, A]: the actions as applied, in the arm's units (with the observations)."""
+    intervention: np.ndarray | None = None
+    """bool[T]: the steps a human (the arbiter) took instead of the policy, when there was one."""
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -96,14 +99,20 @@ def run_episode(
     keep_backbone_tokens: bool = False,
     on_reset: Callable[[], None] | None = None,
     keep_observations: bool = False,
+    arbiter: InterventionArbiter | None = None,
 ) -> EpisodeRecord:
     """Run ``act`` for one episode of ``env`` (reset with ``seed``/``split``).
 
-    ``lang`` is a function of the instruction: ``lang(text) -> [1, L]`` embedding.
+    ``lang`` is a function of the instruction: ``lang(text) -> [1, L]`` embedding. With an
+    ``arbiter``, every tick it chooses between ``act``'s action and a human's, and the record
+    says which steps the human took.
     """
     obs = env.reset(seed=seed, split=split)
     if on_reset is not None:
         on_reset()
+    if arbiter is not None:
+        arbiter.on_episode_start(obs)
+    human: list[bool] = []
     instr_emb = lang(env.instruction)
     normalizer = ActionNormalizer(env.action_spec)
     potential = OnlinePotential(featurize.critic) if featurize.critic is not None else None
@@ -137,6 +146,9 @@ def run_episode(
     success = False
     for _ in range(env.step_limit):
         action = act(obs, compact, instr_emb)
+        if arbiter is not None:
+            action, by_human = arbiter.choose(obs, action)
+            human.append(bool(by_human))
         result = env.step(action)
         actions.append(normalizer.normalize(result.action))
         if keep_observations:
@@ -162,4 +174,5 @@ def run_episode(
         backbone_tokens=np.stack(full) if keep_backbone_tokens else None,
         observations=observations,
         env_action=np.stack(applied).astype(np.float32) if keep_observations else None,
+        intervention=np.asarray(human, bool) if arbiter is not None else None,
     )

@@ -240,6 +240,8 @@ class ScriptedExpert:
         if self.mode is ExpertMode.FAILED:
             place_xy = place_xy + self.fail_offset
         held = np.linalg.norm(cube - tool) < 2.0 * self.half and cube[2] > 1.3 * self.half
+        if self.phase < 3 and held:  # taking over from someone who already lifted it: carry on
+            self.phase, self.timer = 3, 0
         p = self.phase
         if p == 0:  # hover above the cube, open
             target = np.array([*cube[:2], cube[2] + self.hover])

@@ -1,19 +1,23 @@
 """The scripted operator: the scripted expert behind the Teleoperator interface.
 
-In simulation it plays the human: it records demonstrations now, and later takes over
-from the policy when the intervention protocol asks for it.
+In simulation it plays the human: it records demonstrations (:class:`ScriptedOperator`) and
+takes over from the policy when the policy goes wrong (:class:`ScriptedTakeover`, an
+intervention arbiter, as a human watching a learning arm would).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from limbic.contracts import Observation
+from limbic.contracts import ActionSpec, Observation
+from limbic.launch.config import require
 from limbic.sim.envs import make_expert
 from limbic.sim.expert import ExpertConfig, ExpertMode
 from limbic.sim.robot import SimRobot
+from limbic.teleop.arbiter import InterventionArbiter
 from limbic.teleop.base import Teleoperator
 
 
@@ -50,3 +54,74 @@ class ScriptedOperator(Teleoperator):
     @property
     def is_intervening(self) -> bool:
         return True
+
+
+@dataclass
+class TakeoverConfig:
+    """When the simulated human takes the arm from the policy (HG-DAgger's gating rule).
+
+    The operator watches every tick: it works out what it would do, and when the policy's
+    action differs from that by more than ``threshold`` in some component (in the normalised
+    [-1, 1] action space: a wrong direction, a stalled arm, the gripper at the wrong time)
+    for ``patience`` ticks in a row, it takes over for ``hold`` ticks, then hands the arm back.
+    """
+
+    threshold: float = 0.6
+    patience: int = 3
+    hold: int = 8
+
+    def __post_init__(self) -> None:
+        require(self.threshold > 0, "takeover.threshold", f"must be > 0, got {self.threshold}")
+        require(self.patience >= 1, "takeover.patience", f"must be >= 1, got {self.patience}")
+        require(self.hold >= 1, "takeover.hold", f"must be >= 1, got {self.hold}")
+
+
+class ScriptedTakeover(InterventionArbiter):
+    """The scripted expert as a watching human who takes over when the policy goes wrong.
+
+    The expert is asked for its action on every tick, also while the policy drives, so it
+    follows the task's phases along the arm's real path and can take over from any state.
+    """
+
+    name = "scripted"
+
+    def __init__(self, expert: Any, spec: ActionSpec, cfg: TakeoverConfig | None = None):
+        self.expert, self.cfg = expert, cfg or TakeoverConfig()
+        self.half = np.maximum((spec.high - spec.low) / 2, 1e-9).astype(np.float32)
+        self.streak = self.left = 0
+        self.takeovers = 0
+        """Takeovers since construction."""
+
+    @classmethod
+    def for_robot(cls, robot: Any, cfg: TakeoverConfig | None = None) -> ScriptedTakeover:
+        """The arbiter for a simulated robot (it needs the simulator's privileged state)."""
+        if not isinstance(robot, SimRobot):
+            raise TypeError(
+                f"the scripted takeover arbiter needs a simulated robot, got {type(robot).__name__}"
+            )
+        robot._require_connected()
+        return cls(make_expert(robot.env, ExpertConfig()), robot.action_spec, cfg)
+
+    def on_episode_start(self, observation: Observation | None = None) -> None:
+        self.expert.reset()
+        self.streak = self.left = 0
+
+    def gap(self, policy_action: np.ndarray, expert_action: np.ndarray) -> float:
+        """Largest component difference of two env actions in the normalised action space."""
+        diff = (np.asarray(policy_action, np.float32) - expert_action) / self.half
+        return float(np.abs(diff).max())
+
+    def choose(
+        self, observation: Observation | None, policy_action: np.ndarray
+    ) -> tuple[np.ndarray, bool]:
+        expert_action = self.expert.act()  # every tick, to follow the phases
+        if self.left > 0:
+            self.left -= 1
+            return expert_action, True
+        far = self.gap(policy_action, expert_action) > self.cfg.threshold
+        self.streak = self.streak + 1 if far else 0
+        if self.streak >= self.cfg.patience:
+            self.streak, self.left = 0, self.cfg.hold - 1
+            self.takeovers += 1
+            return expert_action, True
+        return policy_action, False

@@ -194,3 +194,34 @@ def test_learning_benchmark_takes_the_env_and_names_bad_combinations(capsys):
         main(["--env", HIL_PICK_CUBE, "--arm", "so101", "--arms", "bc"])
     assert e.value.code == 2
     assert "sim.arm" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_learning_benchmark_runs_its_arms_and_prints_the_summary(tmp_path, capsys):
+    """A tiny run of every arm: the curves, the human share of the hil arm, the last line."""
+    import re
+
+    import torch
+
+    from limbic.bench.learn import main
+    from limbic.critic.model import CriticModelConfig, ProgressCritic
+
+    critic = ProgressCritic(
+        CriticModelConfig(backbone="small_cnn", image_hw=(128, 128), d_model=32, pool_heads=2)
+    )
+    path = tmp_path / "critic.pt"
+    torch.save({"critic": critic.export_state()}, path)
+    args = ["--task", "reach", "--demos", "1", "--episodes", "2", "--eval-every", "2"]
+    args += ["--eval-episodes", "1", "--bc-steps", "2", "--batch-size", "16"]
+    args += ["--critic", str(path), "--out", str(tmp_path / "bench"), "--arms"]
+    assert main([*args, "bc", "sparse", "shaped", "hil"]) == 0
+    out = capsys.readouterr().out
+    last = out.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"episodes_to_90=(\d+|none) success_at_2=\d\.\d\d sparse_success_at_2=\d\.\d\d "
+        r"bc_success=\d\.\d\d minutes=\d+\.\d hil_episodes_to_90=(\d+|none) "
+        r"hil_success_at_2=\d\.\d\d hil_human_share=\d\.\d\d hil_minutes=\d+\.\d",
+        last,
+    ), last
+    assert (tmp_path / "bench" / "curves.png").is_file()
+    assert "human_share" in out

@@ -327,3 +327,27 @@ def _thread_policies() -> list[int]:
         except ProcessLookupError:  # the thread ended meanwhile
             pass
     return out
+
+
+def test_an_intervention_episode_splits_into_the_humans_steps_and_the_policys(learner, tmp_path):
+    """The steps a human took go to the intervention partition, the rest to online; a resumed
+    learner rebuilds the same split from the store."""
+    learner.setup()
+    up = online_upload(learner, 0)
+    t = len(up.action)
+    up.source = "intervention"
+    up.intervention[:] = np.arange(t) % 2 == 1
+    learner.ingest(up)
+    sizes = {k: p.size for k, p in learner.replay.partitions.items()}
+    assert sizes["intervention"] == t // 2 and sizes["online"] == t - t // 2
+    learner.checkpoint()
+    learner.store.close()
+    again = AsyncLearner(learner_config(tmp_path), threading.Event())
+    try:
+        again.setup()
+        assert {k: p.size for k, p in again.replay.partitions.items()} == sizes
+        a, b = learner.replay.partitions["intervention"], again.replay.partitions["intervention"]
+        np.testing.assert_array_equal(a.action[: a.size], b.action[: b.size])
+    finally:
+        again.store.close()
+        again.close()

@@ -148,3 +148,29 @@ def test_policy_is_servable_and_inside_the_action_bounds(tmp_path):
         learner.env.action_spec.validate(out[0, 0].numpy())
     finally:
         learner.close()
+
+
+def test_online_episodes_with_a_watching_human_feed_the_intervention_partition(tmp_path):
+    """With ``interventions``, the scripted human takes over an untrained policy; its steps are
+    human rows of the replay (the BC term imitates them) and the curve reports its share."""
+    cfg = reach_config(
+        tmp_path,
+        demos=2,
+        bc_pretrain_steps=0,
+        online_episodes=3,
+        eval_episodes=1,
+        interventions=True,
+    )
+    learner = Learner(cfg)
+    try:
+        result = learner.run()
+        online = learner.replay.partitions["online"]
+        interv = learner.replay.partitions["intervention"]
+        assert interv.size > 0 and interv.size + online.size == learner.played_steps
+        assert interv.size == learner.human_steps
+        assert 0.0 < result.curve[-1].human_share <= 1.0
+        assert result.curve[-1].human_share == pytest.approx(interv.size / learner.played_steps)
+        batch = learner.replay.sample(64, np.random.default_rng(0), learner.reward, 0.9)
+        assert batch["human"].sum() == 32  # demonstrations and interventions share the human half
+    finally:
+        learner.close()

@@ -186,6 +186,28 @@ def test_reward_terms_switch_and_terminal_potential_is_zero():
     assert p.episodes == 1 and p.size == 4
 
 
+def test_shared_episode_files_human_steps_as_interventions():
+    replay = make_replay(human_ratio=0.5)
+    ep = _episode(6, 1.0, success=True)
+    ep["state"] = np.arange(7, dtype=np.float32)[:, None].repeat(5, 1)  # frame t has state t
+    ep["action"] = np.arange(6, dtype=np.float32)[:, None].repeat(2, 1)  # step t has action t
+    human = np.array([False, False, True, True, False, True])
+    replay.add_shared_episode(human, **ep)
+    online, interv = replay.partitions["online"], replay.partitions["intervention"]
+    assert online.size == 3 and interv.size == 3
+    for part, steps in ((online, [0, 1, 4]), (interv, [2, 3, 5])):
+        np.testing.assert_array_equal(part.action[: part.size, 0], steps)
+        np.testing.assert_array_equal(part.state[part.obs[: part.size], 0], steps)
+        np.testing.assert_array_equal(part.state[part.next[: part.size], 0], np.add(steps, 1))
+    assert interv.terminal[2] and interv.reward[2] == 1.0 and not online.terminal[:3].any()
+    b = replay.sample(64, np.random.default_rng(0), RewardConfig(), 0.9)
+    assert (b["human"] == np.isin(b["action"][:, 0], [2, 3, 5])).all()
+    replay.add_shared_episode(np.zeros(6, bool), **ep)  # nobody stepped in: all online
+    assert online.size == 9 and interv.size == 3
+    with pytest.raises(ValueError, match="keep must be bool"):
+        replay.add_shared_episode(np.zeros(5, bool), **ep)
+
+
 def test_old_transitions_never_see_overwritten_frames():
     replay = make_replay(human_ratio=0.0)
     for i in range(600):  # one-step episodes wrap the 500-transition ring

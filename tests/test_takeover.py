@@ -1,0 +1,153 @@
+"""The simulated human that takes over from a learning policy (HG-DAgger-style gating)."""
+
+import numpy as np
+import pytest
+
+from limbic.contracts import ActionKind, ActionSpec
+from limbic.launch.config import ConfigError
+from limbic.sim.operator import ScriptedTakeover, TakeoverConfig
+
+SPEC = ActionSpec(
+    ActionKind.EE_DELTA,
+    ("dx", "dy", "gripper"),
+    np.array([-0.02, -0.02, 0.0], np.float32),
+    np.array([0.02, 0.02, 1.0], np.float32),
+)
+
+
+class FixedExpert:
+    """An operator that always wants the same action; counts its calls."""
+
+    def __init__(self, action):
+        self.action = np.asarray(action, np.float32)
+        self.calls = self.resets = 0
+
+    def reset(self):
+        self.resets += 1
+
+    def act(self):
+        self.calls += 1
+        return self.action
+
+
+def test_gap_is_the_largest_normalised_component_difference():
+    arb = ScriptedTakeover(FixedExpert([0, 0, 0]), SPEC)
+    # dx differs by 0.01 of a 0.02 half-range (0.5); the gripper by 0.25 of a 0.5 half-range (0.5)
+    assert arb.gap(np.array([0.01, 0.0, 0.25]), np.zeros(3)) == pytest.approx(0.5)
+    assert arb.gap(np.array([0.0, -0.02, 1.0]), np.zeros(3)) == pytest.approx(2.0)
+
+
+def test_takes_over_after_patience_holds_then_hands_back():
+    expert = FixedExpert([0.02, 0.0, 0.0])
+    arb = ScriptedTakeover(expert, SPEC, TakeoverConfig(threshold=0.6, patience=3, hold=4))
+    arb.on_episode_start(None)
+    wrong = np.array([-0.02, 0.0, 0.0], np.float32)  # the opposite direction: gap 2
+    chosen = [arb.choose(None, wrong) for _ in range(10)]
+    flags = [h for _, h in chosen]
+    # two ticks of patience, then the human's hold of 4 ticks, then the policy gets two more
+    assert flags == [False, False, True, True, True, True, False, False, True, True]
+    for action, human in chosen:
+        np.testing.assert_array_equal(action, expert.action if human else wrong)
+    assert arb.takeovers == 2 and expert.calls == 10  # asked every tick, to follow the task
+
+
+def test_a_policy_close_to_the_operator_keeps_the_arm():
+    expert = FixedExpert([0.02, 0.0, 1.0])
+    arb = ScriptedTakeover(expert, SPEC, TakeoverConfig(threshold=0.6, patience=2, hold=5))
+    arb.on_episode_start(None)
+    close = np.array([0.015, 0.005, 0.9], np.float32)  # gap 0.25
+    assert not any(arb.choose(None, close)[1] for _ in range(50))
+    # isolated wrong ticks (fewer than patience in a row) do not trigger a takeover either
+    wrong = np.array([-0.02, 0.0, 0.0], np.float32)
+    assert not any(arb.choose(None, wrong if i % 2 else close)[1] for i in range(50))
+    assert arb.takeovers == 0
+
+
+def test_a_new_episode_ends_a_takeover():
+    expert = FixedExpert([0.02, 0.0, 0.0])
+    arb = ScriptedTakeover(expert, SPEC, TakeoverConfig(patience=1, hold=10))
+    arb.on_episode_start(None)
+    wrong = np.array([-0.02, 0.0, 0.0], np.float32)
+    assert arb.choose(None, wrong)[1]
+    arb.on_episode_start(None)
+    assert expert.resets == 2
+    assert not arb.choose(None, np.array([0.02, 0.0, 0.0], np.float32))[1]
+
+
+@pytest.mark.parametrize("field, value", [("threshold", 0.0), ("patience", 0), ("hold", 0)])
+def test_bad_takeover_config_names_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"takeover.{field}"):
+        TakeoverConfig(**{field: value})
+
+
+def test_scripted_operator_rescues_a_policy_that_does_nothing():
+    """In the real task, an arm that never moves is taken over and the cube still lands."""
+    from limbic.sim.env import SimConfig
+    from limbic.sim.envs import make_expert, make_sim_env
+    from limbic.sim.expert import ExpertConfig
+
+    env = make_sim_env(SimConfig(arm="so101", task="pick_place"))
+    try:
+        arb = ScriptedTakeover(make_expert(env, ExpertConfig(), seed=0), env.action_spec)
+        idle = (env.action_spec.low + env.action_spec.high) / 2
+        wins = human = steps = 0
+        for seed in range(3):
+            obs = env.reset(seed=seed, split="train")
+            arb.on_episode_start(obs)
+            for _ in range(env.step_limit):
+                action, by_human = arb.choose(obs, idle.astype(np.float32))
+                result = env.step(action)
+                obs, human, steps = result.observation, human + by_human, steps + 1
+                if result.terminated or result.truncated:
+                    wins += result.success
+                    break
+        assert wins >= 2
+        assert 0.3 < human / steps < 1.0  # the policy keeps getting the arm back
+    finally:
+        env.close()
+
+
+def test_expert_taking_over_a_lifted_cube_carries_it_on():
+    """The expert resumes mid-task: handed a held, lifted cube, it does not let go of it."""
+    from limbic.sim.env import SimConfig
+    from limbic.sim.envs import make_expert, make_sim_env
+    from limbic.sim.expert import ExpertConfig
+
+    env = make_sim_env(SimConfig(arm="so101", task="pick_place"))
+    try:
+        first = make_expert(env, ExpertConfig(), seed=0)
+        env.reset(seed=0, split="train")
+        first.reset()
+        for _ in range(env.step_limit):
+            env.step(first.act())
+            if first.phase == 4:  # carrying towards the bowl
+                break
+        assert first.phase == 4
+        fresh = make_expert(env, ExpertConfig(), seed=1)
+        fresh.reset()
+        closure = env.action_spec.names.index("gripper")
+        action = fresh.act()
+        assert fresh.phase >= 3 and action[closure] == pytest.approx(env.action_spec.high[closure])
+    finally:
+        env.close()
+
+
+def test_the_actor_offers_the_scripted_arbiter_for_sim_robots_only():
+    from runtime_helpers import robot_config
+
+    from limbic.launch.components import make_robot
+    from limbic.runtime.actor import ARBITERS
+
+    robot = make_robot(robot_config(step_limit=5))
+    robot.connect()
+    try:
+        arb = ARBITERS["scripted"](robot)
+        assert isinstance(arb, ScriptedTakeover)
+        obs = robot.start_episode(seed=0, split="train")
+        arb.on_episode_start(obs)
+        action, _ = arb.choose(obs, np.zeros(robot.action_spec.dim, np.float32))
+        np.testing.assert_array_equal(robot.action_spec.clip(action), action)
+    finally:
+        robot.disconnect()
+    with pytest.raises(TypeError, match="needs a simulated robot"):
+        ARBITERS["scripted"](object())
