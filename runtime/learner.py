@@ -97,6 +97,11 @@ class LearnerConfig(LearnConfig):
         require(self.checkpoint_every >= 1, "learner.checkpoint_every", "must be >= 1")
         require(bool(self.endpoint), "learner.endpoint", "must not be empty")
         require(self.max_message_bytes >= 2**20, "learner.max_message_bytes", "must be >= 1 MiB")
+        require(
+            not self.interventions,
+            "learner.interventions",
+            "the learner plays no episodes; actors take interventions (actor.arbiter=scripted)",
+        )
 
 
 @dataclass

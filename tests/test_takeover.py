@@ -151,3 +151,10 @@ def test_the_actor_offers_the_scripted_arbiter_for_sim_robots_only():
         robot.disconnect()
     with pytest.raises(TypeError, match="needs a simulated robot"):
         ARBITERS["scripted"](object())
+
+
+def test_the_learner_process_points_interventions_at_the_actors():
+    from limbic.runtime.learner import LearnerConfig
+
+    with pytest.raises(ConfigError, match="actor.arbiter=scripted"):
+        LearnerConfig(interventions=True)
