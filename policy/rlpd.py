@@ -101,6 +101,10 @@ class AgentConfig:
     lang_noise: float = 0.5
     """Std of the Gaussian noise on the instruction embeddings of a training batch, relative to
     each embedding's own RMS (held-out phrasings land near, not on, the training ones)."""
+    actor_ema: float = 0.995
+    """Decay of the exponential moving average of the actor (encoder and head) that acts, in
+    online episodes, evaluation and serving; every actor step updates it. A closed-loop policy's
+    success swings widely between nearby weights; the average does not (0: the live actor acts)."""
 
     def __post_init__(self) -> None:
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
@@ -126,6 +130,11 @@ class AgentConfig:
             self.critic_warmup >= 0,
             "agent.critic_warmup",
             f"must be >= 0, got {self.critic_warmup}",
+        )
+        require(
+            0.0 <= self.actor_ema < 1.0,
+            "agent.actor_ema",
+            f"must be in [0, 1), got {self.actor_ema}",
         )
 
 
@@ -159,6 +168,9 @@ class ActionNormalizer:
         """[-1, 1] -> env units, inside the declared bounds."""
         return np.clip(np.asarray(action, np.float32) * self.half + self.mid, self.low, self.high)
 
+
+EMA_KEYS = ("ema_encoder.", "ema_actor.", "ema_steps")
+"""State-dict keys of the acting average (absent from checkpoints written before it)."""
 
 Batch = dict[str, torch.Tensor]
 """``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors."""
@@ -208,6 +220,10 @@ class RLPDAgent(nn.Module):
         self.actor = TanhGaussianActor(
             cfg.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
         )
+        # the acting copy: a moving average of the actor (the live one when actor_ema is 0)
+        self.ema_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
+        self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
+        self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
         self.critic_encoder = encoder()
         self.critic = QEnsemble(cfg.feature_dim, self.action_size, cfg.n_q, cfg.hidden)
         self.target_encoder = copy.deepcopy(self.critic_encoder).requires_grad_(False)
@@ -253,9 +269,29 @@ class RLPDAgent(nn.Module):
         lang: torch.Tensor,
         deterministic: bool = False,
     ) -> torch.Tensor:
-        """Normalised actions ``[B, chunk_len * action_dim]`` in [-1, 1]."""
-        feature = self.actor_encoder(tokens, state, lang)
-        return self.actor(feature, deterministic=deterministic)[0]
+        """Normalised actions ``[B, chunk_len * action_dim]`` in [-1, 1] (the acting copy's)."""
+        encoder, actor = (
+            (self.ema_encoder, self.ema_actor)
+            if self.cfg.actor_ema > 0
+            else (self.actor_encoder, self.actor)
+        )
+        feature = encoder(tokens, state, lang)
+        return actor(feature, deterministic=deterministic)[0]
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        """Move the acting copy towards the live actor (after every actor step).
+
+        The decay ramps up as ``(1 + n) / (10 + n)`` over the first steps, so a fresh average
+        follows the live actor instead of lingering at the initial weights."""
+        n = int(self.ema_steps)
+        decay = min(self.cfg.actor_ema, (1 + n) / (10 + n))
+        self.ema_steps += 1
+        for ema, live in ((self.ema_encoder, self.actor_encoder), (self.ema_actor, self.actor)):
+            for e, p in zip(ema.parameters(), live.parameters(), strict=True):
+                e.lerp_(p, 1.0 - decay)
+            for e, b in zip(ema.buffers(), live.buffers(), strict=True):
+                e.copy_(b)
 
     # --- learning ------------------------------------------------------------------------------
     def _noise(self, rows: int, device: torch.device) -> torch.Tensor:
@@ -396,6 +432,7 @@ class RLPDAgent(nn.Module):
                 }
             )
         self._step(loss, self.actor_opt)
+        self._update_ema()
         return metrics
 
     # --- checkpoints ---------------------------------------------------------------------------
@@ -410,9 +447,23 @@ class RLPDAgent(nn.Module):
             "generator": self.generator.get_state(),
         }
 
+    def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
+        """``load_state_dict``, strict but for a checkpoint from before the acting average:
+        its average starts as the live actor."""
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        ema = [k for k in missing if k.startswith(EMA_KEYS)]
+        if unexpected or len(ema) < len(missing):
+            raise RuntimeError(
+                f"agent weights do not fit (missing {[k for k in missing if k not in ema]}, "
+                f"unexpected {unexpected})"
+            )
+        if ema:
+            self.ema_encoder.load_state_dict(self.actor_encoder.state_dict())
+            self.ema_actor.load_state_dict(self.actor.state_dict())
+
     def restore(self, ckpt: dict) -> None:
         """Inverse of :meth:`checkpoint`."""
-        self.load_state_dict(ckpt["model"])
+        self.load_model_state(ckpt["model"])
         self.actor_opt.load_state_dict(ckpt["actor_opt"])
         self.critic_opt.load_state_dict(ckpt["critic_opt"])
         self.alpha_opt.load_state_dict(ckpt["alpha_opt"])

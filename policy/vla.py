@@ -23,7 +23,7 @@ from torch import nn
 from limbic.contracts import ActionSpec
 from limbic.launch.config import require
 from limbic.policy.encoders import VisionBackbone, make_backbone
-from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
+from limbic.policy.rlpd import EMA_KEYS, AgentConfig, ObsShape, RLPDAgent
 
 
 @dataclass
@@ -221,6 +221,8 @@ class VLAPolicy(nn.Module):
         missing, unexpected = policy.load_state_dict(ckpt["weights"], strict=False)
         # checkpoints from before the compressor scaled its tokens keep the unit scale
         missing = [k for k in missing if k != "compressor.scale"]
+        # checkpoints from before the acting average: restore() below starts it as the live actor
+        missing = [k for k in missing if not k.startswith(tuple(f"agent.{e}" for e in EMA_KEYS))]
         if unexpected or any(not k.startswith("backbone.") for k in missing):
             raise ValueError(
                 f"{path}: weights do not fit this policy (missing {missing}, unexpected {unexpected})"

@@ -39,7 +39,7 @@ import torch
 
 from limbic.data.writer import DatasetLayout
 from limbic.launch.config import require
-from limbic.policy.rlpd import ActionNormalizer
+from limbic.policy.rlpd import EMA_KEYS, ActionNormalizer
 from limbic.runtime import auth
 from limbic.runtime.episode_store import EpisodeStore
 from limbic.runtime.inbox import EpisodeInbox
@@ -366,7 +366,8 @@ class AsyncLearner(Learner):
         if "backbone" in ckpt:
             self.policy.backbone.load_state_dict(ckpt["backbone"])
         missing, unexpected = self.policy.load_state_dict(ckpt["weights"], strict=False)
-        if unexpected or any(not k.startswith("backbone.") for k in missing):
+        ema = tuple(f"agent.{k}" for k in EMA_KEYS)  # restore() fills an older checkpoint's
+        if unexpected or any(not k.startswith(("backbone.", *ema)) for k in missing):
             raise ValueError(
                 f"{path} does not fit this policy config (missing {missing[:5]}, unexpected {unexpected[:5]})"
             )

@@ -128,6 +128,16 @@ def test_checkpoint_reproduces_actions_and_training_state_exactly(tmp_path):
         torch.save(ckpt, tmp_path / "old.pt")
         old = VLAPolicy.load(tmp_path / "old.pt", backbone=learner.policy.backbone)
         assert old.compressor.scale.item() == 1.0
+        # one from before the acting average acts with its live actor
+        for store in (ckpt["weights"], ckpt["agent"]["model"]):
+            for key in [k for k in store if "ema_" in k]:
+                del store[key]
+        torch.save(ckpt, tmp_path / "older.pt")
+        older = VLAPolicy.load(tmp_path / "older.pt", backbone=learner.policy.backbone)
+        agent = older.agent
+        for ema, live in ((agent.ema_actor, agent.actor), (agent.ema_encoder, agent.actor_encoder)):
+            for e, p in zip(ema.parameters(), live.parameters(), strict=True):
+                assert torch.equal(e, p)
     finally:
         learner.close()
 

@@ -225,6 +225,54 @@ def _agent(**cfg):
     return RLPDAgent(AgentConfig(**small, **cfg), ObsShape(2, 4, 8, 3, 16, 2), seed=0)
 
 
+def _bc_batch(rows: int = 32) -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {
+        "tokens": torch.randn(rows, 2, 4, 8, generator=g),
+        "state": torch.randn(rows, 3, generator=g),
+        "lang": torch.randn(rows, 16, generator=g),
+        "action": torch.rand(rows, 2, generator=g) * 2 - 1,
+        "human": torch.ones(rows, dtype=torch.bool),
+    }
+
+
+def _flat(*modules) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for m in modules for p in m.parameters()])
+
+
+def test_the_acting_actor_is_a_warmed_up_moving_average_of_the_live_one():
+    agent = _agent(actor_ema=0.9, token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    before = _flat(agent.ema_encoder, agent.ema_actor)
+    agent.bc_update(_bc_batch())
+    # first step: decay (1 + 0) / (10 + 0) = 0.1, so the average moves 90 % of the way
+    live = _flat(agent.actor_encoder, agent.actor)
+    torch.testing.assert_close(_flat(agent.ema_encoder, agent.ema_actor), 0.1 * before + 0.9 * live)
+    for _ in range(200):
+        prev = _flat(agent.ema_encoder, agent.ema_actor)
+        agent.bc_update(_bc_batch())
+    live = _flat(agent.actor_encoder, agent.actor)
+    # later steps use the configured decay
+    torch.testing.assert_close(_flat(agent.ema_encoder, agent.ema_actor), 0.9 * prev + 0.1 * live)
+    assert int(agent.ema_steps) == 201
+    b = _bc_batch(4)
+    with torch.no_grad():
+        ema_action = agent.ema_actor(
+            agent.ema_encoder(b["tokens"], b["state"], b["lang"]), deterministic=True
+        )[0]
+        live_action = agent.actor(
+            agent.actor_encoder(b["tokens"], b["state"], b["lang"]), deterministic=True
+        )[0]
+    acted = agent.act(b["tokens"], b["state"], b["lang"], deterministic=True)
+    assert torch.equal(acted, ema_action) and not torch.equal(acted, live_action)
+    off = _agent(actor_ema=0.0)
+    off.bc_update(_bc_batch())
+    with torch.no_grad():
+        live_action = off.actor(
+            off.actor_encoder(b["tokens"], b["state"], b["lang"]), deterministic=True
+        )[0]
+    assert torch.equal(off.act(b["tokens"], b["state"], b["lang"], deterministic=True), live_action)
+
+
 def test_augmentation_noise_and_instruction_dropout_have_the_configured_sizes():
     rows = 4000
     batch = {
