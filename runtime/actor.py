@@ -46,7 +46,7 @@ from limbic.runtime.client import InferenceClient, InferenceError
 from limbic.runtime.episode_buffer import CriticTrack, EpisodeBuffer, TickClock
 from limbic.runtime.outbox import EpisodeSender, Outbox, OutboxConfig
 from limbic.runtime.protocol import encode_inline
-from limbic.teleop.arbiter import InterventionArbiter, PolicyOnlyArbiter
+from limbic.teleop.arbiter import InterventionArbiter, PolicyOnlyArbiter, TakeoverConfig
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,8 @@ class ActorConfig:
     arbiter: str = "policy"
     """Intervention arbiter (a key of ``ARBITERS``): ``policy`` never intervenes, ``scripted``
     is the simulated human taking over when the policy goes wrong (sim robots only)."""
+    takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
+    """When the ``scripted`` arbiter takes over."""
     envelope: str = "bounds"
     """Safety envelope (a key of ``ENVELOPES``); ``bounds`` enforces the declared action bounds."""
     server_public_key: str = ""
@@ -149,17 +151,17 @@ class ActorConfig:
         return Path(self.out_dir) / self.actor_id
 
 
-def _scripted_takeover(robot: Any) -> InterventionArbiter:
+def _scripted_takeover(robot: Any, cfg: ActorConfig) -> InterventionArbiter:
     from limbic.sim.operator import ScriptedTakeover
 
-    return ScriptedTakeover.for_robot(robot)
+    return ScriptedTakeover.for_robot(robot, cfg.takeover)
 
 
 ARBITERS: dict[str, Any] = {
-    "policy": lambda robot: PolicyOnlyArbiter(),
+    "policy": lambda robot, cfg: PolicyOnlyArbiter(),
     "scripted": _scripted_takeover,
 }
-"""Arbiter name -> ``f(robot) -> InterventionArbiter``: ``policy`` never intervenes;
+"""Arbiter name -> ``f(robot, actor config) -> InterventionArbiter``: ``policy`` never intervenes;
 ``scripted`` (simulation only) is the scripted expert taking over when the policy goes wrong;
 the teleop issue adds human arbiters."""
 ENVELOPES: dict[str, Any] = {"bounds": lambda robot: ActionBoundsEnvelope(robot.action_spec)}
@@ -286,7 +288,7 @@ class ActorLoop:
             raise TypeError(
                 f"{type(self.robot).__name__} cannot frame episodes (start_episode/instruction/success)"
             )
-        self.arbiter = ARBITERS[self.cfg.arbiter](self.robot)
+        self.arbiter = ARBITERS[self.cfg.arbiter](self.robot, self.cfg)
         self.envelope = ENVELOPES[self.cfg.envelope](self.robot)
         if self.sender is not None:
             self.sender.start()

@@ -44,7 +44,8 @@ from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
-from limbic.sim.operator import ScriptedTakeover, TakeoverConfig
+from limbic.sim.operator import ScriptedTakeover
+from limbic.teleop.arbiter import TakeoverConfig
 
 
 @dataclass

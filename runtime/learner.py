@@ -97,11 +97,6 @@ class LearnerConfig(LearnConfig):
         require(self.checkpoint_every >= 1, "learner.checkpoint_every", "must be >= 1")
         require(bool(self.endpoint), "learner.endpoint", "must not be empty")
         require(self.max_message_bytes >= 2**20, "learner.max_message_bytes", "must be >= 1 MiB")
-        require(
-            not self.interventions,
-            "learner.interventions",
-            "the learner plays no episodes; actors take interventions (actor.arbiter=scripted)",
-        )
 
 
 @dataclass
@@ -128,6 +123,11 @@ class AsyncLearner(Learner):
     keep_observations = True
 
     def __init__(self, cfg: LearnerConfig, stop: threading.Event | None = None):
+        require(
+            not cfg.interventions,
+            "learner.interventions",
+            "the learner plays no episodes; actors take interventions (actor.arbiter=scripted)",
+        )
         super().__init__(cfg)
         self.cfg: LearnerConfig = cfg
         self.stop = stop or threading.Event()

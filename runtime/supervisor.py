@@ -278,6 +278,7 @@ class TrainJob:
             resume=resume,
             progress=False,
             threads=cfg.threads or 1,
+            interventions=False,  # the actors' arbiters take over, not the learner
         )
         return LearnerConfig(**values)
 
@@ -330,6 +331,8 @@ class TrainJob:
                     out_dir=str(self.out / "actors"),
                     outbox=a.outbox,
                     log_every_s=60.0,
+                    arbiter="scripted" if cfg.interventions else "policy",
+                    takeover=cfg.takeover,
                 )
             )
         return [c for c in out if c.episodes > 0]

@@ -7,17 +7,15 @@ intervention arbiter, as a human watching a learning arm would).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from limbic.contracts import ActionSpec, Observation
-from limbic.launch.config import require
 from limbic.sim.envs import make_expert
 from limbic.sim.expert import ExpertConfig, ExpertMode
 from limbic.sim.robot import SimRobot
-from limbic.teleop.arbiter import InterventionArbiter
+from limbic.teleop.arbiter import InterventionArbiter, TakeoverConfig
 from limbic.teleop.base import Teleoperator
 
 
@@ -54,26 +52,6 @@ class ScriptedOperator(Teleoperator):
     @property
     def is_intervening(self) -> bool:
         return True
-
-
-@dataclass
-class TakeoverConfig:
-    """When the simulated human takes the arm from the policy (HG-DAgger's gating rule).
-
-    The operator watches every tick: it works out what it would do, and when the policy's
-    action differs from that by more than ``threshold`` in some component (in the normalised
-    [-1, 1] action space: a wrong direction, a stalled arm, the gripper at the wrong time)
-    for ``patience`` ticks in a row, it takes over for ``hold`` ticks, then hands the arm back.
-    """
-
-    threshold: float = 0.6
-    patience: int = 3
-    hold: int = 8
-
-    def __post_init__(self) -> None:
-        require(self.threshold > 0, "takeover.threshold", f"must be > 0, got {self.threshold}")
-        require(self.patience >= 1, "takeover.patience", f"must be >= 1, got {self.patience}")
-        require(self.hold >= 1, "takeover.hold", f"must be >= 1, got {self.hold}")
 
 
 class ScriptedTakeover(InterventionArbiter):

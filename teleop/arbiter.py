@@ -10,10 +10,12 @@ human-in-the-loop protocol; :class:`PolicyOnlyArbiter` always lets the policy ac
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import numpy as np
 
 from limbic.contracts import Observation
+from limbic.launch.config import require
 
 
 class InterventionArbiter(abc.ABC):
@@ -43,3 +45,23 @@ class PolicyOnlyArbiter(InterventionArbiter):
         self, observation: Observation, policy_action: np.ndarray
     ) -> tuple[np.ndarray, bool]:
         return policy_action, False
+
+
+@dataclass
+class TakeoverConfig:
+    """When the simulated human takes the arm from the policy (HG-DAgger's gating rule).
+
+    The operator watches every tick: it works out what it would do, and when the policy's
+    action differs from that by more than ``threshold`` in some component (in the normalised
+    [-1, 1] action space: a wrong direction, a stalled arm, the gripper at the wrong time)
+    for ``patience`` ticks in a row, it takes over for ``hold`` ticks, then hands the arm back.
+    """
+
+    threshold: float = 0.6
+    patience: int = 3
+    hold: int = 8
+
+    def __post_init__(self) -> None:
+        require(self.threshold > 0, "takeover.threshold", f"must be > 0, got {self.threshold}")
+        require(self.patience >= 1, "takeover.patience", f"must be >= 1, got {self.patience}")
+        require(self.hold >= 1, "takeover.hold", f"must be >= 1, got {self.hold}")

@@ -5,7 +5,8 @@ import pytest
 
 from limbic.contracts import ActionKind, ActionSpec
 from limbic.launch.config import ConfigError
-from limbic.sim.operator import ScriptedTakeover, TakeoverConfig
+from limbic.sim.operator import ScriptedTakeover
+from limbic.teleop.arbiter import TakeoverConfig
 
 SPEC = ActionSpec(
     ActionKind.EE_DELTA,
@@ -136,12 +137,12 @@ def test_the_actor_offers_the_scripted_arbiter_for_sim_robots_only():
     from runtime_helpers import robot_config
 
     from limbic.launch.components import make_robot
-    from limbic.runtime.actor import ARBITERS
+    from limbic.runtime.actor import ARBITERS, ActorConfig
 
     robot = make_robot(robot_config(step_limit=5))
     robot.connect()
     try:
-        arb = ARBITERS["scripted"](robot)
+        arb = ARBITERS["scripted"](robot, ActorConfig(arbiter="scripted"))
         assert isinstance(arb, ScriptedTakeover)
         obs = robot.start_episode(seed=0, split="train")
         arb.on_episode_start(obs)
@@ -150,11 +151,11 @@ def test_the_actor_offers_the_scripted_arbiter_for_sim_robots_only():
     finally:
         robot.disconnect()
     with pytest.raises(TypeError, match="needs a simulated robot"):
-        ARBITERS["scripted"](object())
+        ARBITERS["scripted"](object(), ActorConfig())
 
 
-def test_the_learner_process_points_interventions_at_the_actors():
-    from limbic.runtime.learner import LearnerConfig
+def test_the_learner_process_points_interventions_at_the_actors(tmp_path):
+    from limbic.runtime.learner import AsyncLearner, LearnerConfig
 
     with pytest.raises(ConfigError, match="actor.arbiter=scripted"):
-        LearnerConfig(interventions=True)
+        AsyncLearner(LearnerConfig(interventions=True, out_dir=str(tmp_path)))

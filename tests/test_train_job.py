@@ -226,3 +226,17 @@ def _cmdline(proc_dir: Path) -> str:
         return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def test_interventions_in_the_job_go_to_the_actors_not_the_learner(tmp_path):
+    from limbic.teleop.arbiter import TakeoverConfig
+
+    takeover = TakeoverConfig(threshold=0.4, patience=2, hold=5)
+    job = TrainJob(
+        small_train_config(tmp_path, interventions=True, takeover=takeover), threading.Event()
+    )
+    assert job._learner_config(resume=False).interventions is False
+    actors = job._actor_configs()
+    assert actors and all(a.arbiter == "scripted" and a.takeover == takeover for a in actors)
+    plain = TrainJob(small_train_config(tmp_path), threading.Event())
+    assert all(a.arbiter == "policy" for a in plain._actor_configs())
