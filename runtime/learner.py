@@ -240,9 +240,7 @@ class AsyncLearner(Learner):
         with self.cond:
             lang_id = self.replay.instruction_id(instruction, lang)
             human = arrays.pop("intervention", None)
-            if (
-                source == "intervention" and human is not None
-            ):  # human steps apart from the policy's
+            if source == "intervention" and human is not None:  # each step to its own partition
                 self.replay.add_shared_episode(human, lang_id=lang_id, **arrays)
             else:
                 self.replay.add_episode(source, lang_id=lang_id, **arrays)
