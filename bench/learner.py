@@ -25,7 +25,12 @@ def filled_replay(shape: ObsShape, episodes: int, length: int, seed: int) -> Rep
     rng = np.random.default_rng(seed)
     token_shape = (shape.n_views, shape.n_tokens, shape.token_dim)
     replay = ReplayMix(
-        ReplayConfig(), token_shape, shape.state_dim, shape.action_dim, shape.lang_dim
+        ReplayConfig(),
+        token_shape,
+        shape.state_dim,
+        shape.action_dim,
+        shape.lang_dim,
+        chunk_len=shape.chunk_len,
     )
     lang_id = replay.instruction_id("put the red cube in the bowl", rng.normal(size=shape.lang_dim))
     for source in ("online", "demo", "intervention"):

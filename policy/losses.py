@@ -16,12 +16,13 @@ def td_target(
     next_q: torch.Tensor,
     next_logp: torch.Tensor,
     alpha: float | torch.Tensor,
-    gamma: float,
+    gamma: float | torch.Tensor,
 ) -> torch.Tensor:
     """Soft TD target ``r + gamma * (1 - terminal) * (min_e Q'(s', a') - alpha * log pi(a'|s'))``.
 
     ``next_q`` is ``[E', B]`` (the sampled subset of target heads); the minimum over it is the
-    clipped double-Q / REDQ estimate.
+    clipped double-Q / REDQ estimate. ``gamma`` may be per row (``[B]``: ``gamma^n`` for a
+    transition that spans ``n`` steps).
     """
     soft_next = next_q.min(dim=0).values - alpha * next_logp
     return reward + gamma * (1.0 - terminal.float()) * soft_next

@@ -173,7 +173,8 @@ EMA_KEYS = ("ema_encoder.", "ema_actor.", "ema_steps")
 """State-dict keys of the acting average (absent from checkpoints written before it)."""
 
 Batch = dict[str, torch.Tensor]
-"""``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors."""
+"""``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors,
+and optionally ``discount`` (``gamma^n`` per row; ``gamma`` when absent)."""
 
 
 class DataParallelGroup(Protocol):
@@ -385,7 +386,8 @@ class RLPDAgent(nn.Module):
             next_feature = self.target_encoder(b["next_tokens"], b["next_state"], b["lang"])
             heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset].to(device)
             next_q = self.target_critic(next_feature, next_action)[heads]
-            target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, cfg.gamma)
+            discount = b.get("discount", cfg.gamma)  # gamma^n per row for n-step windows
+            target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, discount)
         feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
         q = self.critic(feature, b["action"])
         loss = critic_loss(q, target)

@@ -41,7 +41,11 @@ class PolicyConfig:
     token_pool: int = 2
     """Average-pool the square token grid by this factor before compressing (8x8 -> 4x4 at 2)."""
     chunk_len: int = 1
-    """Actions per inference (1 for RL)."""
+    """Actions per inference (1 for RL). With more, the learner's transitions are windows of
+    ``chunk_len`` steps (n-step targets for the actor-critic; see ``limbic.runtime.replay``)."""
+    execute: int = 0
+    """Actions of each chunk executed open-loop before the policy is asked again
+    (0: the whole chunk)."""
     agent: AgentConfig = field(default_factory=AgentConfig)
 
     def __post_init__(self) -> None:
@@ -51,6 +55,16 @@ class PolicyConfig:
         require(self.token_dim >= 1, "policy.token_dim", f"must be >= 1, got {self.token_dim}")
         require(self.token_pool >= 1, "policy.token_pool", f"must be >= 1, got {self.token_pool}")
         require(self.chunk_len >= 1, "policy.chunk_len", f"must be >= 1, got {self.chunk_len}")
+        require(
+            0 <= self.execute <= self.chunk_len,
+            "policy.execute",
+            f"must be in [0, chunk_len={self.chunk_len}], got {self.execute}",
+        )
+
+    @property
+    def steps_per_inference(self) -> int:
+        """Actions of a chunk executed before the next inference."""
+        return self.execute or self.chunk_len
 
 
 class TokenCompressor(nn.Module):

@@ -199,8 +199,9 @@ class Learner:
             cfg.replay,
             self.policy.token_shape,
             len(self.env.state_names),
-            self.env.action_spec.dim * cfg.policy.chunk_len,
+            self.env.action_spec.dim,
             self.language.dim,
+            cfg.policy.chunk_len,
         )
         self.arbiter = (
             ScriptedTakeover(
@@ -294,12 +295,20 @@ class Learner:
         return loss
 
     def policy_action(self, deterministic: bool):
-        """An action source for :func:`run_episode` backed by the learning policy."""
+        """An action source for :func:`run_episode` backed by the learning policy: one inference
+        per ``policy.execute`` steps, the chunk's actions executed open-loop in between. Make
+        one per episode (a new episode, step 0, also starts a new chunk)."""
+        queue: list[np.ndarray] = []
+        per_inference = self.cfg.policy.steps_per_inference
 
         def act(obs, tokens, lang):
-            state = torch.from_numpy(obs.state)[None].to(self.device)
-            action = self.policy.act_tokens(tokens, state, lang, deterministic=deterministic)
-            return action[0, 0].cpu().numpy()
+            if obs.step == 0:
+                queue.clear()
+            if not queue:
+                state = torch.from_numpy(obs.state)[None].to(self.device)
+                chunk = self.policy.act_tokens(tokens, state, lang, deterministic=deterministic)
+                queue.extend(chunk[0, :per_inference].cpu().numpy())
+            return queue.pop(0)
 
         return act
 

@@ -10,6 +10,15 @@ shaping can be switched on and off without touching the stored data:
     r = task_weight * r_task + shaping_weight * (gamma * (1 - terminal) * phi' - phi)
 
 ``phi' = 0`` at a terminal state (Ng et al.'s condition for policy invariance).
+
+With action chunks (``chunk_len = K > 1``) a transition is a window of up to K steps of one
+episode: the action is the K actions executed from its first frame (the last one repeated
+where the window is cut short), the next frame is the one after the window, and the reward is
+the window's discounted sum. The shaping term telescopes over the window to
+``gamma^n * (1 - terminal) * phi' - phi`` (n: the steps in the window), so the shaped
+return stays the task return plus ``-phi(s_0)`` and the optimal policy is unchanged. Every step
+starts a window (open-loop execution makes any K consecutive executed actions a valid action
+sequence), and a window never crosses the end of an episode or of a run of kept steps.
 """
 
 from __future__ import annotations
@@ -69,7 +78,12 @@ class Partition:
     """Ring buffers of frames and transitions for one data source."""
 
     def __init__(
-        self, capacity: int, token_shape: tuple[int, ...], state_dim: int, action_dim: int
+        self,
+        capacity: int,
+        token_shape: tuple[int, ...],
+        state_dim: int,
+        action_dim: int,
+        chunk_len: int = 1,
     ):
         # Each episode adds one frame more than it adds transitions, so even one-step episodes
         # cannot overwrite a frame that a stored transition still points at.
@@ -79,8 +93,10 @@ class Partition:
         self.lang = np.zeros(frames, np.int32)
         self.obs = np.zeros(capacity, np.int64)
         self.next = np.zeros(capacity, np.int64)
-        self.action = np.zeros((capacity, action_dim), np.float32)
-        self.reward = np.zeros(capacity, np.float32)
+        self.action_dim, self.chunk_len = action_dim, chunk_len
+        self.action = np.zeros((capacity, chunk_len * action_dim), np.float32)
+        self.reward = np.zeros((capacity, chunk_len), np.float32)
+        self.steps = np.ones(capacity, np.int32)
         self.terminal = np.zeros(capacity, bool)
         self.phi = np.zeros(capacity, np.float32)
         self.phi_next = np.zeros(capacity, np.float32)
@@ -106,10 +122,16 @@ class Partition:
     ) -> None:
         """Store ``T`` transitions from ``T + 1`` frames (``phi`` has ``T + 1`` entries too).
 
-        ``keep`` (bool[T]) stores only those transitions (the frames they need are stored
-        whole): an episode the policy and a human shared goes half here, half there.
+        ``action`` is per step, ``[T, action_dim]``; the windows of ``chunk_len`` steps are built
+        here. ``keep`` (bool[T]) stores only those transitions (the frames they need are stored
+        whole): an episode the policy and a human shared goes half here, half there, and no
+        window reaches across from one to the other.
         """
         t = action.shape[0]
+        if action.ndim != 2 or action.shape[1] != self.action_dim:
+            raise ValueError(
+                f"actions must be per step, [T, {self.action_dim}]; got shape {action.shape}"
+            )
         if tokens.shape[0] != t + 1 or state.shape[0] != t + 1 or phi.shape[0] != t + 1:
             raise ValueError(
                 f"an episode of {t} actions needs {t + 1} frames, states and potentials; got "
@@ -127,15 +149,37 @@ class Partition:
         self.tokens[frames] = tokens
         self.state[frames] = state
         self.lang[frames] = lang_id
+        start, steps = window_bounds(keep, self.chunk_len)
+        # step i of each window: its own step while inside the window, else the window's last
+        offset = np.arange(self.chunk_len)[None, :]
+        inside = offset < steps[:, None]
+        idx = start[:, None] + np.minimum(offset, steps[:, None] - 1)
+        last = start + steps - 1
         rows = (self.ptr + np.arange(n)) % self.capacity
-        self.obs[rows], self.next[rows] = frames[:-1][keep], frames[1:][keep]
-        self.action[rows] = action[keep]
-        self.reward[rows] = reward[keep]
-        self.terminal[rows] = terminal[keep]
-        self.phi[rows], self.phi_next[rows] = phi[:-1][keep], phi[1:][keep]
+        self.obs[rows], self.next[rows] = frames[start], frames[last + 1]
+        self.action[rows] = action[idx].reshape(n, -1)
+        self.reward[rows] = np.where(inside, reward[idx], 0.0)
+        self.steps[rows] = steps
+        self.terminal[rows] = terminal[last]
+        self.phi[rows], self.phi_next[rows] = phi[start], phi[last + 1]
         self.ptr = int((self.ptr + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
         self.episodes += 1
+
+
+def window_bounds(keep: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """First step and length of the window of every kept step: up to ``chunk_len`` steps, never
+    past the end of the run of kept steps it starts in."""
+    t = keep.shape[0]
+    # run_end[i]: one past the last step of the kept run that step i is in
+    run_end = np.empty(t, np.int64)
+    end = t
+    for i in range(t - 1, -1, -1):
+        if not keep[i]:
+            end = i
+        run_end[i] = end
+    start = np.flatnonzero(keep)
+    return start, np.minimum(chunk_len, run_end[start] - start)
 
 
 class ReplayMix:
@@ -148,7 +192,9 @@ class ReplayMix:
         state_dim: int,
         action_dim: int,
         lang_dim: int,
+        chunk_len: int = 1,
     ):
+        """``action_dim`` is one step's; with ``chunk_len > 1`` transitions are windows (above)."""
         self.cfg = cfg
         self.partitions = {
             name: Partition(
@@ -156,6 +202,7 @@ class ReplayMix:
                 token_shape,
                 state_dim,
                 action_dim,
+                chunk_len,
             )
             for name in PARTITIONS
         }
@@ -212,7 +259,8 @@ class ReplayMix:
     def sample(
         self, batch_size: int, rng: np.random.Generator, reward: RewardConfig, gamma: float
     ) -> dict[str, np.ndarray]:
-        """A mixed batch; ``human`` marks rows from demonstrations and interventions."""
+        """A mixed batch; ``human`` marks rows from demonstrations and interventions, and
+        ``discount`` is each row's ``gamma^n`` for its window of ``n`` steps."""
         parts: dict[str, list[np.ndarray]] = {
             k: []
             for k in (
@@ -225,6 +273,7 @@ class ReplayMix:
                 "next_tokens",
                 "next_state",
                 "human",
+                "discount",
             )
         }
         for name, n in self.counts(batch_size).items():
@@ -234,16 +283,17 @@ class ReplayMix:
             rows = rng.integers(0, p.size, size=n)
             obs, nxt = p.obs[rows], p.next[rows]
             term = p.terminal[rows]
-            shaped = gamma * (1.0 - term) * p.phi_next[rows] - p.phi[rows]
+            discount = np.power(gamma, p.steps[rows]).astype(np.float32)
+            shaped = discount * (1.0 - term) * p.phi_next[rows] - p.phi[rows]
+            task = p.reward[rows] @ np.power(gamma, np.arange(p.chunk_len)).astype(np.float32)
             parts["tokens"].append(p.tokens[obs])
             parts["next_tokens"].append(p.tokens[nxt])
             parts["state"].append(p.state[obs])
             parts["next_state"].append(p.state[nxt])
             parts["lang"].append(self.lang_table[p.lang[obs]])
             parts["action"].append(p.action[rows])
-            parts["reward"].append(
-                reward.task_weight * p.reward[rows] + reward.shaping_weight * shaped
-            )
+            parts["reward"].append(reward.task_weight * task + reward.shaping_weight * shaped)
+            parts["discount"].append(discount)
             parts["terminal"].append(term)
             parts["human"].append(np.full(n, name in HUMAN))
         return {k: np.concatenate(v) for k, v in parts.items()}

@@ -245,7 +245,7 @@ def test_an_episode_from_an_actor_lands_in_the_replay_as_the_in_process_loop_sto
         p.tokens[p.next[rows][-1]].astype(np.float32), ep.tokens[-1].astype(np.float32), atol=2e-3
     )
     np.testing.assert_array_equal(p.action[rows], ep.action)  # normalised from the applied actions
-    np.testing.assert_array_equal(p.reward[rows], ep.reward)
+    np.testing.assert_array_equal(p.reward[rows, 0], ep.reward)
     np.testing.assert_array_equal(p.terminal[rows], ep.terminal)
     np.testing.assert_array_equal(p.state[p.obs[rows]], ep.state[:-1])
     assert learner.online_steps == [t] and learner.owed_updates == t  # utd 1

@@ -184,3 +184,45 @@ def test_online_episodes_with_a_watching_human_feed_the_intervention_partition(t
         assert batch["human"].sum() == 32  # demonstrations and interventions share the human half
     finally:
         learner.close()
+
+
+def test_chunked_policy_executes_open_loop_and_learns_from_windows(tmp_path):
+    """``chunk_len=3, execute=2``: one inference per two steps, the replay holds 3-step windows,
+    and the RL update runs on them."""
+    cfg = reach_config(
+        tmp_path,
+        policy=PolicyConfig(agent=SMALL_AGENT, chunk_len=3, execute=2),
+        demos=2,
+        bc_pretrain_steps=3,
+    )
+    learner = Learner(cfg)
+    try:
+        learner.collect_demos()
+        learner.pretrain(3)
+        demo = learner.replay.partitions["demo"]
+        assert demo.action.shape[1] == 3 * 4 and demo.steps[: demo.size].max() == 3
+        calls: list[int] = []
+        act_tokens = learner.policy.act_tokens
+
+        def counted(*args, **kwargs):
+            calls.append(1)
+            return act_tokens(*args, **kwargs)
+
+        learner.policy.act_tokens = counted
+        ep = run_episode(
+            learner.env, learner.policy_action(False), learner.featurize, learner.lang, seed=7
+        )
+        assert len(calls) == (len(ep) + 1) // 2  # an inference every second step
+        learner._store("online", ep)
+        metrics = learner.policy.agent.update(learner._batch())
+        assert np.isfinite(metrics["critic_loss"])
+        chunk = learner.policy.act_tokens(
+            torch.from_numpy(ep.tokens[:1].astype(np.float32)),
+            torch.from_numpy(ep.state[:1]),
+            learner.lang(ep.instruction),
+        )
+        assert chunk.shape == (1, 3, 4)
+    finally:
+        learner.close()
+    with pytest.raises(ValueError, match="policy.execute"):
+        PolicyConfig(chunk_len=2, execute=3)

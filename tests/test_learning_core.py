@@ -31,6 +31,9 @@ def test_td_target_by_hand():
     y = td_target(r, terminal, next_q, logp, alpha=0.1, gamma=0.9)
     # row 0 is terminal: just the reward; row 1: 0 + 0.9 * (2 - 0.1 * -1) = 1.89
     torch.testing.assert_close(y, torch.tensor([1.0, 1.89]))
+    # per-row discounts (gamma^n of an n-step window): row 1 spans two steps, 0.81 * 2.1
+    y = td_target(r, terminal, next_q, logp, alpha=0.1, gamma=torch.tensor([0.9, 0.81]))
+    torch.testing.assert_close(y, torch.tensor([1.0, 1.701]))
 
 
 def test_critic_actor_temperature_and_bc_losses_by_hand():
@@ -206,6 +209,44 @@ def test_shared_episode_files_human_steps_as_interventions():
     assert online.size == 9 and interv.size == 3
     with pytest.raises(ValueError, match="keep must be bool"):
         replay.add_shared_episode(np.zeros(5, bool), **ep)
+
+
+def test_chunked_transitions_are_windows_with_n_step_returns():
+    replay = ReplayMix(ReplayConfig(human_ratio=0.0), (2, 3, 4), 5, 2, 3, chunk_len=3)
+    replay.instruction_id("pick", np.ones(3))
+    ep = _episode(5, 1.0, success=True)  # phi = 0, .2, .4, .6, .8, 1
+    ep["state"] = np.arange(6, dtype=np.float32)[:, None].repeat(5, 1)  # frame t has state t
+    ep["action"] = np.arange(5, dtype=np.float32)[:, None].repeat(2, 1)  # step t has action t
+    replay.add_episode("online", **ep)
+    p = replay.partitions["online"]
+    assert p.size == 5 and p.action.shape[1] == 6
+    # step t's window: actions t, t+1, t+2, the last one repeated past the episode's end
+    np.testing.assert_array_equal(
+        p.action[:5, ::2], [[0, 1, 2], [1, 2, 3], [2, 3, 4], [3, 4, 4], [4, 4, 4]]
+    )
+    np.testing.assert_array_equal(p.steps[:5], [3, 3, 3, 2, 1])
+    np.testing.assert_array_equal(p.state[p.next[:5], 0], [3, 4, 5, 5, 5])
+    np.testing.assert_array_equal(p.terminal[:5], [False, False, True, True, True])
+    gamma = 0.9
+    b = replay.sample(300, np.random.default_rng(0), RewardConfig(), gamma)
+    start = b["state"][:, 0].astype(int)
+    steps = np.array([3, 3, 3, 2, 1])[start]
+    np.testing.assert_allclose(b["discount"], gamma**steps, rtol=1e-6)
+    # task reward 1 on the last step, discounted by its place in the window; the shaping
+    # telescopes to gamma^n * phi' - phi with phi' = 0 at the terminal state
+    phi = start * 0.2
+    task = np.where(start + steps == 5, gamma ** (steps - 1), 0.0)
+    shaped = np.where(start + steps == 5, 0.0, gamma**steps * (start + steps) * 0.2) - phi
+    np.testing.assert_allclose(b["reward"], task + shaped, rtol=1e-5, atol=1e-6)
+    # a window never spans a human's steps and the policy's
+    replay.add_shared_episode(np.array([True, True, False, False, False]), **ep)
+    interv = replay.partitions["intervention"]
+    np.testing.assert_array_equal(interv.action[:2, ::2], [[0, 1, 1], [1, 1, 1]])
+    np.testing.assert_array_equal(interv.state[interv.next[:2], 0], [2, 2])
+    assert not interv.terminal[:2].any()
+    np.testing.assert_array_equal(p.action[5:8, ::2], [[2, 3, 4], [3, 4, 4], [4, 4, 4]])
+    with pytest.raises(ValueError, match="actions must be per step"):
+        replay.add_episode("online", **{**ep, "action": np.zeros((5, 6), np.float32)})
 
 
 def test_old_transitions_never_see_overwritten_frames():
