@@ -21,6 +21,7 @@ from pathlib import Path
 import limbic.sim  # noqa: F401  (headless GL before mujoco loads)
 from limbic.launch.components import RobotConfig
 from limbic.launch.config import ConfigError
+from limbic.policy.vla import PolicyConfig
 from limbic.runtime.learn import LearnConfig, LearnResult, learn, plot_curves
 from limbic.runtime.replay import RewardConfig
 from limbic.sim.env import HIL_PICK_CUBE, SIM_ENVS, SimConfig
@@ -48,6 +49,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--utd", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--bc-steps", type=int, default=3000)
+    p.add_argument(
+        "--chunk-len",
+        type=int,
+        default=1,
+        help="actions per inference; transitions become windows of this many steps",
+    )
+    p.add_argument(
+        "--execute", type=int, default=0, help="actions executed per inference (0: the whole chunk)"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--arms",
@@ -64,10 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     args.arm, args.task = args.arm or default_arm, args.task or default_task
     try:
         sim = SimConfig(env=args.env, arm=args.arm, task=args.task)
+        policy = PolicyConfig(chunk_len=args.chunk_len, execute=args.execute)
     except ConfigError as e:
         p.error(str(e))
     base = LearnConfig(
         robot=RobotConfig(sim=sim),
+        policy=policy,
         demos=args.demos,
         online_episodes=args.episodes,
         utd=args.utd,
@@ -94,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(
         f"# learning: {args.env} {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
-        f"eval on {args.eval_episodes} held-out episodes every {args.eval_every}"
+        f"eval on {args.eval_episodes} held-out episodes every {args.eval_every}, "
+        f"chunk {args.chunk_len} (execute {policy.steps_per_inference})"
     )
     results: dict[str, LearnResult] = {}
     started = time.monotonic()
