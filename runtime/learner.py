@@ -245,8 +245,13 @@ class AsyncLearner(Learner):
             else:
                 self.replay.add_episode(source, lang_id=lang_id, **arrays)
             if source != "demo":  # online interaction, with or without a human stepping in
-                total = (self.online_steps[-1] if self.online_steps else 0) + len(arrays["action"])
+                steps = len(arrays["action"])
+                total = (self.online_steps[-1] if self.online_steps else 0) + steps
                 self.online_steps.append(total)
+                # the curve's human share: the steps a human took of all the arms' online steps
+                self.played_steps += steps
+                if source == "intervention":
+                    self.human_steps += steps if human is None else int(np.sum(human))
             self.cond.notify_all()
 
     def _store(self, source: str, ep: EpisodeRecord) -> None:

@@ -340,12 +340,15 @@ def test_an_intervention_episode_splits_into_the_humans_steps_and_the_policys(le
     learner.ingest(up)
     sizes = {k: p.size for k, p in learner.replay.partitions.items()}
     assert sizes["intervention"] == t // 2 and sizes["online"] == t - t // 2
+    # the learning curve's human share counts the actors' steps
+    assert (learner.played_steps, learner.human_steps) == (t, t // 2)
     learner.checkpoint()
     learner.store.close()
     again = AsyncLearner(learner_config(tmp_path), threading.Event())
     try:
         again.setup()
         assert {k: p.size for k, p in again.replay.partitions.items()} == sizes
+        assert (again.played_steps, again.human_steps) == (t, t // 2)
         a, b = learner.replay.partitions["intervention"], again.replay.partitions["intervention"]
         np.testing.assert_array_equal(a.action[: a.size], b.action[: b.size])
     finally:
