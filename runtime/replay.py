@@ -170,16 +170,11 @@ class Partition:
 def window_bounds(keep: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
     """First step and length of the window of every kept step: up to ``chunk_len`` steps, never
     past the end of the run of kept steps it starts in."""
-    t = keep.shape[0]
-    # run_end[i]: one past the last step of the kept run that step i is in
-    run_end = np.empty(t, np.int64)
-    end = t
-    for i in range(t - 1, -1, -1):
-        if not keep[i]:
-            end = i
-        run_end[i] = end
     start = np.flatnonzero(keep)
-    return start, np.minimum(chunk_len, run_end[start] - start)
+    # the run a kept step is in ends at the first dropped step after it (or the episode's end)
+    stops = np.append(np.flatnonzero(~keep), keep.shape[0])
+    run_end = stops[np.searchsorted(stops, start)]
+    return start, np.minimum(chunk_len, run_end - start)
 
 
 class ReplayMix:
