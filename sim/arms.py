@@ -74,6 +74,10 @@ class ArmSpec:
     fingertip_drop_m: float
     """How far the closed fingertips reach below the tool site (measured on the model)."""
     build: Callable[[], mujoco.MjSpec]
+    fixed_jaw_geom: str | None = None
+    """The box geom of a one-sided gripper's fixed jaw (None: the fingers close symmetrically).
+    Its inner face sits close to the tool site, so a grasp centred on the site lands that jaw on
+    a turned cube's top; the expert shifts its grasp away from it (``ScriptedExpert``)."""
 
     @property
     def n_joints(self) -> int:
@@ -157,6 +161,7 @@ SO101 = ArmSpec(
     grasp_depth_m=0.012,
     fingertip_drop_m=0.010,
     build=_build_so101,
+    fixed_jaw_geom="fixed_jaw",
 )
 
 PANDA = ArmSpec(

@@ -16,6 +16,10 @@ import numpy as np
 from limbic.launch.config import require
 from limbic.sim.env import SimEnv
 
+JAW_MARGIN_M = 0.0015
+"""Gap the expert leaves between a fixed jaw and the cube it descends around (at the SO-101's
+cube size; scaled with the cube)."""
+
 
 class ExpertMode(StrEnum):
     """How the expert behaves for a whole episode."""
@@ -99,6 +103,8 @@ class ScriptedExpert:
         self.hover = 0.05 * self.scale
         self.tol = 0.004 * self.scale
         self.use_yaw = env.action_spec.dim == 5 and env.action_spec.names[3] == "dyaw"
+        jaw = env.arm.fixed_jaw_geom
+        self.fixed_jaw = env.model.geom(jaw).id if jaw else -1
         self.mode = ExpertMode.EXPERT
         self.reset()
 
@@ -210,6 +216,28 @@ class ScriptedExpert:
         target = np.array([*tool[:2], push_z + self.hover])  # done: back off upwards
         return Waypoint(target, 0.0, 1.0)
 
+    def _jaw_clearance_shift(self, cube_yaw: float) -> np.ndarray:
+        """Where to put the tool, relative to the cube's centre, so a fixed jaw clears the cube.
+
+        A one-sided gripper's fixed jaw sits about a cube's half-width from the tool site. A
+        cube turned relative to the jaws is wider across them (``half * (cos + sin)`` of the
+        relative yaw), so a grasp centred on the cube lands that jaw on the cube's top. Shift
+        the grasp away from the fixed jaw by the overlap plus a margin; the moving jaw opens
+        wide, and closing pushes the cube flat against the fixed jaw. Zero for symmetric grippers.
+        """
+        if self.fixed_jaw < 0:
+            return np.zeros(2)
+        data = self.env.data
+        site = data.site_xpos[self.env.controller.kin.site_id][:2]
+        away = site - data.geom_xpos[self.fixed_jaw][:2]  # from the fixed jaw towards the site
+        dist = float(np.linalg.norm(away))
+        clearance = dist - float(self.env.model.geom_size[self.fixed_jaw][0])
+        tool_yaw = self.env.controller.tool_pose(data)[1] if self.use_yaw else 0.0
+        rel = abs(cube_yaw - tool_yaw) % (np.pi / 2)
+        width = self.half * (np.cos(rel) + np.sin(rel))
+        overlap = width + JAW_MARGIN_M * self.scale - clearance
+        return -away / max(dist, 1e-9) * max(0.0, overlap)
+
     # --- pick and place, stack -------------------------------------------------------------
     def _plan_pick_place(self) -> Waypoint:
         g = self.env.goal_info()
@@ -239,26 +267,27 @@ class ScriptedExpert:
         grasp_z = max(cube[2] + self.half - arm.grasp_depth_m, arm.tool_z_limits[0] + 0.002)
         if self.mode is ExpertMode.FAILED:
             place_xy = place_xy + self.fail_offset
+        grasp_xy = cube[:2] + self._jaw_clearance_shift(cube_yaw)
         held = np.linalg.norm(cube - tool) < 2.0 * self.half and cube[2] > 1.3 * self.half
         if self.phase < 3 and held:  # taking over from someone who already lifted it: carry on
             self.phase, self.timer = 3, 0
         p = self.phase
         if p == 0:  # hover above the cube, open
-            target = np.array([*cube[:2], cube[2] + self.hover])
+            target = np.array([*grasp_xy, cube[2] + self.hover])
             self._advance(
-                np.linalg.norm(tool[:2] - cube[:2]) < self.tol
+                np.linalg.norm(tool[:2] - grasp_xy) < self.tol
                 and abs(tool[2] - target[2]) < 3 * self.tol
             )
             return Waypoint(target, grasp_yaw, 0.0)
         if p == 1:  # straight down around it
-            target = np.array([*cube[:2], grasp_z])
+            target = np.array([*grasp_xy, grasp_z])
             ok = (
-                abs(tool[2] - grasp_z) < self.tol and np.linalg.norm(tool[:2] - cube[:2]) < self.tol
+                abs(tool[2] - grasp_z) < self.tol and np.linalg.norm(tool[:2] - grasp_xy) < self.tol
             )
             self._advance(ok or self.timer > 25)
             return Waypoint(target, grasp_yaw, 0.0, 0.7)
         if p == 2:  # close and let the fingers settle
-            target = np.array([*cube[:2], grasp_z])
+            target = np.array([*grasp_xy, grasp_z])
             self._advance(self.timer >= 4)
             return Waypoint(target, grasp_yaw, 1.0)
         if p == 3:  # lift; if the cube stayed behind, start over

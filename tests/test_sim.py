@@ -189,6 +189,32 @@ def test_expert_solves_every_task(envs, arm, task):
     assert wins == 4
 
 
+@pytest.mark.parametrize(("task", "body"), [("pick_place", "cube"), ("stack", "cube_a")])
+@pytest.mark.parametrize("yaw", [-0.29, 0.29])
+def test_expert_grasps_a_turned_cube_at_the_first_attempt(envs, task, body, yaw):
+    """The SO-101's fixed jaw sits about a cube's half-width from the tool site: a grasp
+    centred on a turned cube lands that jaw on its top. The expert shifts its grasp clear of it,
+    so it never has to lift off and try again."""
+    env = envs("so101", task)
+    expert = ScriptedExpert(env, seed=0)
+    for seed in range(2):
+        env.reset(seed=seed)
+        xy = env.goal_info()["cube"][:2]
+        env.task.place_cube(env.data, body, xy, yaw)
+        mujoco.mj_forward(env.model, env.data)
+        assert float(env.goal_info()["cube_yaw"]) == pytest.approx(yaw, abs=0.01)
+        expert.reset()
+        phases = []
+        for _ in range(env.step_limit):
+            r = env.step(expert.act())
+            phases.append(expert.phase)
+            if r.terminated or r.truncated:
+                break
+        assert r.success
+        assert phases == sorted(phases), "the expert went back to an earlier phase (a retry)"
+        assert len(phases) < 45
+
+
 def test_expert_in_joint_space(envs):
     env = envs("so101", "pick_place", "joint_delta")
     expert = ScriptedExpert(env, seed=0)
