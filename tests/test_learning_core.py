@@ -412,6 +412,41 @@ def test_value_term_reaches_the_actor_encoder_only_when_asked(through):
     assert agent.actor.net[-1].weight.grad.abs().sum() > 0
 
 
+def test_the_temperature_shrinks_while_the_exploration_noise_is_anchored():
+    """With ``bc_std`` holding the policy's noise, the default entropy target lies below what
+    that noise gives, so alpha falls instead of growing until its bonus swamps the reward."""
+    from limbic.policy.rlpd import AgentConfig
+
+    cfg = AgentConfig(bc_std=0.1)
+    gaussian = math.log(0.1) + 0.5 * math.log(2 * math.pi * math.e)
+    assert cfg.entropy_target_per_dim() < gaussian
+    assert AgentConfig(bc_std=0.0).entropy_target_per_dim() == -0.5
+    assert AgentConfig(target_entropy_per_dim=-2.0).entropy_target_per_dim() == -2.0
+    agent = _agent(bc_std=0.1, critic_warmup=0, token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    batch = _rl_batch()
+    for _ in range(200):
+        agent.bc_update(batch)
+    before = float(agent.alpha)
+    for _ in range(100):
+        agent.update(batch)
+    assert float(agent.alpha) < before
+    # the old fixed target (-0.5 per dimension) sits above the anchored noise: alpha grows
+    agent = _agent(
+        bc_std=0.1,
+        target_entropy_per_dim=-0.5,
+        critic_warmup=0,
+        token_noise=0.0,
+        lang_dropout=0.0,
+        lang_noise=0.0,
+    )
+    for _ in range(200):
+        agent.bc_update(batch)
+    before = float(agent.alpha)
+    for _ in range(100):
+        agent.update(batch)
+    assert float(agent.alpha) > before
+
+
 def test_bc_pretraining_sets_the_exploration_noise():
     agent = _agent(bc_std=0.1, token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
     batch = _rl_batch()
