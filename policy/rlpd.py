@@ -106,6 +106,13 @@ class AgentConfig:
     """Decay of the exponential moving average of the actor (encoder and head) that acts, in
     online episodes, evaluation and serving; every actor step updates it. A closed-loop policy's
     success swings widely between nearby weights; the average does not (0: the live actor acts)."""
+    bootstrap_from_bc: bool = False
+    """Imitation-bootstrapped RL (IBRL): at the first RL update, keep a frozen copy of the acting
+    actor as BC pre-training left it (the reference). From the end of the critic's warm-up on,
+    acting and the TD targets take, state by state, whichever of the reference's action and the
+    RL actor's the Q-function values higher, so the policy never does worse than the
+    demonstrations where the Q-function can tell, and the targets bootstrap from the better of
+    the two. The RL actor itself learns as before."""
 
     def __post_init__(self) -> None:
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
@@ -249,6 +256,11 @@ class RLPDAgent(nn.Module):
         self.ema_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
         self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        if cfg.bootstrap_from_bc:  # the frozen BC reference (IBRL); filled at the first RL update
+            self.ref_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
+            self.ref_actor = copy.deepcopy(self.actor).requires_grad_(False)
+            self.register_buffer("ref_frozen", torch.zeros((), dtype=torch.bool))
+            self.register_buffer("ref_active", torch.zeros((), dtype=torch.bool))
         self.critic_encoder = encoder()
         self.critic = QEnsemble(cfg.feature_dim, self.action_size, cfg.n_q, cfg.hidden)
         self.target_encoder = copy.deepcopy(self.critic_encoder).requires_grad_(False)
@@ -301,7 +313,30 @@ class RLPDAgent(nn.Module):
             else (self.actor_encoder, self.actor)
         )
         feature = encoder(tokens, state, lang)
-        return actor(feature, deterministic=deterministic)[0]
+        action = actor(feature, deterministic=deterministic)[0]
+        if self.cfg.bootstrap_from_bc:
+            # a tensor condition, not a Python branch, so an exported graph keeps the choice
+            ref = self.ref_actor(
+                self.ref_encoder(tokens, state, lang), deterministic=deterministic
+            )[0]
+            critic_feature = self.critic_encoder(tokens, state, lang)
+            q_rl = self.critic(critic_feature, action).mean(0)
+            q_ref = self.critic(critic_feature, ref).mean(0)
+            take_ref = self.ref_active & (q_ref > q_rl)
+            action = torch.where(take_ref.unsqueeze(-1), ref, action)
+        return action
+
+    @torch.no_grad()
+    def _freeze_reference(self) -> None:
+        """Keep the acting actor as it is now as the frozen BC reference (IBRL)."""
+        encoder, actor = (
+            (self.ema_encoder, self.ema_actor)
+            if self.cfg.actor_ema > 0
+            else (self.actor_encoder, self.actor)
+        )
+        self.ref_encoder.load_state_dict(encoder.state_dict())
+        self.ref_actor.load_state_dict(actor.state_dict())
+        self.ref_frozen.fill_(True)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -383,7 +418,13 @@ class RLPDAgent(nn.Module):
         """One critic step, and (when ``update_actor`` and the critic's warm-up is over) one actor
         and temperature step."""
         cfg = self.cfg
-        update_actor = update_actor and self.updates >= cfg.critic_warmup
+        warm = self.updates >= cfg.critic_warmup
+        update_actor = update_actor and warm
+        if cfg.bootstrap_from_bc:
+            if not bool(self.ref_frozen):  # the first RL update: BC pre-training is over
+                self._freeze_reference()
+            if warm:  # the Q-function has trained for its warm-up: acting may compare with it
+                self.ref_active.fill_(True)
         batch = self.augment(batch)
         metrics, critic_feature = self._critic_step(batch)
         if update_actor:
@@ -403,13 +444,18 @@ class RLPDAgent(nn.Module):
         cfg = self.cfg
         with torch.no_grad():
             rows, device = b["reward"].shape[0], b["reward"].device
-            next_action, next_logp = self.actor(
-                self.actor_encoder(b["next_tokens"], b["next_state"], b["lang"]),
-                noise=self._noise(rows, device),
-            )
-            next_feature = self.target_encoder(b["next_tokens"], b["next_state"], b["lang"])
+            noise = self._noise(rows, device)
+            next_obs = (b["next_tokens"], b["next_state"], b["lang"])
+            next_action, next_logp = self.actor(self.actor_encoder(*next_obs), noise=noise)
+            next_feature = self.target_encoder(*next_obs)
             heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset].to(device)
             next_q = self.target_critic(next_feature, next_action)[heads]
+            if cfg.bootstrap_from_bc and bool(self.ref_frozen):
+                # bootstrap from the better of the RL actor's and the reference's next action
+                ref_action, _ = self.ref_actor(self.ref_encoder(*next_obs), noise=noise)
+                ref_q = self.target_critic(next_feature, ref_action)[heads]
+                take_ref = ref_q.min(0).values > next_q.min(0).values
+                next_q = torch.where(take_ref.unsqueeze(0), ref_q, next_q)
             discount = b.get("discount", cfg.gamma)  # gamma^n per row for n-step windows
             target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, discount)
         feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])

@@ -456,3 +456,65 @@ def test_bc_pretraining_sets_the_exploration_noise():
         feature = agent.actor_encoder(batch["tokens"], batch["state"], batch["lang"])
         std = agent.actor.distribution(feature)[1]
     assert std.mean().item() == pytest.approx(0.1, rel=0.1)
+
+
+class _PreferCloseTo(torch.nn.Module):
+    """A stand-in Q ensemble of two heads: ``-|a - goal|^2``, highest at ``goal``."""
+
+    def __init__(self, goal: torch.Tensor):
+        super().__init__()
+        self.goal = goal
+
+    def forward(self, feature: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        return -(action - self.goal).pow(2).sum(-1).expand(2, -1)
+
+
+def test_bootstrapping_from_bc_freezes_the_reference_and_acts_on_the_better_action():
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    agent = _agent(bootstrap_from_bc=True, critic_warmup=3, **quiet)
+    for _ in range(50):
+        agent.bc_update(_bc_batch())
+    b = _bc_batch(8)
+    obs = (b["tokens"], b["state"], b["lang"])
+    bc_action = agent.act(*obs, deterministic=True)
+    agent.update(_rl_batch())  # the first RL update freezes the acting actor as the reference
+    assert bool(agent.ref_frozen) and not bool(agent.ref_active)
+    frozen = _flat(agent.ref_encoder, agent.ref_actor)
+    with torch.no_grad():
+        ref_action = agent.ref_actor(agent.ref_encoder(*obs), deterministic=True)[0]
+    torch.testing.assert_close(ref_action, bc_action)
+    for _ in range(30):
+        agent.update(_rl_batch())
+    assert bool(agent.ref_active)
+    assert torch.equal(_flat(agent.ref_encoder, agent.ref_actor), frozen)  # never trained
+    with torch.no_grad():
+        rl_action = agent.ema_actor(agent.ema_encoder(*obs), deterministic=True)[0]
+    assert not torch.allclose(rl_action, ref_action)
+    # acting takes, row by row, the action the Q-function values higher
+    goal = ref_action.clone()
+    goal[::2] = rl_action[::2]  # even rows prefer the RL actor, odd rows the reference
+    agent.critic = _PreferCloseTo(goal)
+    acted = agent.act(*obs, deterministic=True)
+    torch.testing.assert_close(acted[::2], rl_action[::2])
+    torch.testing.assert_close(acted[1::2], ref_action[1::2])
+    # without the option the RL actor alone acts
+    agent.cfg.bootstrap_from_bc = False
+    torch.testing.assert_close(agent.act(*obs, deterministic=True), rl_action)
+
+
+def test_bootstrapping_from_bc_targets_the_better_of_the_two_next_actions():
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0, critic_warmup=0)
+    plain, boot = _agent(**quiet), _agent(bootstrap_from_bc=True, **quiet)
+    for agent in (plain, boot):
+        for _ in range(20):
+            agent.bc_update(_bc_batch())
+        # the live actor moves on from the acting average the reference is frozen from
+        torch.manual_seed(5)
+        for p in agent.actor.parameters():
+            p.data.add_(0.3 * torch.randn_like(p))
+    assert torch.equal(_flat(plain.critic), _flat(boot.critic))
+    batch = _rl_batch(256)
+    target_plain = plain.update(batch)["target_mean"]
+    target_boot = boot.update(batch)["target_mean"]
+    # per row the bootstrapped target is the larger of two candidates, one of them the plain one
+    assert target_boot > target_plain
