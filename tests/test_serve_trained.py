@@ -6,7 +6,7 @@ from serving import running_server
 
 from limbic.launch.components import RobotConfig
 from limbic.policy.rlpd import AgentConfig
-from limbic.policy.vla import PolicyConfig
+from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.backends import EncoderConfig, ModelConfig, build_runner
 from limbic.runtime.client import InferenceClient
 from limbic.runtime.learn import LearnConfig, Learner
@@ -20,7 +20,13 @@ def test_a_trained_policy_checkpoint_is_served_with_its_own_actions(tmp_path):
         robot=RobotConfig(sim=SimConfig(task="reach")),
         policy=PolicyConfig(
             agent=AgentConfig(
-                d_model=32, n_queries=2, feature_dim=64, hidden=64, n_q=2, critic_warmup=0
+                d_model=32,
+                n_queries=2,
+                feature_dim=64,
+                hidden=64,
+                n_q=2,
+                critic_warmup=0,
+                bootstrap_from_bc=True,
             )
         ),
         demos=2,
@@ -33,8 +39,12 @@ def test_a_trained_policy_checkpoint_is_served_with_its_own_actions(tmp_path):
     try:
         learner.collect_demos()
         learner.pretrain(5)
+        for _ in range(3):  # RL updates: the BC reference is frozen and proposes beside the actor
+            learner.policy.agent.update(learner._batch())
+        assert bool(learner.policy.agent.ref_active)
         path = tmp_path / "policy.pt"
         learner.policy.save(path)
+        assert bool(VLAPolicy.load(path).agent.ref_active)  # the checkpoint keeps the reference
         runner = build_runner(
             ModelConfig(
                 target="limbic.policy.vla:VLAPolicy.load",
