@@ -82,6 +82,10 @@ class AgentConfig:
     the tokens' own spread (the compressor scales them to unit std). With a frozen backbone
     the tokens are stored once per frame, so this is the augmentation that keeps a few
     demonstrations from being memorised (0 turns it off)."""
+    critic_token_noise: float | None = None
+    """Token noise of the critic's batches (None: ``token_noise``, one augmented batch for both).
+    The Q-function has to tell states apart that differ by less than the noise the actor
+    needs against memorising the demonstrations."""
     lang_dropout: float = 0.3
     """Fraction of a training batch's rows whose instruction embedding is zeroed."""
     q_normalize: bool = True
@@ -127,6 +131,11 @@ class AgentConfig:
         require(self.init_alpha > 0, "agent.init_alpha", f"must be > 0, got {self.init_alpha}")
         require(self.bc_weight >= 0, "agent.bc_weight", f"must be >= 0, got {self.bc_weight}")
         require(self.token_noise >= 0, "agent.token_noise", f"must be >= 0, got {self.token_noise}")
+        require(
+            self.critic_token_noise is None or self.critic_token_noise >= 0,
+            "agent.critic_token_noise",
+            f"must be >= 0 or null, got {self.critic_token_noise}",
+        )
         require(
             0.0 <= self.lang_dropout < 1.0,
             "agent.lang_dropout",
@@ -381,20 +390,22 @@ class RLPDAgent(nn.Module):
             total, count = self.parallel.sum([total, count])
         return torch.tensor(max(total / count, 1.0), device=x.device)
 
-    def augment(self, b: Batch) -> Batch:
+    def augment(self, b: Batch, token_noise: float | None = None) -> Batch:
         """The batch as training sees it: noisy vision tokens and perturbed instructions.
 
-        Tokens (and next tokens) get ``token_noise`` Gaussian noise; ``lang_dropout`` of the
-        rows lose their instruction, the rest get ``lang_noise`` relative Gaussian noise.
+        Tokens (and next tokens) get ``token_noise`` (default: the configured one) Gaussian
+        noise; ``lang_dropout`` of the rows lose their instruction, the rest get ``lang_noise``
+        relative Gaussian noise.
         """
         cfg = self.cfg
+        token_noise = cfg.token_noise if token_noise is None else token_noise
         out = dict(b)
         rows, device = b["tokens"].shape[0], b["tokens"].device
-        if cfg.token_noise > 0:
+        if token_noise > 0:
             for key in ("tokens", "next_tokens"):
                 if key in b:
                     noise = self._randn(tuple(b[key].shape), device)
-                    out[key] = b[key].float() + cfg.token_noise * noise
+                    out[key] = b[key].float() + token_noise * noise
         if cfg.lang_dropout > 0 or cfg.lang_noise > 0:
             lang = b["lang"].float()
             rms = lang.pow(2).mean(-1, keepdim=True).sqrt()
@@ -425,11 +436,16 @@ class RLPDAgent(nn.Module):
                 self._freeze_reference()
             if warm:  # the Q-function has trained for its warm-up: acting may compare with it
                 self.ref_active.fill_(True)
-        batch = self.augment(batch)
-        metrics, critic_feature = self._critic_step(batch)
+        actor_batch = self.augment(batch)
+        critic_batch = (
+            actor_batch
+            if cfg.critic_token_noise is None
+            else self.augment(batch, token_noise=cfg.critic_token_noise)
+        )
+        metrics, critic_feature = self._critic_step(critic_batch)
         if update_actor:
             metrics.update(
-                self._actor_step(batch, cfg.bc_weight, rl=True, critic_feature=critic_feature)
+                self._actor_step(actor_batch, cfg.bc_weight, rl=True, critic_feature=critic_feature)
             )
         polyak_update(self.target_encoder, self.critic_encoder, cfg.tau)
         polyak_update(self.target_critic, self.critic, cfg.tau)

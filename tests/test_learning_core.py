@@ -518,3 +518,29 @@ def test_bootstrapping_from_bc_targets_the_better_of_the_two_next_actions():
     target_boot = boot.update(batch)["target_mean"]
     # per row the bootstrapped target is the larger of two candidates, one of them the plain one
     assert target_boot > target_plain
+
+
+@pytest.mark.parametrize("critic_noise", [None, 0.0, 0.25])
+def test_the_critic_sees_its_own_token_noise(critic_noise):
+    agent = _agent(token_noise=1.0, critic_token_noise=critic_noise, critic_warmup=0)
+    seen = {}
+    critic_step, actor_step = agent._critic_step, agent._actor_step
+
+    def spy_critic(b):
+        seen["critic"] = b["tokens"].clone()
+        return critic_step(b)
+
+    def spy_actor(b, *args, **kwargs):
+        seen["actor"] = b["tokens"].clone()
+        return actor_step(b, *args, **kwargs)
+
+    agent._critic_step, agent._actor_step = spy_critic, spy_actor
+    batch = _rl_batch(512)
+    agent.update(batch)
+    actor_noise = (seen["actor"] - batch["tokens"]).std().item()
+    critic_noise_seen = (seen["critic"] - batch["tokens"]).std().item()
+    assert actor_noise == pytest.approx(1.0, rel=0.05)
+    expected = 1.0 if critic_noise is None else critic_noise
+    assert critic_noise_seen == pytest.approx(expected, rel=0.05, abs=1e-6)
+    if critic_noise is None:  # one augmented batch for both
+        assert torch.equal(seen["critic"], seen["actor"])
