@@ -83,9 +83,9 @@ class AgentConfig:
     the tokens are stored once per frame, so this is the augmentation that keeps a few
     demonstrations from being memorised (0 turns it off)."""
     critic_token_noise: float | None = None
-    """Token noise of the critic's batches (None: ``token_noise``, one augmented batch for both).
-    The Q-function has to tell states apart that differ by less than the noise the actor
-    needs against memorising the demonstrations."""
+    """Token noise of the critic's batches (None: ``token_noise``, one augmented batch for both),
+    so the Q-function can train on cleaner tokens than the actor, which needs the noise against
+    memorising the demonstrations."""
     lang_dropout: float = 0.3
     """Fraction of a training batch's rows whose instruction embedding is zeroed."""
     q_normalize: bool = True
@@ -114,9 +114,9 @@ class AgentConfig:
     """Imitation-bootstrapped RL (IBRL): at the first RL update, keep a frozen copy of the acting
     actor as BC pre-training left it (the reference). From the end of the critic's warm-up on,
     acting and the TD targets take, state by state, whichever of the reference's action and the
-    RL actor's the Q-function values higher, so the policy never does worse than the
-    demonstrations where the Q-function can tell, and the targets bootstrap from the better of
-    the two. The RL actor itself learns as before."""
+    RL actor's the Q-function values higher, and the targets bootstrap from the better of the
+    two. The RL actor itself learns as before. It helps only where the Q-function ranks the two
+    actions right: it did on privileged state, not yet on image tokens (README, Benchmarks)."""
 
     def __post_init__(self) -> None:
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
@@ -307,6 +307,12 @@ class RLPDAgent(nn.Module):
         return self.log_alpha.detach().exp()
 
     # --- acting --------------------------------------------------------------------------------
+    def _acting_copy(self) -> tuple[ObservationEncoder, TanhGaussianActor]:
+        """The encoder and head that act: the moving average, or the live actor without one."""
+        if self.cfg.actor_ema > 0:
+            return self.ema_encoder, self.ema_actor
+        return self.actor_encoder, self.actor
+
     @torch.no_grad()
     def act(
         self,
@@ -315,12 +321,9 @@ class RLPDAgent(nn.Module):
         lang: torch.Tensor,
         deterministic: bool = False,
     ) -> torch.Tensor:
-        """Normalised actions ``[B, chunk_len * action_dim]`` in [-1, 1] (the acting copy's)."""
-        encoder, actor = (
-            (self.ema_encoder, self.ema_actor)
-            if self.cfg.actor_ema > 0
-            else (self.actor_encoder, self.actor)
-        )
+        """Normalised actions ``[B, chunk_len * action_dim]`` in [-1, 1] (the acting copy's, or
+        the BC reference's where the Q-function prefers it; see ``bootstrap_from_bc``)."""
+        encoder, actor = self._acting_copy()
         feature = encoder(tokens, state, lang)
         action = actor(feature, deterministic=deterministic)[0]
         if self.cfg.bootstrap_from_bc:
@@ -338,11 +341,7 @@ class RLPDAgent(nn.Module):
     @torch.no_grad()
     def _freeze_reference(self) -> None:
         """Keep the acting actor as it is now as the frozen BC reference (IBRL)."""
-        encoder, actor = (
-            (self.ema_encoder, self.ema_actor)
-            if self.cfg.actor_ema > 0
-            else (self.actor_encoder, self.actor)
-        )
+        encoder, actor = self._acting_copy()
         self.ref_encoder.load_state_dict(encoder.state_dict())
         self.ref_actor.load_state_dict(actor.state_dict())
         self.ref_frozen.fill_(True)
