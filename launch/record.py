@@ -49,10 +49,19 @@ class RecordConfig:
     """Show a progress bar."""
     settle_steps: int = 0
     """Steps the operator goes on after the task succeeds (0: the episode ends on success)."""
+    settle_share: float = 0.0
+    """Settle for the fewest steps that make the last ``settle_share`` of the episode show the
+    finished task (at least ``settle_steps``); 0.05 matches the critic's done labels (the last
+    5 % of a success) for short and long tasks alike."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")
         require(self.settle_steps >= 0, "settle_steps", f"must be >= 0, got {self.settle_steps}")
+        require(
+            0.0 <= self.settle_share < 0.5,
+            "settle_share",
+            f"must be in [0, 0.5), got {self.settle_share}",
+        )
 
 
 ConfigStore.instance().store(name="record_schema", node=RecordConfig)
@@ -93,6 +102,7 @@ def record(cfg: RecordConfig):
                 episode_info={"task": env.cfg.task, "arm": env.cfg.arm},
                 progress=cfg.progress,
                 settle_steps=cfg.settle_steps,
+                settle_share=cfg.settle_share,
             )
 
 

@@ -40,6 +40,13 @@ class RecordSummary:
         )
 
 
+def _settle_for(success_step: int, settle_steps: int, settle_share: float) -> int:
+    """Settle steps after success on ``success_step`` (see :func:`record_episodes`)."""
+    if settle_share <= 0.0:
+        return settle_steps
+    return max(settle_steps, int(success_step * settle_share / (1.0 - settle_share)) + 1)
+
+
 def record_episodes(
     robot: Robot,
     operator: Teleoperator,
@@ -50,6 +57,7 @@ def record_episodes(
     episode_info: dict[str, Any] | None = None,
     progress: bool = True,
     settle_steps: int = 0,
+    settle_share: float = 0.0,
 ) -> RecordSummary:
     """Record ``episodes`` episodes; episode ``i`` uses seed ``seed + i``.
 
@@ -58,9 +66,17 @@ def record_episodes(
     task that teach a progress critic what "done" looks like. The episode's ``success`` is then
     the signal at its last step, so a task undone while settling counts as failed.
 
+    ``settle_share`` sizes the settling to the episode instead: after success on step ``k``
+    the operator goes on for ``max(settle_steps, floor(k * share / (1 - share)) + 1)`` steps,
+    the fewest that make the last ``share`` of the episode's frames (and no earlier one) show
+    the finished task, whether the task takes 3 steps or 60. With ``share = 0.05`` these are
+    exactly the frames the critic's labels call done (:func:`limbic.critic.labels.done_labels`).
+
     Ctrl-C or SIGTERM stops at the next step: the unfinished episode is dropped, the dataset
     finalised, and every episode saved so far stays readable.
     """
+    if not 0.0 <= settle_share < 0.5:
+        raise ValueError(f"settle_share must be in [0, 0.5), got {settle_share}")
     if not isinstance(robot, EpisodicRobot):
         raise TypeError(
             f"{type(robot).__name__} cannot frame episodes (start_episode/instruction/success)"
@@ -77,15 +93,19 @@ def record_episodes(
                 operator.on_episode_start()
                 success = False
                 reached: int | None = None  # step on which success first fired
+                settle = settle_steps
                 steps = 0
-                for t in range(robot.step_limit + settle_steps):
+                for t in range(
+                    robot.step_limit + _settle_for(robot.step_limit, settle_steps, settle_share)
+                ):
                     action = operator.get_action(obs)
                     sent = robot.send_action(action)
                     success = robot.success()
                     if success and reached is None:
                         reached = t
+                        settle = _settle_for(t, settle_steps, settle_share)
                     if reached is not None:
-                        done = t - reached >= settle_steps
+                        done = t - reached >= settle
                     else:
                         done = t >= robot.step_limit - 1
                     writer.add_step(

@@ -108,6 +108,45 @@ def test_settle_steps_record_the_finished_task_after_success(tmp_path):
         RecordConfig(settle_steps=-1)
 
 
+@pytest.mark.parametrize("task", ["reach", "push"])
+def test_settle_share_makes_the_done_labels_the_finished_frames(tmp_path, task):
+    """Sized by ``settle_share=0.05``, the settling makes the critic's done labels (the last 5 %
+    of a success) exactly the frames that show the finished task, on a task done in a few steps
+    (reach) and one done in tens (push); a fixed 8 settle steps labels finished reach frames
+    "not done"."""
+    from limbic.critic.labels import done_labels
+    from limbic.data.reader import load_episodes
+
+    def episodes(root: Path, **settle):
+        cfg = RecordConfig(
+            robot=RobotConfig(sim=SimConfig(arm="so101", task=task)),
+            operator=OperatorConfig(expert=ExpertConfig()),
+            dataset=DatasetConfig(root=str(root), use_videos=False),
+            episodes=2,
+            seed=5,
+            progress=False,
+            **settle,
+        )
+        record(cfg)
+        return load_episodes(root)
+
+    for ep in episodes(tmp_path / "share", settle_share=0.05):
+        assert ep.succeeded and ep.success[-1]
+        finished = np.arange(len(ep)) > int(np.argmax(ep.success))  # frames after the success step
+        label, labelled = done_labels(ep)
+        assert label.astype(bool).tolist() == finished.tolist()
+        assert not (labelled & ~label.astype(bool) & finished).any()
+    if task == "reach":
+        conflicting = 0
+        for ep in episodes(tmp_path / "fixed", settle_steps=8):
+            finished = np.arange(len(ep)) > int(np.argmax(ep.success))
+            label, labelled = done_labels(ep)
+            conflicting += int((labelled & (label == 0) & finished).sum())
+        assert conflicting > 0
+    with pytest.raises(ConfigError, match="settle_share"):
+        RecordConfig(settle_share=0.5)
+
+
 def test_recorded_actions_match_what_was_sent(tmp_path):
     """Frames decode back to what the robot saw and did (video is lossy; state/action are exact)."""
     from limbic.sim.operator import ScriptedOperator
