@@ -16,6 +16,18 @@ import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from torch import nn
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
+POSITIONS = ("learned", "grid", "both")
+"""How the encoder places tokens (``AgentConfig.position``)."""
+
+
+def grid_coordinates(n_tokens: int) -> torch.Tensor:
+    """``float32[N, 2]``: (x, y) in [-1, 1] of each token of a square, row-major grid."""
+    side = int(round(n_tokens**0.5))
+    if side * side != n_tokens:
+        raise ValueError(f"grid positions need a square token grid, got {n_tokens} tokens")
+    ticks = torch.linspace(-1.0, 1.0, side) if side > 1 else torch.zeros(1)
+    yy, xx = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack([xx.flatten(), yy.flatten()], dim=-1)
 
 
 class ObservationEncoder(nn.Module):
@@ -31,12 +43,23 @@ class ObservationEncoder(nn.Module):
         d_model: int = 64,
         n_queries: int = 4,
         feature_dim: int = 256,
+        position: str = "learned",
     ):
         super().__init__()
+        if position not in POSITIONS:
+            raise ValueError(f"position: expected one of {POSITIONS}, got {position!r}")
         self.n_views, self.n_tokens, self.d, self.k = n_views, n_tokens, d_model, n_queries
+        self.position = position
         self.proj = nn.Linear(token_dim, d_model)
         self.token_norm = nn.LayerNorm(d_model)
-        self.pos = nn.Parameter(torch.randn(n_views, n_tokens, d_model) * 0.02)
+        if position == "grid":  # no free embedding: a zero term, kept so the forward is one
+            self.register_buffer("pos", torch.zeros(n_views, n_tokens, d_model))
+        else:
+            self.pos = nn.Parameter(torch.randn(n_views, n_tokens, d_model) * 0.02)
+        if position != "learned":
+            self.register_buffer("coords", grid_coordinates(n_tokens), persistent=False)
+            # per view, (x, y) -> d_model; sized so the term starts comparable to a normed token
+            self.coord_proj = nn.Parameter(torch.randn(n_views, 2, d_model) * 0.5)
         self.film = nn.Linear(lang_dim, 2 * n_views * d_model)
         nn.init.zeros_(self.film.weight)  # starts as the identity modulation
         nn.init.zeros_(self.film.bias)
@@ -60,6 +83,8 @@ class ObservationEncoder(nn.Module):
     ) -> torch.Tensor:
         b, v, n, _ = tokens.shape
         x = self.token_norm(self.proj(tokens.float())) + self.pos  # [B, V, N, d]
+        if self.position != "learned":
+            x = x + torch.einsum("nc,vcd->vnd", self.coords, self.coord_proj)
         gamma, beta = self.film(lang).view(b, 2, v, 1, self.d).unbind(1)
         x = F.relu(x * (1.0 + gamma) + beta)
         q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]

@@ -43,7 +43,7 @@ from limbic.policy.losses import (
     td_target,
     temperature_loss,
 )
-from limbic.policy.networks import ObservationEncoder, QEnsemble, TanhGaussianActor
+from limbic.policy.networks import POSITIONS, ObservationEncoder, QEnsemble, TanhGaussianActor
 
 
 @dataclass
@@ -54,6 +54,11 @@ class AgentConfig:
     """Width of the projected vision tokens."""
     n_queries: int = 4
     """Language-conditioned attention-pooling queries per view."""
+    position: str = "learned"
+    """How a vision token's place in the grid enters the encoder: ``learned`` (one free
+    embedding per token), ``grid`` (a learned linear map of the token's fixed (x, y) grid
+    coordinates, so attention pooling yields coordinates as numbers, also for places the
+    demonstrations never showed) or ``both`` (their sum)."""
     feature_dim: int = 256
     """Width of the observation feature the heads read."""
     hidden: int = 256
@@ -119,6 +124,11 @@ class AgentConfig:
     actions right: it did on privileged state, not yet on image tokens (README, Benchmarks)."""
 
     def __post_init__(self) -> None:
+        require(
+            self.position in POSITIONS,
+            "agent.position",
+            f"expected one of {', '.join(POSITIONS)}, got {self.position!r}",
+        )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
             1 <= self.q_subset <= self.n_q,
@@ -255,6 +265,7 @@ class RLPDAgent(nn.Module):
                 cfg.d_model,
                 cfg.n_queries,
                 cfg.feature_dim,
+                position=cfg.position,
             )
 
         self.actor_encoder = encoder()
