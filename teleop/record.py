@@ -67,10 +67,11 @@ def record_episodes(
     the signal at its last step, so a task undone while settling counts as failed.
 
     ``settle_share`` sizes the settling to the episode instead: after success on step ``k``
-    the operator goes on for ``max(settle_steps, floor(k * share / (1 - share)) + 1)`` steps,
-    the fewest that make the last ``share`` of the episode's frames (and no earlier one) show
-    the finished task, whether the task takes 3 steps or 60. With ``share = 0.05`` these are
-    exactly the frames the critic's labels call done (:func:`limbic.critic.labels.done_labels`).
+    the operator goes on for ``max(settle_steps, floor(k * share / (1 - share)) + 1)`` steps.
+    With ``settle_steps=0`` that is the fewest that make the last ``share`` of the episode's
+    frames (and no earlier one) show the finished task, whether the task takes 3 steps or 60;
+    with ``share = 0.05`` these are exactly the frames the critic's labels call done
+    (:func:`limbic.critic.labels.done_labels`).
 
     Ctrl-C or SIGTERM stops at the next step: the unfinished episode is dropped, the dataset
     finalised, and every episode saved so far stays readable.
@@ -95,9 +96,9 @@ def record_episodes(
                 reached: int | None = None  # step on which success first fired
                 settle = settle_steps
                 steps = 0
-                for t in range(
-                    robot.step_limit + _settle_for(robot.step_limit, settle_steps, settle_share)
-                ):
+                # room for the longest settling: success on the last step
+                most = _settle_for(robot.step_limit, settle_steps, settle_share)
+                for t in range(robot.step_limit + most):
                     action = operator.get_action(obs)
                     sent = robot.send_action(action)
                     success = robot.success()
