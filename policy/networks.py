@@ -30,6 +30,23 @@ def grid_coordinates(n_tokens: int) -> torch.Tensor:
     return torch.stack([xx.flatten(), yy.flatten()], dim=-1)
 
 
+def random_shift(images: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
+    """Shift each frame by whole pixels (DrQ's augmentation): pad by ``pad`` repeating the edge
+    pixels, then crop the original size at ``offsets`` (``long[B, 2]``, row and column in
+    ``[0, 2 * pad]``; ``pad, pad`` is the frame itself).
+
+    ``images``: ``[B, H, W, C]`` (uint8 or float) -> float ``[B, H, W, C]`` (uint8 in [0, 1])."""
+    if images.ndim != 4:
+        raise ValueError(f"images: expected [B, H, W, C], got shape {tuple(images.shape)}")
+    x = images.float().div(255.0) if images.dtype == torch.uint8 else images.float()
+    b, h, w, _ = x.shape
+    x = F.pad(x.permute(0, 3, 1, 2), (pad, pad, pad, pad), mode="replicate").permute(0, 2, 3, 1)
+    rows = offsets[:, 0:1] + torch.arange(h, device=x.device)  # [B, H]
+    cols = offsets[:, 1:2] + torch.arange(w, device=x.device)  # [B, W]
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    return x[batch, rows[:, :, None], cols[:, None, :]]
+
+
 class ObservationEncoder(nn.Module):
     """``tokens float[B, V, N, D] + state float[B, S] + lang float[B, L] -> feature float[B, F]``."""
 

@@ -43,7 +43,13 @@ from limbic.policy.losses import (
     td_target,
     temperature_loss,
 )
-from limbic.policy.networks import POSITIONS, ObservationEncoder, QEnsemble, TanhGaussianActor
+from limbic.policy.networks import (
+    POSITIONS,
+    ObservationEncoder,
+    QEnsemble,
+    TanhGaussianActor,
+    random_shift,
+)
 
 
 @dataclass
@@ -108,6 +114,11 @@ class AgentConfig:
     critic_warmup: int = 1000
     """RL updates at the start of online learning that train the critic only: the actor, fresh
     from BC pre-training, follows the Q-function once it has seen some online data."""
+    image_shift: int = 4
+    """Random-shift augmentation for a trainable backbone, in pixels: the replay then stores
+    frames instead of tokens, and every training batch pads each frame by this much (edge
+    pixels repeated) and crops it back at a random offset per row before the backbone runs
+    (0 turns it off). Unused with a frozen backbone, whose tokens are stored."""
     lang_noise: float = 0.5
     """Std of the Gaussian noise on the instruction embeddings of a training batch, relative to
     each embedding's own RMS (held-out phrasings land near, not on, the training ones)."""
@@ -151,6 +162,7 @@ class AgentConfig:
             "agent.lang_dropout",
             f"must be in [0, 1), got {self.lang_dropout}",
         )
+        require(self.image_shift >= 0, "agent.image_shift", f"must be >= 0, got {self.image_shift}")
         require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
         require(
             self.target_entropy_per_dim is None or math.isfinite(self.target_entropy_per_dim),
@@ -297,6 +309,59 @@ class RLPDAgent(nn.Module):
         self.generator = torch.Generator().manual_seed(seed)
         self.updates = 0
         self.parallel: DataParallelGroup | None = None
+        # a trainable backbone (attach_frames); kept out of the agent's own state dict, since
+        # the policy that owns the backbone saves it
+        self._frames_to_tokens: nn.Module | None = None
+        self.frames_opt: torch.optim.Optimizer | None = None
+
+    def attach_frames(self, frames_to_tokens: nn.Module) -> None:
+        """Learn from frames through a trainable backbone: ``frames_to_tokens`` maps
+        ``uint8[B, H, W, 3]`` to tokens ``[B, N, token_dim]`` with gradients.
+
+        Batches then carry frames ``uint8[B, V, H, W, 3]`` under ``tokens``/``next_tokens``.
+        Each batch is shifted at random (``image_shift``) and encoded once: the critic's loss
+        trains the backbone during RL and the BC loss during pre-training (as DrQ, the actor's
+        value term sees the backbone's output detached); next frames are encoded without
+        gradients.
+        """
+        self._frames_to_tokens = frames_to_tokens
+        params = [p for p in frames_to_tokens.parameters() if p.requires_grad]
+        self.frames_opt = torch.optim.Adam(params, lr=self.cfg.lr)
+
+    @property
+    def learns_from_frames(self) -> bool:
+        """Whether batches carry frames for a trainable backbone instead of stored tokens."""
+        return self._frames_to_tokens is not None
+
+    def encode_frames(self, frames: torch.Tensor, shift: bool = True) -> torch.Tensor:
+        """``uint8[B, V, H, W, 3]`` -> tokens ``[B, V, N, k]`` through the trainable backbone,
+        each frame randomly shifted by up to ``image_shift`` pixels when ``shift``."""
+        if self._frames_to_tokens is None:
+            raise RuntimeError("encode_frames needs a trainable backbone (attach_frames)")
+        b, v = frames.shape[:2]
+        flat = frames.reshape(b * v, *frames.shape[2:])
+        pad = self.cfg.image_shift
+        if shift and pad > 0:
+            # uniform draws through the shared generator, so data-parallel ranks stay in step
+            u = self._randn((b, v, 2), frames.device, uniform=True).reshape(b * v, 2)
+            offsets = (u * (2 * pad + 1)).long().clamp_(0, 2 * pad)
+            flat = random_shift(flat, pad, offsets)
+        tokens = self._frames_to_tokens(flat)
+        return tokens.reshape(b, v, *tokens.shape[1:])
+
+    def _tokens_from_frames(self, b: Batch, grad: bool) -> Batch:
+        """The batch with its frames encoded: ``tokens`` with gradients when ``grad``,
+        ``next_tokens`` (when present) without."""
+        out = dict(b)
+        if grad:
+            out["tokens"] = self.encode_frames(b["tokens"])
+        else:
+            with torch.no_grad():
+                out["tokens"] = self.encode_frames(b["tokens"])
+        if "next_tokens" in b:
+            with torch.no_grad():
+                out["next_tokens"] = self.encode_frames(b["next_tokens"])
+        return out
 
     def data_parallel(self, group: DataParallelGroup | None) -> RLPDAgent:
         """Learn as one rank of ``group``: gradients averaged over ranks, noise sliced per rank.
@@ -308,6 +373,8 @@ class RLPDAgent(nn.Module):
         """
         if group is not None:
             group.broadcast_module(self)
+            if self._frames_to_tokens is not None:
+                group.broadcast_module(self._frames_to_tokens)
             group.broadcast_generator(self.generator)
         self.parallel = group
         return self
@@ -424,16 +491,26 @@ class RLPDAgent(nn.Module):
             out["lang"] = noisy * keep
         return out
 
-    def _step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, clip: bool = True) -> None:
-        """Backward, average gradients over the ranks, clip, and take the optimiser step."""
-        params = [p for g in opt.param_groups for p in g["params"]]
-        opt.zero_grad(set_to_none=True)
+    def _step(
+        self,
+        loss: torch.Tensor,
+        opt: torch.optim.Optimizer,
+        clip: bool = True,
+        with_frames: bool = False,
+    ) -> None:
+        """Backward, average gradients over the ranks, clip, and take the optimiser step
+        (``with_frames``: the trainable backbone's step too, clipped together)."""
+        opts = [opt, self.frames_opt] if with_frames and self.frames_opt is not None else [opt]
+        params = [p for o in opts for g in o.param_groups for p in g["params"]]
+        for o in opts:
+            o.zero_grad(set_to_none=True)
         loss.backward()
         if self.parallel is not None:
             self.parallel.average_gradients(params)
         if clip:
             nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-        opt.step()
+        for o in opts:
+            o.step()
 
     def update(self, batch: Batch, update_actor: bool = True) -> dict[str, float]:
         """One critic step, and (when ``update_actor`` and the critic's warm-up is over) one actor
@@ -446,12 +523,18 @@ class RLPDAgent(nn.Module):
                 self._freeze_reference()
             if warm:  # the Q-function has trained for its warm-up: acting may compare with it
                 self.ref_active.fill_(True)
-        actor_batch = self.augment(batch)
-        critic_batch = (
-            actor_batch
-            if cfg.critic_token_noise is None
-            else self.augment(batch, token_noise=cfg.critic_token_noise)
-        )
+        if self.learns_from_frames:
+            # one shifted encoding: the critic's loss trains the backbone, the actor reads it detached
+            encoded = self._tokens_from_frames(batch, grad=True)
+            actor_batch = self.augment({**encoded, "tokens": encoded["tokens"].detach()})
+            critic_batch = self.augment(encoded, token_noise=cfg.critic_token_noise)
+        else:
+            actor_batch = self.augment(batch)
+            critic_batch = (
+                actor_batch
+                if cfg.critic_token_noise is None
+                else self.augment(batch, token_noise=cfg.critic_token_noise)
+            )
         metrics, critic_feature = self._critic_step(critic_batch)
         if update_actor:
             metrics.update(
@@ -463,7 +546,12 @@ class RLPDAgent(nn.Module):
         return metrics
 
     def bc_update(self, batch: Batch) -> dict[str, float]:
-        """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline)."""
+        """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline).
+
+        With a trainable backbone the BC loss trains it too."""
+        if self.learns_from_frames:
+            frames_only = {k: v for k, v in batch.items() if k != "next_tokens"}
+            batch = self._tokens_from_frames(frames_only, grad=True)
         return self._actor_step(self.augment(batch), bc_weight=1.0, rl=False)
 
     def _critic_step(self, b: Batch) -> tuple[dict[str, float], torch.Tensor]:
@@ -487,7 +575,7 @@ class RLPDAgent(nn.Module):
         feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
         q = self.critic(feature, b["action"])
         loss = critic_loss(q, target)
-        self._step(loss, self.critic_opt)
+        self._step(loss, self.critic_opt, with_frames=b["tokens"].requires_grad)
         metrics = {
             "critic_loss": float(loss.detach()),
             "q_mean": float(q.detach().mean()),
@@ -529,7 +617,7 @@ class RLPDAgent(nn.Module):
                     "entropy": float(-logp.detach().mean()),
                 }
             )
-        self._step(loss, self.actor_opt)
+        self._step(loss, self.actor_opt, with_frames=b["tokens"].requires_grad)
         self._update_ema()
         return metrics
 
@@ -543,6 +631,7 @@ class RLPDAgent(nn.Module):
             "alpha_opt": self.alpha_opt.state_dict(),
             "updates": self.updates,
             "generator": self.generator.get_state(),
+            **({"frames_opt": self.frames_opt.state_dict()} if self.frames_opt else {}),
         }
 
     def load_model_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -567,3 +656,5 @@ class RLPDAgent(nn.Module):
         self.alpha_opt.load_state_dict(ckpt["alpha_opt"])
         self.updates = int(ckpt["updates"])
         self.generator.set_state(ckpt["generator"])
+        if self.frames_opt is not None and "frames_opt" in ckpt:
+            self.frames_opt.load_state_dict(ckpt["frames_opt"])

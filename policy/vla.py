@@ -112,6 +112,18 @@ class TokenCompressor(nn.Module):
         return (self.pooled(tokens) - self.mean) @ self.components / self.scale
 
 
+class FrameTokens(nn.Module):
+    """Frames ``uint8[B, H, W, 3]`` (or float in [0, 1]) -> compact tokens ``[B, N, k]`` with
+    gradients: a trainable backbone, then the fixed compressor (what the agent learns through)."""
+
+    def __init__(self, backbone: VisionBackbone, compressor: TokenCompressor):
+        super().__init__()
+        self.backbone, self.compressor = backbone, compressor
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.compressor(self.backbone(images))
+
+
 class VLAPolicy(nn.Module):
     """Backbone + token compressor + RLPD agent, with the servable policy interface."""
 
@@ -153,6 +165,26 @@ class VLAPolicy(nn.Module):
         self.register_buffer("action_high", torch.as_tensor(action_spec.high, dtype=torch.float32))
         self.explore = False
         """Serve sampled actions (an RL actor's exploration) instead of the deterministic mean."""
+        if not self.backbone.frozen:  # the replay keeps frames; updates train the backbone
+            self.agent.attach_frames(FrameTokens(self.backbone, self.compressor))
+
+    @property
+    def trains_backbone(self) -> bool:
+        """Whether learning trains the backbone (the replay then stores frames, not tokens)."""
+        return not self.backbone.frozen
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """What the replay stores per frame: the compact tokens' shape, or, when the backbone
+        trains, the frames' ``(views, H, W, 3)``."""
+        if self.trains_backbone:
+            return (len(self.views), *self.image_hw, 3)
+        return self.token_shape
+
+    @property
+    def frame_dtype(self) -> type:
+        """The stored frames' dtype: float16 tokens, or uint8 pixels for a trainable backbone."""
+        return np.uint8 if self.trains_backbone else np.float16
 
     @property
     def device(self) -> torch.device:
@@ -204,8 +236,10 @@ class VLAPolicy(nn.Module):
 
     # --- checkpoints ---------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        """Write config, action space, weights and the agent's full training state to ``path``."""
+        """Write config, action space, weights and the agent's full training state to ``path``
+        (a trainable backbone's weights too; a frozen one comes from its package)."""
         weights = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        trained = {"backbone": self.backbone.state_dict()} if self.trains_backbone else {}
         torch.save(
             {
                 "config": asdict(self.cfg),
@@ -214,6 +248,7 @@ class VLAPolicy(nn.Module):
                 "lang_dim": self.lang_dim,
                 "weights": weights,
                 "agent": self.agent.checkpoint(),
+                **trained,
                 **(extra or {}),
             },
             path,

@@ -95,6 +95,13 @@ class LearnConfig:
             "robot.type",
             f"in-process learning needs robot.type=sim, got {self.robot.type!r}",
         )
+        camera_hw = tuple(self.robot.sim.camera.image_hw)
+        require(
+            tuple(self.policy.image_hw) == camera_hw,
+            "policy.image_hw",
+            f"{list(self.policy.image_hw)} differs from the cameras' {list(camera_hw)} "
+            "(robot.sim.camera.height/width)",
+        )
         require(self.mode in ("rl", "bc"), "learn.mode", f"{self.mode!r} is not 'rl' or 'bc'")
         require(self.demos >= 1, "learn.demos", f"must be >= 1, got {self.demos}")
         require(
@@ -178,7 +185,11 @@ class Learner:
             else None
         )
         backbone = None
-        if self.critic is not None and self.critic.config.backbone == cfg.policy.backbone:
+        if (
+            self.critic is not None
+            and self.critic.config.backbone == cfg.policy.backbone
+            and self.critic.backbone.frozen
+        ):
             backbone = self.critic.backbone  # one frozen backbone, one pass per frame
         self.policy = VLAPolicy(
             cfg.policy,
@@ -197,11 +208,12 @@ class Learner:
         )
         self.replay = ReplayMix(
             cfg.replay,
-            self.policy.token_shape,
+            self.policy.frame_shape,
             len(self.env.state_names),
             self.env.action_spec.dim,
             self.language.dim,
             cfg.policy.chunk_len,
+            self.policy.frame_dtype,
         )
         self.arbiter = (
             ScriptedTakeover(
@@ -274,13 +286,14 @@ class Learner:
         # every rank recorded the same demonstrations; rank 0's fit is the one all ranks use
         self.dist.broadcast_module(self.policy.compressor)
         for d in demos:
-            backbone_tokens = torch.from_numpy(d.backbone_tokens.astype(np.float32))
-            d.tokens = (
-                self.policy.compact_tokens(backbone_tokens.to(self.device))
-                .cpu()
-                .numpy()
-                .astype(np.float16)
-            )
+            if not self.policy.trains_backbone:  # else the replay keeps the recorded frames
+                backbone_tokens = torch.from_numpy(d.backbone_tokens.astype(np.float32))
+                d.tokens = (
+                    self.policy.compact_tokens(backbone_tokens.to(self.device))
+                    .cpu()
+                    .numpy()
+                    .astype(np.float16)
+                )
             d.backbone_tokens = None
             self._store("demo", d)
         return kept

@@ -201,8 +201,11 @@ class AsyncLearner(Learner):
 
     @torch.no_grad()
     def compact_tokens(self, ep: EpisodeUpload, batch: int = 32) -> np.ndarray:
-        """``float16[T + 1, V, N, k]``: the frozen backbone once per frame, then the compressor."""
+        """``float16[T + 1, V, N, k]``: the frozen backbone once per frame, then the compressor.
+        With a trainable backbone, the frames themselves (``uint8[T + 1, V, H, W, 3]``)."""
         images = np.stack([ep.images[v] for v in self.policy.views], axis=1)  # [T+1, V, H, W, 3]
+        if self.policy.trains_backbone:
+            return np.ascontiguousarray(images, dtype=np.uint8)
         out = []
         for s in range(0, len(images), batch):
             tokens = self.policy.backbone_tokens(

@@ -1,7 +1,7 @@
 """The replay: online rollouts, demonstrations and interventions as separate partitions.
 
-Each partition keeps its own ring buffer of frames (compact float16 vision tokens, state,
-instruction id) and of transitions (frame indices, normalised action, task reward, terminal,
+Each partition keeps its own ring buffer of frames (compact float16 vision tokens, or for a
+trainable backbone the uint8 pixels; state; instruction id) and of transitions (frame indices, normalised action, task reward, terminal,
 the critic's potential before and after). A batch mixes the partitions at a configured ratio
 (``human_ratio`` of it from demonstrations and interventions). The reward is assembled at
 sampling time from its parts, so the sparse task reward and the critic's potential-based
@@ -84,11 +84,14 @@ class Partition:
         state_dim: int,
         action_dim: int,
         chunk_len: int = 1,
+        frame_dtype: type = np.float16,
     ):
         # Each episode adds one frame more than it adds transitions, so even one-step episodes
         # cannot overwrite a frame that a stored transition still points at.
         frames = 2 * capacity
-        self.tokens = np.zeros((frames, *token_shape), np.float16)
+        # per-frame tokens (or a trainable backbone's pixels) grow as episodes arrive, up to
+        # ``frames``: a partition sized for 100k transitions of 2x128x128 pixels would be 20 GB
+        self.tokens = np.zeros((min(frames, 1024), *token_shape), frame_dtype)
         self.state = np.zeros((frames, state_dim), np.float32)
         self.lang = np.zeros(frames, np.int32)
         self.obs = np.zeros(capacity, np.int64)
@@ -105,6 +108,14 @@ class Partition:
         self.episodes = 0
 
     def _frame_slots(self, n: int) -> np.ndarray:
+        need = min(self.frame_ptr + n, self.frame_capacity)
+        if need > len(self.tokens):  # first pass round the ring: slots are taken in order
+            grown = np.zeros(
+                (min(self.frame_capacity, max(need, 2 * len(self.tokens))), *self.tokens.shape[1:]),
+                self.tokens.dtype,
+            )
+            grown[: len(self.tokens)] = self.tokens
+            self.tokens = grown
         slots = (self.frame_ptr + np.arange(n)) % self.frame_capacity
         self.frame_ptr = int((self.frame_ptr + n) % self.frame_capacity)
         return slots
@@ -188,8 +199,11 @@ class ReplayMix:
         action_dim: int,
         lang_dim: int,
         chunk_len: int = 1,
+        frame_dtype: type = np.float16,
     ):
-        """``action_dim`` is one step's; with ``chunk_len > 1`` transitions are windows (above)."""
+        """``action_dim`` is one step's; with ``chunk_len > 1`` transitions are windows (above).
+        ``token_shape``/``frame_dtype`` describe what is stored per frame: compact tokens
+        (float16), or a trainable backbone's frames (uint8 ``(views, H, W, 3)``)."""
         self.cfg = cfg
         self.partitions = {
             name: Partition(
@@ -198,6 +212,7 @@ class ReplayMix:
                 state_dim,
                 action_dim,
                 chunk_len,
+                frame_dtype,
             )
             for name in PARTITIONS
         }

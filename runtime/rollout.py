@@ -31,7 +31,7 @@ class EpisodeRecord:
     """One finished episode, as the replay and the learning curves want it."""
 
     instruction: str
-    tokens: np.ndarray  # float16[T + 1, V, N, k]
+    tokens: np.ndarray  # float16[T + 1, V, N, k]; uint8[T + 1, V, H, W, 3] if the backbone trains
     state: np.ndarray  # float32[T + 1, S]
     action: np.ndarray  # float32[T, A], normalised to [-1, 1]
     reward: np.ndarray  # float32[T]: the sparse task reward
@@ -124,7 +124,10 @@ def run_episode(
 
     def observe(o: Observation, first: bool) -> torch.Tensor:
         compact, critic_tokens, backbone_tokens = featurize(o)
-        tokens.append(compact[0].cpu().numpy().astype(np.float16))
+        if featurize.policy.trains_backbone:  # the replay keeps the frames themselves
+            tokens.append(np.stack([o.images[v] for v in featurize.policy.views]))
+        else:
+            tokens.append(compact[0].cpu().numpy().astype(np.float16))
         if keep_backbone_tokens:
             full.append(backbone_tokens[0].cpu().numpy().astype(np.float16))
         states.append(o.state)
