@@ -259,8 +259,8 @@ class VLAPolicy(nn.Module):
         cls, path: str | Path, backbone: VisionBackbone | None = None, explore: bool = False
     ) -> VLAPolicy:
         """A policy from :meth:`save`; the frozen backbone comes from its package, not the file
-        (a checkpoint that carries ``backbone`` weights, as the learner's does for a backbone
-        trained from scratch, restores them). ``explore`` serves sampled actions."""
+        (a checkpoint that carries ``backbone`` weights, as every one of a trainable backbone
+        does, restores them). ``explore`` serves sampled actions."""
         # weights_only: tensors and plain containers only, nothing is unpickled into code
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         raw = dict(ckpt["config"])

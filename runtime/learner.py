@@ -356,8 +356,6 @@ class AsyncLearner(Learner):
         self.state.rng = self.rng.bit_generator.state
         self.state.minutes = self.minutes
         extra: dict[str, Any] = {"learner": asdict(self.state), "learn_config": asdict(self.cfg)}
-        if not self.policy.backbone.frozen:  # a trained-from-scratch backbone is not in any package
-            extra["backbone"] = self.policy.backbone.state_dict()
         path = self.out / CHECKPOINT
         tmp = path.with_suffix(".tmp")
         self.policy.save(tmp, extra=extra)

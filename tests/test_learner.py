@@ -202,6 +202,22 @@ def test_the_checkpoint_is_a_servable_policy(learner):
     )
 
 
+def test_a_trainable_backbone_is_stored_as_frames_trained_and_published(learner):
+    assert learner.policy.trains_backbone  # the fixture's small CNN
+    start = {k: v.clone() for k, v in learner.policy.backbone.state_dict().items()}
+    learner.setup()
+    demo = learner.replay.partitions["demo"]
+    assert demo.tokens.dtype == np.uint8 and demo.tokens.shape[1:] == (2, 64, 64, 3)
+    trained = learner.policy.backbone.state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)  # pre-training trained it
+    published = learner.snapshot()
+    for k, v in trained.items():
+        np.testing.assert_array_equal(published[f"backbone.{k}"], v.numpy())
+    served = VLAPolicy.load(learner.out / CHECKPOINT)
+    for k, v in served.backbone.state_dict().items():
+        assert torch.equal(v, trained[k])
+
+
 def test_weight_lag_counts_actors_acting_through_a_publication_only():
     from limbic.runtime.weight_sync import WeightLag
 
