@@ -94,7 +94,8 @@ class AgentConfig:
     the tokens are stored once per frame, so this is the augmentation that keeps a few
     demonstrations from being memorised (0 turns it off)."""
     critic_token_noise: float | None = None
-    """Token noise of the critic's batches (None: ``token_noise``, one augmented batch for both),
+    """Token noise of the critic's batches (None: ``token_noise``, one augmented batch for both;
+    two draws of it with a trainable backbone, whose encoding only the critic's batch trains),
     so the Q-function can train on cleaner tokens than the actor, which needs the noise against
     memorising the demonstrations."""
     lang_dropout: float = 0.3
@@ -115,10 +116,10 @@ class AgentConfig:
     """RL updates at the start of online learning that train the critic only: the actor, fresh
     from BC pre-training, follows the Q-function once it has seen some online data."""
     image_shift: int = 4
-    """Random-shift augmentation for a trainable backbone, in pixels: the replay then stores
-    frames instead of tokens, and every training batch pads each frame by this much (edge
-    pixels repeated) and crops it back at a random offset per row before the backbone runs
-    (0 turns it off). Unused with a frozen backbone, whose tokens are stored."""
+    """Random-shift augmentation, in pixels, for a trainable backbone (whose frames the replay
+    stores instead of tokens): every training batch pads each frame by this much (edge pixels
+    repeated) and crops it back at a random offset per row before the backbone runs (0 turns
+    it off). Unused with a frozen backbone."""
     lang_noise: float = 0.5
     """Std of the Gaussian noise on the instruction embeddings of a training batch, relative to
     each embedding's own RMS (held-out phrasings land near, not on, the training ones)."""
@@ -349,15 +350,11 @@ class RLPDAgent(nn.Module):
         tokens = self._frames_to_tokens(flat)
         return tokens.reshape(b, v, *tokens.shape[1:])
 
-    def _tokens_from_frames(self, b: Batch, grad: bool) -> Batch:
-        """The batch with its frames encoded: ``tokens`` with gradients when ``grad``,
+    def _tokens_from_frames(self, b: Batch) -> Batch:
+        """The batch with its frames encoded: ``tokens`` with gradients into the backbone,
         ``next_tokens`` (when present) without."""
         out = dict(b)
-        if grad:
-            out["tokens"] = self.encode_frames(b["tokens"])
-        else:
-            with torch.no_grad():
-                out["tokens"] = self.encode_frames(b["tokens"])
+        out["tokens"] = self.encode_frames(b["tokens"])
         if "next_tokens" in b:
             with torch.no_grad():
                 out["next_tokens"] = self.encode_frames(b["next_tokens"])
@@ -525,7 +522,7 @@ class RLPDAgent(nn.Module):
                 self.ref_active.fill_(True)
         if self.learns_from_frames:
             # one shifted encoding: the critic's loss trains the backbone, the actor reads it detached
-            encoded = self._tokens_from_frames(batch, grad=True)
+            encoded = self._tokens_from_frames(batch)
             actor_batch = self.augment({**encoded, "tokens": encoded["tokens"].detach()})
             critic_batch = self.augment(encoded, token_noise=cfg.critic_token_noise)
         else:
@@ -551,7 +548,7 @@ class RLPDAgent(nn.Module):
         With a trainable backbone the BC loss trains it too."""
         if self.learns_from_frames:
             frames_only = {k: v for k, v in batch.items() if k != "next_tokens"}
-            batch = self._tokens_from_frames(frames_only, grad=True)
+            batch = self._tokens_from_frames(frames_only)
         return self._actor_step(self.augment(batch), bc_weight=1.0, rl=False)
 
     def _critic_step(self, b: Batch) -> tuple[dict[str, float], torch.Tensor]:
