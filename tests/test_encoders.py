@@ -95,7 +95,7 @@ def test_small_cnn_is_trainable() -> None:
 
 
 def test_registry_is_a_plain_dict_and_rejects_unknown_names() -> None:
-    assert set(BACKBONES) == {"efficientnet_lite0", "small_cnn", "hf"}
+    assert set(BACKBONES) == {"efficientnet_lite0", "small_cnn", "hf", "hf_trainable"}
     with pytest.raises(ValueError, match="unknown name 'resnet9'.*efficientnet_lite0"):
         make_backbone("resnet9")
     with pytest.raises(FileNotFoundError, match="local folder"):
@@ -122,6 +122,12 @@ def test_hf_vit_from_a_local_folder(tmp_path: Path) -> None:
     tokens = backbone(torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8))  # resized to 32x32
     assert tokens.shape == (2, 1 + 16, 32)
     torch.testing.assert_close(backbone.mean.flatten(), torch.full((3,), 0.5))
+    trainable = make_backbone(f"hf_trainable:{tmp_path}")  # the same model, fine-tuned
+    assert not trainable.frozen
+    trainable(torch.randint(0, 256, (2, 64, 64, 3), dtype=torch.uint8)).sum().backward()
+    model = trainable.model  # gradients reach the patch embedding and the last layer's output
+    assert model.embeddings.patch_embeddings.projection.weight.grad is not None
+    assert model.encoder.layer[-1].output.dense.weight.grad is not None
 
 
 def test_hf_cnn_feature_map_is_flattened(tmp_path: Path) -> None:

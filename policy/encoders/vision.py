@@ -212,12 +212,18 @@ def _hf(arg: str) -> VisionBackbone:
     return HFVisionBackbone(arg)
 
 
+def _hf_trainable(arg: str) -> VisionBackbone:
+    return HFVisionBackbone(arg, frozen=False)
+
+
 BACKBONES: dict[str, BackboneFactory] = {
     "efficientnet_lite0": _efficientnet_lite0,
     "small_cnn": _small_cnn,
     "hf": _hf,
+    "hf_trainable": _hf_trainable,
 }
-"""Backbone name -> constructor taking the text after ``:`` (``hf:/models/dinov2-small``)."""
+"""Backbone name -> constructor taking the text after ``:`` (``hf:/models/dinov2-small``;
+``hf_trainable:`` the same model, fine-tuned by learning)."""
 
 
 def make_backbone(spec: str) -> VisionBackbone:
