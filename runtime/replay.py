@@ -1,11 +1,12 @@
 """The replay: online rollouts, demonstrations and interventions as separate partitions.
 
 Each partition keeps its own ring buffer of frames (compact float16 vision tokens, or for a
-trainable backbone the uint8 pixels; state; instruction id) and of transitions (frame indices, normalised action, task reward, terminal,
-the critic's potential before and after). A batch mixes the partitions at a configured ratio
-(``human_ratio`` of it from demonstrations and interventions). The reward is assembled at
-sampling time from its parts, so the sparse task reward and the critic's potential-based
-shaping can be switched on and off without touching the stored data:
+trainable backbone the uint8 pixels; state; instruction id) and of transitions (frame indices,
+normalised action, task reward, terminal, the critic's potential before and after). A batch
+mixes the partitions at a configured ratio (``human_ratio`` of it from demonstrations and
+interventions). The reward is assembled at sampling time from its parts, so the sparse task
+reward and the critic's potential-based shaping can be switched on and off without touching
+the stored data:
 
     r = task_weight * r_task + shaping_weight * (gamma * (1 - terminal) * phi' - phi)
 

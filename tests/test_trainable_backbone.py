@@ -4,6 +4,7 @@ import copy
 
 import numpy as np
 import torch
+from test_learning_core import _rl_batch
 from torch import nn
 
 from limbic.launch.components import RobotConfig
@@ -11,7 +12,7 @@ from limbic.policy.networks import random_shift
 from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.learn import LearnConfig, Learner
-from limbic.runtime.replay import ReplayConfig, ReplayMix
+from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.sim.env import SimConfig
 from limbic.sim.scene import CameraConfig
 
@@ -53,16 +54,12 @@ def _frames_agent(**cfg) -> tuple[RLPDAgent, TinyFrames]:
 
 
 def _frames_batch(rows: int = 16) -> dict:
+    """The core tests' RL batch with frames where its tokens were, every row human."""
     g = torch.Generator().manual_seed(2)
     return {
+        **_rl_batch(rows),
         "tokens": torch.randint(0, 256, (rows, 2, 8, 8, 3), generator=g, dtype=torch.uint8),
         "next_tokens": torch.randint(0, 256, (rows, 2, 8, 8, 3), generator=g, dtype=torch.uint8),
-        "state": torch.randn(rows, 3, generator=g),
-        "next_state": torch.randn(rows, 3, generator=g),
-        "lang": torch.randn(rows, 16, generator=g),
-        "action": torch.rand(rows, 2, generator=g) * 2 - 1,
-        "reward": torch.rand(rows, generator=g),
-        "terminal": torch.zeros(rows),
         "human": torch.ones(rows, dtype=torch.bool),
     }
 
@@ -138,15 +135,9 @@ def test_replay_keeps_uint8_frames_and_grows_without_losing_them():
     np.testing.assert_array_equal(
         p.tokens[p.obs[: p.size], 0, 0, 0, 0], p.state[p.obs[: p.size], 0]
     )
-    batch = replay.sample(64, np.random.default_rng(0), _reward(), 0.9)
+    batch = replay.sample(64, np.random.default_rng(0), RewardConfig(), 0.9)
     assert batch["tokens"].dtype == np.uint8 and batch["tokens"].shape == (64, 1, 4, 4, 3)
     np.testing.assert_array_equal(batch["tokens"][:, 0, 0, 0, 0], batch["state"][:, 0])
-
-
-def _reward():
-    from limbic.runtime.replay import RewardConfig
-
-    return RewardConfig()
 
 
 def test_a_small_cnn_policy_learns_from_recorded_frames_and_checkpoints_its_backbone(tmp_path):
