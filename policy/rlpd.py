@@ -100,6 +100,12 @@ class AgentConfig:
     memorising the demonstrations."""
     lang_dropout: float = 0.3
     """Fraction of a training batch's rows whose instruction embedding is zeroed."""
+    state_noise: float = 0.0
+    """Std of the Gaussian noise added to the proprioceptive state (and next state) of a
+    training batch, in the state's own units (radians, gripper closure); 0 turns it off."""
+    state_dropout: float = 0.0
+    """Fraction of a training batch's rows whose proprioceptive state (and next state) is
+    zeroed, so the policy cannot lean on the arm's pose alone to tell where it is in a task."""
     q_normalize: bool = True
     """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
     so the BC term keeps its weight against it whatever the scale of the returns."""
@@ -162,6 +168,12 @@ class AgentConfig:
             0.0 <= self.lang_dropout < 1.0,
             "agent.lang_dropout",
             f"must be in [0, 1), got {self.lang_dropout}",
+        )
+        require(self.state_noise >= 0, "agent.state_noise", f"must be >= 0, got {self.state_noise}")
+        require(
+            0.0 <= self.state_dropout < 1.0,
+            "agent.state_dropout",
+            f"must be in [0, 1), got {self.state_dropout}",
         )
         require(self.image_shift >= 0, "agent.image_shift", f"must be >= 0, got {self.image_shift}")
         require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
@@ -469,7 +481,8 @@ class RLPDAgent(nn.Module):
 
         Tokens (and next tokens) get ``token_noise`` (default: the configured one) Gaussian
         noise; ``lang_dropout`` of the rows lose their instruction, the rest get ``lang_noise``
-        relative Gaussian noise.
+        relative Gaussian noise; the state gets ``state_noise`` noise and ``state_dropout`` of
+        the rows lose it (the same rows for the state and the next state).
         """
         cfg = self.cfg
         token_noise = cfg.token_noise if token_noise is None else token_noise
@@ -486,6 +499,16 @@ class RLPDAgent(nn.Module):
             noisy = lang + cfg.lang_noise * rms * self._randn(tuple(lang.shape), device)
             keep = self._randn((rows, 1), device, uniform=True) >= cfg.lang_dropout
             out["lang"] = noisy * keep
+        if cfg.state_noise > 0 or cfg.state_dropout > 0:
+            keep = None
+            if cfg.state_dropout > 0:
+                keep = self._randn((rows, 1), device, uniform=True) >= cfg.state_dropout
+            for key in ("state", "next_state"):
+                if key in b:
+                    state = b[key].float()
+                    if cfg.state_noise > 0:
+                        state = state + cfg.state_noise * self._randn(tuple(state.shape), device)
+                    out[key] = state if keep is None else state * keep
         return out
 
     def _step(

@@ -339,6 +339,34 @@ def test_augmentation_noise_and_instruction_dropout_have_the_configured_sizes():
     assert rel.std().item() == pytest.approx(0.5, rel=0.03)
 
 
+def test_state_noise_and_dropout_have_the_configured_sizes_and_drop_whole_rows():
+    from limbic.launch.config import ConfigError
+    from limbic.policy.rlpd import AgentConfig
+
+    rows = 4000
+    state = torch.rand(rows, 3) + 0.5  # no component is 0 before dropout
+    batch = {"tokens": torch.randn(rows, 2, 4, 8), "lang": torch.randn(rows, 16)}
+    batch |= {"state": state, "next_state": state + 0.1}
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    off = _agent(**quiet).augment(batch)
+    assert torch.equal(off["state"], batch["state"])
+
+    noisy = _agent(**quiet, state_noise=0.05).augment(batch)
+    for key in ("state", "next_state"):
+        assert (noisy[key] - batch[key]).std().item() == pytest.approx(0.05, rel=0.03)
+
+    out = _agent(**quiet, state_dropout=0.4).augment(batch)
+    dropped = (out["state"] == 0).all(-1)
+    assert dropped.float().mean().item() == pytest.approx(0.4, abs=0.03)
+    assert torch.equal(dropped, (out["next_state"] == 0).all(-1))  # the same rows lose both
+    assert torch.equal(out["state"][~dropped], batch["state"][~dropped])  # the rest untouched
+    assert not (out["state"] == 0).any(-1)[~dropped].any()
+    with pytest.raises(ConfigError, match="agent.state_dropout"):
+        AgentConfig(state_dropout=1.0)
+    with pytest.raises(ConfigError, match="agent.state_noise"):
+        AgentConfig(state_noise=-0.1)
+
+
 def test_augmentation_is_reproducible_from_the_agent_generator():
     batch = {"tokens": torch.randn(8, 2, 4, 8), "lang": torch.randn(8, 16)}
     a, b = _agent(), _agent()
