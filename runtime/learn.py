@@ -88,6 +88,10 @@ class LearnConfig:
     """A simulated human (the scripted expert) watches the online episodes and takes over when
     the policy goes wrong (``takeover``); its steps go to the intervention partition."""
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
+    imitate_successes: bool = False
+    """Self-imitation: an online episode the policy ran alone and that succeeded goes to the
+    demonstration partition too, so the BC term imitates the policy's own successes beside the
+    human's (filtered behaviour cloning on layouts the demonstrations never showed)."""
 
     def __post_init__(self) -> None:
         require(
@@ -141,6 +145,8 @@ class EvalResult:
     minutes: float
     human_share: float = 0.0
     """Share of the online steps so far that the simulated human took (``interventions``)."""
+    imitated: int = 0
+    """Online successes copied to the demonstration partition so far (``imitate_successes``)."""
 
 
 @dataclass
@@ -225,6 +231,7 @@ class Learner:
             else None
         )
         self.played_steps = self.human_steps = 0
+        self.imitated = 0  # online successes copied to the demonstration partition
         self.out = Path(cfg.out_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -250,6 +257,9 @@ class Learner:
             self.replay.add_shared_episode(ep.intervention, **ep.replay_arrays(lang_id))
         else:
             self.replay.add_episode(source, **ep.replay_arrays(lang_id))
+            if source == "online" and ep.success and self.cfg.imitate_successes:
+                self.replay.add_episode("demo", **ep.replay_arrays(lang_id))
+                self.imitated += 1
 
     def _batch(self) -> dict[str, torch.Tensor]:
         b = self.replay.sample(
@@ -354,8 +364,8 @@ class Learner:
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
                 recorded += 1
-        wins, steps, shaped, online, human = d.sum(
-            [wins, steps, shaped, self.played_steps, self.human_steps]
+        wins, steps, shaped, online, human, imitated = d.sum(
+            [wins, steps, shaped, self.played_steps, self.human_steps, self.imitated]
         )
         n = self.cfg.eval_episodes
         return EvalResult(
@@ -365,6 +375,7 @@ class Learner:
             mean_shaped_return=shaped / n,
             minutes=(time.monotonic() - started) / 60,
             human_share=human / online if online else 0.0,
+            imitated=int(imitated),
         )
 
     def run(self) -> LearnResult:

@@ -226,3 +226,53 @@ def test_chunked_policy_executes_open_loop_and_learns_from_windows(tmp_path):
         learner.close()
     with pytest.raises(ValueError, match="policy.execute"):
         PolicyConfig(chunk_len=2, execute=3)
+
+
+@pytest.mark.parametrize("imitate", [True, False])
+def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(tmp_path, imitate):
+    """``imitate_successes``: an online episode that succeeded is in the online partition and,
+    as human rows the BC term imitates, in the demonstration partition; a failure only online."""
+    from limbic.sim.envs import make_expert
+    from limbic.sim.expert import ExpertConfig
+
+    cfg = reach_config(tmp_path, demos=2, bc_pretrain_steps=0, imitate_successes=imitate)
+    learner = Learner(cfg)
+    try:
+        learner.collect_demos()
+        demo, online = learner.replay.partitions["demo"], learner.replay.partitions["online"]
+        demo_steps = demo.size
+        expert = make_expert(learner.env, ExpertConfig(), seed=7)
+        hold = np.zeros(learner.env.action_spec.low.shape, np.float32)
+        episodes = {
+            "success": run_episode(
+                learner.env,
+                lambda _obs, _tokens, _lang: expert.act(),
+                learner.featurize,
+                learner.lang,
+                seed=9000,
+                split="train",
+                on_reset=expert.reset,
+            ),
+            "failure": run_episode(
+                learner.env,
+                lambda _obs, _tokens, _lang: hold,
+                learner.featurize,
+                learner.lang,
+                seed=9001,
+                split="train",
+            ),
+        }
+        assert episodes["success"].success and not episodes["failure"].success
+        learner._store("online", episodes["success"])
+        copied = len(episodes["success"]) if imitate else 0
+        assert demo.size == demo_steps + copied
+        assert online.size == len(episodes["success"])
+        learner._store("online", episodes["failure"])
+        assert demo.size == demo_steps + copied  # a failure is never imitated
+        assert online.size == len(episodes["success"]) + len(episodes["failure"])
+        assert learner.evaluate(0, 0.0).imitated == int(imitate)
+        if imitate:  # the copy is the episode itself, actions and all
+            rows = np.arange(demo_steps, demo.size)
+            assert np.array_equal(demo.action[rows], online.action[: len(rows)])
+    finally:
+        learner.close()
