@@ -103,9 +103,11 @@ class AgentConfig:
     state_noise: float = 0.0
     """Std of the Gaussian noise added to the proprioceptive state (and next state) of a
     training batch, in the state's own units (radians, gripper closure); 0 turns it off."""
-    state_dropout: float = 0.0
+    state_dropout: float = 0.5
     """Fraction of a training batch's rows whose proprioceptive state (and next state) is
-    zeroed, so the policy cannot lean on the arm's pose alone to tell where it is in a task."""
+    zeroed, so the policy cannot lean on the arm's pose alone to tell where it is in a task and
+    has to look (0 turns it off). Image BC on pick-and-place, agent seeds 0-4: 0.5 beat 0 on
+    every seed (README, Learning)."""
     q_normalize: bool = True
     """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
     so the BC term keeps its weight against it whatever the scale of the returns."""

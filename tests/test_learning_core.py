@@ -347,7 +347,7 @@ def test_state_noise_and_dropout_have_the_configured_sizes_and_drop_whole_rows()
     state = torch.rand(rows, 3) + 0.5  # no component is 0 before dropout
     batch = {"tokens": torch.randn(rows, 2, 4, 8), "lang": torch.randn(rows, 16)}
     batch |= {"state": state, "next_state": state + 0.1}
-    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0)
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0, state_dropout=0.0)
     off = _agent(**quiet).augment(batch)
     assert torch.equal(off["state"], batch["state"])
 
@@ -355,7 +355,7 @@ def test_state_noise_and_dropout_have_the_configured_sizes_and_drop_whole_rows()
     for key in ("state", "next_state"):
         assert (noisy[key] - batch[key]).std().item() == pytest.approx(0.05, rel=0.03)
 
-    out = _agent(**quiet, state_dropout=0.4).augment(batch)
+    out = _agent(**{**quiet, "state_dropout": 0.4}).augment(batch)
     dropped = (out["state"] == 0).all(-1)
     assert dropped.float().mean().item() == pytest.approx(0.4, abs=0.03)
     assert torch.equal(dropped, (out["next_state"] == 0).all(-1))  # the same rows lose both
