@@ -247,6 +247,15 @@ class AsyncLearner(Learner):
                 self.replay.add_shared_episode(human, lang_id=lang_id, **arrays)
             else:
                 self.replay.add_episode(source, lang_id=lang_id, **arrays)
+                # self-imitation (as in the in-process loop): a success the policy ran alone,
+                # told by its task reward, so a replay rebuilt from the datasets copies it again
+                if (
+                    source == "online"
+                    and self.cfg.imitate_successes
+                    and (arrays["reward"] > 0).any()
+                ):
+                    self.replay.add_episode("demo", lang_id=lang_id, **arrays)
+                    self.imitated += 1
             if source != "demo":  # online interaction, with or without a human stepping in
                 steps = len(arrays["action"])
                 total = (self.online_steps[-1] if self.online_steps else 0) + steps

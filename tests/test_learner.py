@@ -370,3 +370,36 @@ def test_an_intervention_episode_splits_into_the_humans_steps_and_the_policys(le
     finally:
         again.store.close()
         again.close()
+
+
+def test_self_imitation_copies_rewarded_online_episodes_and_again_on_resume(tmp_path):
+    """``imitate_successes``: an online upload with task reward is also a demonstration to the
+    BC term; one without is not; a resumed learner rebuilds the same partitions from disk."""
+    cfg = learner_config(tmp_path, imitate_successes=True)
+    first = AsyncLearner(cfg, threading.Event())
+    try:
+        first.setup()
+        demo, online = first.replay.partitions["demo"], first.replay.partitions["online"]
+        demo_steps = demo.size
+        failed, won = online_upload(first, 0), online_upload(first, 1)
+        failed.reward[:] = 0.0
+        won.reward[:] = 0.0
+        won.reward[-1] = 1.0  # the task's success on the last step
+        first.ingest(failed)
+        assert demo.size == demo_steps and online.size == len(failed.action)
+        first.ingest(won)
+        assert demo.size == demo_steps + len(won.action) and first.imitated == 1
+        assert online.size == len(failed.action) + len(won.action)
+        sizes = {name: p.size for name, p in first.replay.partitions.items()}
+        first.checkpoint()
+    finally:
+        first.store.close()
+        first.close()
+    again = AsyncLearner(cfg, threading.Event())
+    try:
+        again.setup()
+        assert {name: p.size for name, p in again.replay.partitions.items()} == sizes
+        assert again.store.count("demo") == 2  # the copy lives in the replay, not on disk
+    finally:
+        again.store.close()
+        again.close()
