@@ -86,6 +86,9 @@ class AgentConfig:
     (see :meth:`entropy_target_per_dim`)."""
     bc_weight: float = 1.0
     """Weight of the BC term on human rows during RL."""
+    value_weight: float = 1.0
+    """Weight of the actor's value term during RL (0: the actor only imitates the human rows,
+    and the critic still learns; with ``imitate_successes`` that is filtered behaviour cloning)."""
     grad_clip: float = 10.0
     """Global gradient-norm clip for every optimiser step."""
     token_noise: float = 1.0
@@ -160,6 +163,9 @@ class AgentConfig:
         require(self.lr > 0, "agent.lr", f"must be > 0, got {self.lr}")
         require(self.init_alpha > 0, "agent.init_alpha", f"must be > 0, got {self.init_alpha}")
         require(self.bc_weight >= 0, "agent.bc_weight", f"must be >= 0, got {self.bc_weight}")
+        require(
+            self.value_weight >= 0, "agent.value_weight", f"must be >= 0, got {self.value_weight}"
+        )
         require(self.token_noise >= 0, "agent.token_noise", f"must be >= 0, got {self.token_noise}")
         require(
             self.critic_token_noise is None or self.critic_token_noise >= 0,
@@ -629,7 +635,7 @@ class RLPDAgent(nn.Module):
             rl_loss = actor_loss(q, logp, self.alpha)
             if self.cfg.q_normalize:
                 rl_loss = rl_loss / self._mean_abs(q.detach())
-            loss = loss + rl_loss
+            loss = loss + self.cfg.value_weight * rl_loss
             alpha_loss = temperature_loss(self.log_alpha, logp, self.target_entropy)
             self._step(alpha_loss, self.alpha_opt, clip=False)
             metrics.update(

@@ -402,6 +402,28 @@ def _rl_batch(rows: int = 32) -> dict:
     }
 
 
+def test_without_its_value_term_the_rl_actor_step_is_the_bc_step():
+    """``value_weight=0``: an RL update moves the actor exactly as a BC step on the same batch
+    would (the critic still learns); with the default weight it does not."""
+    batch = _rl_batch()
+    actors = {}
+    for name, weight in (("rl0", 0.0), ("rl1", 1.0), ("bc", 0.0)):
+        agent = _agent(critic_warmup=0, value_weight=weight)
+        critic_before = [p.clone() for p in agent.critic.parameters()]
+        if name == "bc":
+            agent.bc_update({k: v.clone() for k, v in batch.items()})
+        else:
+            agent.update({k: v.clone() for k, v in batch.items()})
+            moved = any(
+                not torch.equal(a, b)
+                for a, b in zip(critic_before, agent.critic.parameters(), strict=True)
+            )
+            assert moved
+        actors[name] = [p.detach().clone() for p in agent.actor.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(actors["rl0"], actors["bc"], strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(actors["rl1"], actors["bc"], strict=True))
+
+
 @pytest.mark.parametrize("normalize", [True, False])
 def test_q_normalised_actor_gradient_ignores_the_scale_of_q(normalize):
     grads = []
