@@ -60,6 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
+        "--imitate-successes",
+        action="store_true",
+        help="RL arms: copy the policy's successful online episodes to the demonstrations",
+    )
+    p.add_argument(
+        "--value-weight",
+        type=float,
+        default=None,
+        help="RL arms: weight of the actor's value term (default: the agent's, 1)",
+    )
+    p.add_argument(
         "--arms",
         nargs="+",
         default=["bc", "sparse", "shaped"],
@@ -75,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim = SimConfig(env=args.env, arm=args.arm, task=args.task)
         policy = PolicyConfig(chunk_len=args.chunk_len, execute=args.execute)
+        if args.value_weight is not None:
+            agent = dataclasses.replace(policy.agent, value_weight=args.value_weight)
+            policy = dataclasses.replace(policy, agent=agent)
     except ConfigError as e:
         p.error(str(e))
     base = LearnConfig(
@@ -89,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_episodes=args.eval_episodes,
         seed=args.seed,
         videos=0,
+        imitate_successes=args.imitate_successes,
     )
     arms = {
         "bc": dataclasses.replace(base, mode="bc", out_dir=f"{args.out}/bc"),
@@ -107,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"# learning: {args.env} {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
         f"eval on {args.eval_episodes} held-out episodes every {args.eval_every}, "
-        f"chunk {args.chunk_len} (execute {policy.steps_per_inference})"
+        f"chunk {args.chunk_len} (execute {policy.steps_per_inference}); RL arms: value weight "
+        f"{policy.agent.value_weight}, self-imitation {'on' if args.imitate_successes else 'off'}"
     )
     results: dict[str, LearnResult] = {}
     started = time.monotonic()
@@ -115,11 +131,11 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = learn(arms[name])
         r = results[name]
         print(f"\n{name}: {r.minutes:.1f} min, {r.updates} updates")
-        print("  episodes  success  length  shaped_return  human_share")
+        print("  episodes  success  length  shaped_return  human_share  imitated")
         for e in r.curve:
             print(
                 f"  {e.episodes:8d}  {e.success_rate:7.0%}  {e.mean_length:6.1f}  "
-                f"{e.mean_shaped_return:13.2f}  {e.human_share:11.2f}"
+                f"{e.mean_shaped_return:13.2f}  {e.human_share:11.2f}  {e.imitated:8d}"
             )
     Path(args.out).mkdir(parents=True, exist_ok=True)
     plot_curves({k: v.curve for k, v in results.items()}, Path(args.out) / "curves.png")

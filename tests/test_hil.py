@@ -213,6 +213,7 @@ def test_learning_benchmark_runs_its_arms_and_prints_the_summary(tmp_path, capsy
     torch.save({"critic": critic.export_state()}, path)
     args = ["--task", "reach", "--demos", "1", "--episodes", "2", "--eval-every", "2"]
     args += ["--eval-episodes", "1", "--bc-steps", "2", "--batch-size", "16"]
+    args += ["--imitate-successes", "--value-weight", "0.5"]
     args += ["--critic", str(path), "--out", str(tmp_path / "bench"), "--arms"]
     assert main([*args, "bc", "sparse", "shaped", "hil"]) == 0
     out = capsys.readouterr().out
@@ -224,4 +225,5 @@ def test_learning_benchmark_runs_its_arms_and_prints_the_summary(tmp_path, capsy
         last,
     ), last
     assert (tmp_path / "bench" / "curves.png").is_file()
-    assert "human_share" in out
+    assert "human_share" in out and "imitated" in out
+    assert "RL arms: value weight 0.5, self-imitation on" in out
