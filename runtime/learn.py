@@ -41,7 +41,7 @@ from limbic.runtime.distributed import (
     shutdown,
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
-from limbic.runtime.rollout import EpisodeRecord, Featurizer, run_episode
+from limbic.runtime.rollout import EpisodeRecord, Featurizer, demo_perturbation, run_episode
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
 from limbic.sim.operator import ScriptedTakeover
@@ -63,6 +63,12 @@ class LearnConfig:
     """``rl``: BC pre-training then actor-critic online; ``bc``: behaviour cloning only."""
     demos: int = 20
     """Scripted demonstrations in the human partition."""
+    demo_noise: float = 0.0
+    """DART: Gaussian noise, as a fraction of each motion component's bound (the gripper's is
+    left alone), added to what the arm executes while the demonstrations are recorded. The
+    recorded action stays the expert's own, so the demonstrations also show the expert pulling
+    the arm back from drift it did not cause: the states a cloned policy reaches by its own
+    small errors."""
     online_episodes: int = 150
     """Online episodes of the learning policy."""
     utd: float = 2.0
@@ -108,6 +114,11 @@ class LearnConfig:
         )
         require(self.mode in ("rl", "bc"), "learn.mode", f"{self.mode!r} is not 'rl' or 'bc'")
         require(self.demos >= 1, "learn.demos", f"must be >= 1, got {self.demos}")
+        require(
+            0.0 <= self.demo_noise <= 1.0,
+            "learn.demo_noise",
+            f"must be in [0, 1] (a fraction of the action bound), got {self.demo_noise}",
+        )
         require(
             self.online_episodes >= 0,
             "learn.online_episodes",
@@ -274,6 +285,11 @@ class Learner:
         Returns the fraction of token variance the compressor keeps.
         """
         expert = make_expert(self.env, ExpertConfig(), seed=self.cfg.seed)
+        perturb = demo_perturbation(
+            self.env.action_spec,
+            self.cfg.demo_noise,
+            np.random.default_rng([DEMO_SEED, self.cfg.seed]),
+        )
         demos: list[EpisodeRecord] = []
         for i in range(self.cfg.demos):
             self._check_interrupted("demonstrations")
@@ -287,6 +303,7 @@ class Learner:
                 keep_backbone_tokens=True,
                 on_reset=expert.reset,
                 keep_observations=self.keep_observations,
+                perturb=perturb,
             )
             demos.append(ep)
         full = torch.from_numpy(

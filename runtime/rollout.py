@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from limbic.contracts import Observation
+from limbic.contracts import ActionSpec, Observation
 from limbic.critic.model import ProgressCritic
 from limbic.critic.potential import OnlinePotential
 from limbic.policy.rlpd import ActionNormalizer
@@ -88,6 +88,23 @@ class Featurizer:
         return self.policy.compact_tokens(tokens), critic_tokens, tokens
 
 
+def demo_perturbation(
+    spec: ActionSpec, noise: float, rng: np.random.Generator
+) -> Callable[[np.ndarray], np.ndarray] | None:
+    """DART's executed-action noise for :func:`run_episode`: Gaussian, ``noise`` times each
+    motion component's bound, the gripper (last component) untouched, clipped into the bounds.
+    ``None`` when ``noise`` is 0."""
+    if noise <= 0:
+        return None
+    scale = noise * np.maximum(np.abs(spec.low), np.abs(spec.high)).astype(np.float64)
+    scale[-1] = 0.0
+
+    def perturb(action: np.ndarray) -> np.ndarray:
+        return spec.clip(np.asarray(action, np.float64) + rng.normal(size=scale.shape) * scale)
+
+    return perturb
+
+
 def run_episode(
     env: SimEnv,
     act: ActionSource,
@@ -100,12 +117,15 @@ def run_episode(
     on_reset: Callable[[], None] | None = None,
     keep_observations: bool = False,
     arbiter: InterventionArbiter | None = None,
+    perturb: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> EpisodeRecord:
     """Run ``act`` for one episode of ``env`` (reset with ``seed``/``split``).
 
     ``lang`` is a function of the instruction: ``lang(text) -> [1, L]`` embedding. With an
     ``arbiter``, every tick it chooses between ``act``'s action and a human's, and the record
-    says which steps the human took.
+    says which steps the human took. With ``perturb`` (DART-style demonstrations), the arm
+    executes ``perturb(action)`` while the record keeps ``action`` itself (inside the bounds):
+    the states show the drift, the actions the correction.
     """
     obs = env.reset(seed=seed, split=split)
     if on_reset is not None:
@@ -152,8 +172,12 @@ def run_episode(
         if arbiter is not None:
             action, by_human = arbiter.choose(obs, action)
             human.append(bool(by_human))
-        result = env.step(action)
-        actions.append(normalizer.normalize(result.action))
+        if perturb is None:
+            result = env.step(action)
+            actions.append(normalizer.normalize(result.action))
+        else:
+            result = env.step(perturb(action))
+            actions.append(normalizer.normalize(env.action_spec.clip(action)))
         if keep_observations:
             applied.append(result.action)
         rewards.append(float(result.success))

@@ -276,3 +276,63 @@ def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(
             assert np.array_equal(demo.action[rows], online.action[: len(rows)])
     finally:
         learner.close()
+
+
+def test_dart_demonstrations_record_the_experts_action_while_the_arm_executes_a_noisy_one(
+    tmp_path,
+):
+    """``demo_noise``: the arm executes the expert's action plus noise on the motion components
+    (the gripper's untouched, bounds kept); the record keeps the expert's own action, and the
+    states show the drift."""
+    from limbic.runtime.rollout import demo_perturbation
+    from limbic.sim.envs import make_expert
+    from limbic.sim.expert import ExpertConfig
+
+    learner = Learner(reach_config(tmp_path, demos=1, bc_pretrain_steps=0))
+    try:
+        env, spec = learner.env, learner.env.action_spec
+        assert demo_perturbation(spec, 0.0, np.random.default_rng(0)) is None
+        perturb = demo_perturbation(spec, 0.5, np.random.default_rng(0))
+        noise = np.stack([perturb(np.zeros_like(spec.low)) for _ in range(4000)])
+        assert np.all(noise >= spec.low) and np.all(noise <= spec.high)
+        assert np.all(noise[:, -1] == 0.0)  # the gripper is left alone
+        bound = np.maximum(np.abs(spec.low), np.abs(spec.high))[:-1]
+        assert np.all(noise[:, :-1].std(0) > 0.3 * bound)  # clipped at the bound, not below it
+
+        def record(noise_fraction: float):
+            expert = make_expert(env, ExpertConfig(), seed=3)
+            said, executed = [], []
+            perturb = demo_perturbation(spec, noise_fraction, np.random.default_rng(1))
+
+            def act(_obs, _tokens, _lang):
+                said.append(expert.act())
+                return said[-1]
+
+            def noisy(action):
+                executed.append(perturb(action))
+                return executed[-1]
+
+            ep = run_episode(
+                env,
+                act,
+                learner.featurize,
+                learner.lang,
+                seed=11,
+                split="train",
+                on_reset=expert.reset,
+                perturb=noisy if perturb is not None else None,
+            )
+            return ep, np.stack(said), np.stack(executed) if executed else None
+
+        clean, _, _ = record(0.0)
+        ep, said, executed = record(0.5)
+        recorded = spec.low + (ep.action + 1.0) * 0.5 * (spec.high - spec.low)
+        assert np.allclose(recorded, said, atol=1e-6)  # the expert's action, not the executed one
+        assert np.abs(executed - said)[:, :-1].max() > 0.2 * bound.min()
+        assert np.array_equal(executed[:, -1], said[:, -1])
+        steps = min(len(ep), len(clean))
+        assert not np.allclose(ep.state[:steps], clean.state[:steps])  # the arm drifted
+    finally:
+        learner.close()
+    with pytest.raises(ValueError, match="learn.demo_noise"):
+        reach_config(tmp_path, demo_noise=1.5)
