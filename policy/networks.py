@@ -18,6 +18,8 @@ from torch import nn
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 POSITIONS = ("learned", "grid", "both")
 """How the encoder places tokens (``AgentConfig.position``)."""
+POOLINGS = ("attention", "flatten")
+"""How the encoder reduces each view's tokens (``AgentConfig.pooling``)."""
 
 
 def grid_coordinates(n_tokens: int) -> torch.Tensor:
@@ -61,10 +63,15 @@ class ObservationEncoder(nn.Module):
         n_queries: int = 4,
         feature_dim: int = 256,
         position: str = "learned",
+        pooling: str = "attention",
+        flat_dim: int = 16,
     ):
         super().__init__()
         if position not in POSITIONS:
             raise ValueError(f"position: expected one of {POSITIONS}, got {position!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling: expected one of {POOLINGS}, got {pooling!r}")
+        self.pooling = pooling
         self.n_views, self.n_tokens, self.d, self.k = n_views, n_tokens, d_model, n_queries
         self.position = position
         self.proj = nn.Linear(token_dim, d_model)
@@ -80,12 +87,17 @@ class ObservationEncoder(nn.Module):
         self.film = nn.Linear(lang_dim, 2 * n_views * d_model)
         nn.init.zeros_(self.film.weight)  # starts as the identity modulation
         nn.init.zeros_(self.film.bias)
-        self.query = nn.Parameter(torch.randn(n_views, n_queries, d_model) * 0.02)
-        self.lang_query = nn.Linear(lang_dim, n_views * n_queries * d_model)
-        self.key = nn.Linear(d_model, d_model, bias=False)
+        if pooling == "attention":
+            self.query = nn.Parameter(torch.randn(n_views, n_queries, d_model) * 0.02)
+            self.lang_query = nn.Linear(lang_dim, n_views * n_queries * d_model)
+            self.key = nn.Linear(d_model, d_model, bias=False)
+            pooled = n_views * n_queries * d_model
+        else:  # every token keeps its place: a narrow per-token map, then the grid flattened
+            self.flat = nn.Linear(d_model, flat_dim)
+            pooled = n_views * n_tokens * flat_dim
         self.state_proj = nn.Linear(state_dim, d_model)
         self.lang_proj = nn.Linear(lang_dim, d_model)
-        pooled = n_views * n_queries * d_model + 2 * d_model
+        pooled += 2 * d_model
         self.out = nn.Sequential(
             nn.Linear(pooled, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
         )
@@ -104,10 +116,13 @@ class ObservationEncoder(nn.Module):
             x = x + torch.einsum("nc,vcd->vnd", self.coords, self.coord_proj)
         gamma, beta = self.film(lang).view(b, 2, v, 1, self.d).unbind(1)
         x = F.relu(x * (1.0 + gamma) + beta)
-        q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]
-        # q . (W x) = (W^T q) . x: project the K queries instead of all N tokens.
-        attn = torch.einsum("bvkd,bvnd->bvkn", q @ self.key.weight, x) / math.sqrt(self.d)
-        pooled = torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x)  # [B, V, K, d]
+        if self.pooling == "attention":
+            q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]
+            # q . (W x) = (W^T q) . x: project the K queries instead of all N tokens.
+            attn = torch.einsum("bvkd,bvnd->bvkn", q @ self.key.weight, x) / math.sqrt(self.d)
+            pooled = torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x)  # [B, V, K, d]
+        else:
+            pooled = self.flat(x)  # [B, V, N, flat_dim]
         if view_mask is not None:  # a missing view contributes nothing
             pooled = pooled * view_mask.view(b, v, 1, 1).float()
         parts = [pooled.reshape(b, -1), self.state_proj(state), self.lang_proj(lang)]

@@ -44,6 +44,7 @@ from limbic.policy.losses import (
     temperature_loss,
 )
 from limbic.policy.networks import (
+    POOLINGS,
     POSITIONS,
     ObservationEncoder,
     QEnsemble,
@@ -65,6 +66,10 @@ class AgentConfig:
     embedding per token), ``grid`` (a learned linear map of the token's fixed (x, y) grid
     coordinates, so attention pooling yields coordinates as numbers, also for places the
     demonstrations never showed) or ``both`` (their sum)."""
+    pooling: str = "attention"
+    """How the encoder reduces each view's token grid: ``attention`` (language-conditioned
+    queries take weighted averages of the tokens) or ``flatten`` (each token is mapped to a
+    few numbers and the grid is concatenated in place, so a token's position is its slot)."""
     feature_dim: int = 256
     """Width of the observation feature the heads read."""
     hidden: int = 256
@@ -151,6 +156,11 @@ class AgentConfig:
             self.position in POSITIONS,
             "agent.position",
             f"expected one of {', '.join(POSITIONS)}, got {self.position!r}",
+        )
+        require(
+            self.pooling in POOLINGS,
+            "agent.pooling",
+            f"expected one of {', '.join(POOLINGS)}, got {self.pooling!r}",
         )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
@@ -299,6 +309,7 @@ class RLPDAgent(nn.Module):
                 cfg.n_queries,
                 cfg.feature_dim,
                 position=cfg.position,
+                pooling=cfg.pooling,
             )
 
         self.actor_encoder = encoder()

@@ -646,3 +646,32 @@ def test_grid_positions_locate_objects_where_training_never_showed_them():
         ObservationEncoder(1, 16, 4, 1, 2, position="sinusoid")
     with pytest.raises(ValueError, match="square"):
         ObservationEncoder(1, 12, 4, 1, 2, position="both")
+
+
+def test_flatten_pooling_keeps_each_tokens_place_where_attention_averages_it_away():
+    """Without position embeddings, attention pooling is a weighted average: moving a token to
+    another cell leaves the feature unchanged. ``pooling=flatten`` keeps every token in its slot,
+    so the same move changes the feature; a missing view still contributes nothing."""
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 2, 16, 4)
+    moved = tokens.clone()
+    moved[:, 0, [2, 9]] = tokens[:, 0, [9, 2]]  # two tokens of view 0 swap places
+    state, lang = torch.randn(3, 5), torch.randn(3, 6)
+    features = {}
+    for pooling in ("attention", "flatten"):
+        enc = ObservationEncoder(2, 16, 4, 5, 6, d_model=8, feature_dim=32, pooling=pooling)
+        with torch.no_grad():
+            enc.pos.zero_()
+            features[pooling] = enc(tokens, state, lang), enc(moved, state, lang)
+        assert features[pooling][0].shape == (3, 32)
+        mask = torch.tensor([[0.0, 1.0]] * 3)  # view 0 missing: its tokens do not matter
+        with torch.no_grad():
+            assert torch.allclose(enc(tokens, state, lang, mask), enc(moved, state, lang, mask))
+    assert torch.allclose(*features["attention"], atol=1e-6)
+    assert (features["flatten"][0] - features["flatten"][1]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="pooling"):
+        ObservationEncoder(1, 16, 4, 1, 2, pooling="max")
+    from limbic.policy.rlpd import AgentConfig
+
+    with pytest.raises(ValueError, match="agent.pooling"):
+        AgentConfig(pooling="max")
