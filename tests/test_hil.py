@@ -227,3 +227,14 @@ def test_learning_benchmark_runs_its_arms_and_prints_the_summary(tmp_path, capsy
     assert (tmp_path / "bench" / "curves.png").is_file()
     assert "human_share" in out and "imitated" in out
     assert "RL arms: value weight 0.5, self-imitation on" in out
+
+
+def test_the_filtered_bc_preset_is_rlpd_with_an_imitating_actor_and_self_imitation():
+    base = compose_train("runtime=inprocess").learn_config()
+    cfg = compose_train("runtime=inprocess", "algorithm=filtered_bc").learn_config()
+    assert (base.imitate_successes, base.policy.agent.value_weight) == (False, 1.0)
+    assert cfg.imitate_successes and cfg.policy.agent.value_weight == 0.0
+    assert cfg.policy.chunk_len == 4 and cfg.mode == "rl"
+    assert (cfg.demos, cfg.online_episodes, cfg.utd) == (base.demos, base.online_episodes, base.utd)
+    tuned = compose_train("algorithm=filtered_bc", "policy.agent.value_weight=0.1")
+    assert tuned.learn_config().policy.agent.value_weight == 0.1
