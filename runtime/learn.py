@@ -63,6 +63,9 @@ class LearnConfig:
     """``rl``: BC pre-training then actor-critic online; ``bc``: behaviour cloning only."""
     demos: int = 20
     """Scripted demonstrations in the human partition."""
+    demo_expert: ExpertConfig = field(default_factory=ExpertConfig)
+    """The scripted expert that records the demonstrations (``demo_expert.speed`` below 1 makes
+    it approach more slowly: more frames per demonstration, smaller steps to imitate)."""
     demo_noise: float = 0.0
     """DART: Gaussian noise, as a fraction of each motion component's bound (the gripper's is
     left alone), added to what the arm executes while the demonstrations are recorded. The
@@ -284,7 +287,7 @@ class Learner:
 
         Returns the fraction of token variance the compressor keeps.
         """
-        expert = make_expert(self.env, ExpertConfig(), seed=self.cfg.seed)
+        expert = make_expert(self.env, self.cfg.demo_expert, seed=self.cfg.seed)
         perturb = demo_perturbation(
             self.env.action_spec,
             self.cfg.demo_noise,

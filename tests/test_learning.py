@@ -336,3 +336,23 @@ def test_dart_demonstrations_record_the_experts_action_while_the_arm_executes_a_
         learner.close()
     with pytest.raises(ValueError, match="learn.demo_noise"):
         reach_config(tmp_path, demo_noise=1.5)
+
+
+def test_the_demonstrations_expert_is_configurable(tmp_path):
+    """``demo_expert`` is the expert that records the demonstrations: a slower one takes more
+    steps over the same layouts, and every demonstration still succeeds."""
+    from limbic.sim.expert import ExpertConfig
+
+    steps = {}
+    for speed in (1.0, 0.4):
+        learner = Learner(
+            reach_config(tmp_path / str(speed), demos=2, demo_expert=ExpertConfig(speed=speed))
+        )
+        try:
+            learner.collect_demos()
+            demo = learner.replay.partitions["demo"]
+            steps[speed] = demo.size
+            assert demo.reward[: demo.size].sum() == 2  # one success step ends each episode
+        finally:
+            learner.close()
+    assert steps[0.4] > 1.5 * steps[1.0]
