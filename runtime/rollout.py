@@ -45,7 +45,8 @@ class EpisodeRecord:
     observations: list[Observation] = field(default_factory=list)
     """The ``T + 1`` observations, when asked for (to write the episode to a dataset)."""
     env_action: np.ndarray | None = None
-    """float32[T, A]: the actions as applied, in the arm's units (with the observations)."""
+    """float32[T, A]: the actions as applied, in the arm's units (with the observations); for a
+    perturbed demonstration, the expert's own actions, as in :attr:`action`."""
     intervention: np.ndarray | None = None
     """bool[T]: the steps a human (the arbiter) took instead of the policy, when there was one."""
 
@@ -124,8 +125,8 @@ def run_episode(
     ``lang`` is a function of the instruction: ``lang(text) -> [1, L]`` embedding. With an
     ``arbiter``, every tick it chooses between ``act``'s action and a human's, and the record
     says which steps the human took. With ``perturb`` (DART-style demonstrations), the arm
-    executes ``perturb(action)`` while the record keeps ``action`` itself (inside the bounds):
-    the states show the drift, the actions the correction.
+    executes ``perturb(action)`` while the record (``action`` and ``env_action``) keeps
+    ``action`` itself, inside the bounds: the states show the drift, the actions the correction.
     """
     obs = env.reset(seed=seed, split=split)
     if on_reset is not None:
@@ -174,12 +175,13 @@ def run_episode(
             human.append(bool(by_human))
         if perturb is None:
             result = env.step(action)
-            actions.append(normalizer.normalize(result.action))
-        else:
+            taken = result.action
+        else:  # the record, in the replay and on disk alike, is the unperturbed action
             result = env.step(perturb(action))
-            actions.append(normalizer.normalize(env.action_spec.clip(action)))
+            taken = env.action_spec.clip(action)
+        actions.append(normalizer.normalize(taken))
         if keep_observations:
-            applied.append(result.action)
+            applied.append(taken)
         rewards.append(float(result.success))
         terminals.append(result.terminated)
         obs = result.observation

@@ -320,6 +320,7 @@ def test_dart_demonstrations_record_the_experts_action_while_the_arm_executes_a_
                 seed=11,
                 split="train",
                 on_reset=expert.reset,
+                keep_observations=True,
                 perturb=noisy if perturb is not None else None,
             )
             return ep, np.stack(said), np.stack(executed) if executed else None
@@ -328,6 +329,7 @@ def test_dart_demonstrations_record_the_experts_action_while_the_arm_executes_a_
         ep, said, executed = record(0.5)
         recorded = spec.low + (ep.action + 1.0) * 0.5 * (spec.high - spec.low)
         assert np.allclose(recorded, said, atol=1e-6)  # the expert's action, not the executed one
+        assert np.allclose(ep.env_action, said, atol=1e-6)  # what a dataset on disk would keep
         assert np.abs(executed - said)[:, :-1].max() > 0.2 * bound.min()
         assert np.array_equal(executed[:, -1], said[:, -1])
         steps = min(len(ep), len(clean))
