@@ -18,7 +18,7 @@ from torch import nn
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 POSITIONS = ("learned", "grid", "both")
 """How the encoder places tokens (``AgentConfig.position``)."""
-POOLINGS = ("attention", "flatten")
+POOLINGS = ("attention", "flatten", "keypoints", "attention_keypoints")
 """How the encoder reduces each view's tokens (``AgentConfig.pooling``)."""
 
 
@@ -65,6 +65,7 @@ class ObservationEncoder(nn.Module):
         position: str = "learned",
         pooling: str = "attention",
         flat_dim: int = 16,
+        n_keypoints: int = 16,
     ):
         super().__init__()
         if position not in POSITIONS:
@@ -87,12 +88,22 @@ class ObservationEncoder(nn.Module):
         self.film = nn.Linear(lang_dim, 2 * n_views * d_model)
         nn.init.zeros_(self.film.weight)  # starts as the identity modulation
         nn.init.zeros_(self.film.bias)
-        if pooling == "attention":
+        pooled = 0
+        if pooling in ("attention", "attention_keypoints"):
             self.query = nn.Parameter(torch.randn(n_views, n_queries, d_model) * 0.02)
             self.lang_query = nn.Linear(lang_dim, n_views * n_queries * d_model)
             self.key = nn.Linear(d_model, d_model, bias=False)
-            pooled = n_views * n_queries * d_model
-        else:  # every token keeps its place: a narrow per-token map, then the grid flattened
+            pooled += n_views * n_queries * d_model
+        if pooling in ("keypoints", "attention_keypoints"):
+            # spatial soft-argmax: each keypoint is a per-view softmax over the grid, read out
+            # as the expected (x, y) of its tokens, so moving what it responds to moves the number
+            self.register_buffer("kp_grid", grid_coordinates(n_tokens), persistent=False)
+            self.kp_logits = nn.Parameter(torch.randn(n_views, d_model, n_keypoints) * 0.1)
+            self.kp_log_temp = nn.Parameter(torch.zeros(n_views, 1, n_keypoints))
+            pooled += n_views * n_keypoints * 2
+        if (
+            pooling == "flatten"
+        ):  # every token keeps its place: a narrow per-token map, the grid flattened
             self.flat = nn.Linear(d_model, flat_dim)
             pooled = n_views * n_tokens * flat_dim
         self.state_proj = nn.Linear(state_dim, d_model)
@@ -116,17 +127,26 @@ class ObservationEncoder(nn.Module):
             x = x + torch.einsum("nc,vcd->vnd", self.coords, self.coord_proj)
         gamma, beta = self.film(lang).view(b, 2, v, 1, self.d).unbind(1)
         x = F.relu(x * (1.0 + gamma) + beta)
-        if self.pooling == "attention":
+        pooled = []
+        if self.pooling in ("attention", "attention_keypoints"):
             q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]
             # q . (W x) = (W^T q) . x: project the K queries instead of all N tokens.
             attn = torch.einsum("bvkd,bvnd->bvkn", q @ self.key.weight, x) / math.sqrt(self.d)
-            pooled = torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x)  # [B, V, K, d]
-        else:
-            pooled = self.flat(x)  # [B, V, N, flat_dim]
+            pooled.append(torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x))  # [B, V, K, d]
+        if self.pooling in ("keypoints", "attention_keypoints"):
+            pooled.append(self.keypoints(x))
+        if self.pooling == "flatten":
+            pooled.append(self.flat(x))  # [B, V, N, flat_dim]
         if view_mask is not None:  # a missing view contributes nothing
-            pooled = pooled * view_mask.view(b, v, 1, 1).float()
-        parts = [pooled.reshape(b, -1), self.state_proj(state), self.lang_proj(lang)]
+            pooled = [p * view_mask.view(b, v, 1, 1).float() for p in pooled]
+        parts = [p.reshape(b, -1) for p in pooled] + [self.state_proj(state), self.lang_proj(lang)]
         return self.out(torch.cat(parts, dim=-1))
+
+    def keypoints(self, x: torch.Tensor) -> torch.Tensor:
+        """Spatial soft-argmax of the embedded tokens ``x`` (``[B, V, N, d]``): the expected grid
+        (x, y) in [-1, 1] of each keypoint's softmax over the tokens, ``[B, V, K, 2]``."""
+        logits = torch.einsum("bvnd,vdk->bvnk", x, self.kp_logits) * self.kp_log_temp.exp()
+        return torch.einsum("bvnk,nc->bvkc", logits.softmax(dim=2), self.kp_grid)
 
 
 def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequential:

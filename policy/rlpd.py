@@ -49,6 +49,7 @@ from limbic.policy.networks import (
     ObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
+    mlp,
     random_shift,
 )
 
@@ -68,8 +69,11 @@ class AgentConfig:
     demonstrations never showed) or ``both`` (their sum)."""
     pooling: str = "attention"
     """How the encoder reduces each view's token grid: ``attention`` (language-conditioned
-    queries take weighted averages of the tokens) or ``flatten`` (each token is mapped to a
-    few numbers and the grid is concatenated in place, so a token's position is its slot)."""
+    queries take weighted averages of the tokens), ``flatten`` (each token is mapped to a
+    few numbers and the grid is concatenated in place, so a token's position is its slot),
+    ``keypoints`` (spatial soft-argmax: per view, 16 learned softmaxes over the grid, each read
+    out as the expected (x, y) of the tokens it picks) or ``attention_keypoints`` (both the
+    attention-pooled features and the keypoint coordinates)."""
     feature_dim: int = 256
     """Width of the observation feature the heads read."""
     hidden: int = 256
@@ -94,6 +98,11 @@ class AgentConfig:
     value_weight: float = 1.0
     """Weight of the actor's value term during RL (0: the actor only imitates the human rows,
     and the critic still learns; with ``imitate_successes`` that is filtered behaviour cloning)."""
+    waypoint_weight: float = 0.0
+    """Weight of an auxiliary loss on human rows: a head on the actor's feature predicts the
+    state at the episode's next gripper event (the replay's ``waypoint``: where the arm was when
+    the demonstrator grasped or released), so the encoder must localise the target, not only
+    copy the motion toward it. 0: no head."""
     grad_clip: float = 10.0
     """Global gradient-norm clip for every optimiser step."""
     token_noise: float = 1.0
@@ -161,6 +170,11 @@ class AgentConfig:
             self.pooling in POOLINGS,
             "agent.pooling",
             f"expected one of {', '.join(POOLINGS)}, got {self.pooling!r}",
+        )
+        require(
+            self.waypoint_weight >= 0,
+            "agent.waypoint_weight",
+            f"must be >= 0, got {self.waypoint_weight}",
         )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
@@ -267,7 +281,8 @@ EMA_KEYS = ("ema_encoder.", "ema_actor.", "ema_steps")
 
 Batch = dict[str, torch.Tensor]
 """``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors,
-and optionally ``discount`` (``gamma^n`` per row; ``gamma`` when absent)."""
+and optionally ``discount`` (``gamma^n`` per row; ``gamma`` when absent) and ``waypoint`` (the
+state at the next gripper event; needed with ``waypoint_weight``)."""
 
 
 class DataParallelGroup(Protocol):
@@ -331,9 +346,11 @@ class RLPDAgent(nn.Module):
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
         self.target_entropy = cfg.entropy_target_per_dim() * self.action_size
-        self.actor_opt = torch.optim.Adam(
-            [*self.actor_encoder.parameters(), *self.actor.parameters()], lr=cfg.lr
-        )
+        actor_params = [*self.actor_encoder.parameters(), *self.actor.parameters()]
+        if cfg.waypoint_weight > 0:
+            self.waypoint_head = mlp(cfg.feature_dim, cfg.hidden, shape.state_dim)
+            actor_params += list(self.waypoint_head.parameters())
+        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.lr)
         self.critic_opt = torch.optim.Adam(
             [*self.critic_encoder.parameters(), *self.critic.parameters()], lr=cfg.lr
         )
@@ -630,6 +647,14 @@ class RLPDAgent(nn.Module):
         imitation = bc_loss(torch.tanh(mean), b["action"], b["human"])
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
+        if self.cfg.waypoint_weight > 0:
+            if "waypoint" not in b:
+                raise KeyError("agent.waypoint_weight > 0 needs the batch's 'waypoint' rows")
+            error = (self.waypoint_head(feature) - b["waypoint"].float()).pow(2).mean(-1)
+            human = b["human"].float()
+            waypoint = (error * human).sum() / human.sum().clamp(min=1.0)
+            loss = loss + self.cfg.waypoint_weight * waypoint
+            metrics["waypoint_loss"] = float(waypoint.detach())
         if self.cfg.bc_std > 0:  # the exploration noise stays anchored at bc_std
             loss = loss + (std.log() - math.log(self.cfg.bc_std)).pow(2).mean()
         if rl:

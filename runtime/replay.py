@@ -12,6 +12,11 @@ the stored data:
 
 ``phi' = 0`` at a terminal state (Ng et al.'s condition for policy invariance).
 
+Every frame also keeps its episode's next *waypoint*: the proprioceptive state at the next
+change of the gripper command (the grasp, the release) or at the episode's last frame. It is
+read off the episode's own states and actions, so any recording has it, real or simulated; the
+agent's optional waypoint head learns to predict it from the observation.
+
 With action chunks (``chunk_len = K > 1``) a transition is a window of up to K steps of one
 episode: the action is the K actions executed from its first frame (the last one repeated
 where the window is cut short), the next frame is the one after the window, and the reward is
@@ -94,6 +99,7 @@ class Partition:
         # ``frames``: a partition sized for 100k transitions of 2x128x128 pixels would be 20 GB
         self.tokens = np.zeros((min(frames, 1024), *token_shape), frame_dtype)
         self.state = np.zeros((frames, state_dim), np.float32)
+        self.waypoint = np.zeros((frames, state_dim), np.float32)
         self.lang = np.zeros(frames, np.int32)
         self.obs = np.zeros(capacity, np.int64)
         self.next = np.zeros(capacity, np.int64)
@@ -160,6 +166,7 @@ class Partition:
         frames = self._frame_slots(t + 1)
         self.tokens[frames] = tokens
         self.state[frames] = state
+        self.waypoint[frames] = next_waypoints(state, action)
         self.lang[frames] = lang_id
         start, steps = window_bounds(keep, self.chunk_len)
         # step i of each window: its own step while inside the window, else the window's last
@@ -177,6 +184,17 @@ class Partition:
         self.ptr = int((self.ptr + n) % self.capacity)
         self.size = min(self.size + n, self.capacity)
         self.episodes += 1
+
+
+def next_waypoints(state: np.ndarray, action: np.ndarray) -> np.ndarray:
+    """``float32[T + 1, S]``: for each of an episode's frames, the state at the first later frame
+    where the gripper command (the last action component, normalised: closed above 0) differs
+    from the step before, or the episode's last frame when no change follows."""
+    closed = np.asarray(action)[:, -1] > 0
+    t = closed.shape[0]
+    marks = np.append(np.flatnonzero(closed[1:] != closed[:-1]) + 1, t)
+    later = np.searchsorted(marks, np.arange(t + 1), side="right")
+    return np.asarray(state, np.float32)[marks[np.minimum(later, len(marks) - 1)]]
 
 
 def window_bounds(keep: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -283,6 +301,7 @@ class ReplayMix:
                 "terminal",
                 "next_tokens",
                 "next_state",
+                "waypoint",
                 "human",
                 "discount",
             )
@@ -301,6 +320,7 @@ class ReplayMix:
             parts["next_tokens"].append(p.tokens[nxt])
             parts["state"].append(p.state[obs])
             parts["next_state"].append(p.state[nxt])
+            parts["waypoint"].append(p.waypoint[obs])
             parts["lang"].append(self.lang_table[p.lang[obs]])
             parts["action"].append(p.action[rows])
             parts["reward"].append(reward.task_weight * task + reward.shaping_weight * shaped)

@@ -18,6 +18,7 @@ from limbic.policy.networks import (
     ObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
+    grid_coordinates,
     squashed_log_prob,
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
@@ -675,3 +676,85 @@ def test_flatten_pooling_keeps_each_tokens_place_where_attention_averages_it_awa
 
     with pytest.raises(ValueError, match="agent.pooling"):
         AgentConfig(pooling="max")
+
+
+def test_keypoint_pooling_reads_out_where_on_the_grid_a_feature_is():
+    """``pooling=keypoints`` is a spatial soft-argmax: a keypoint tuned to a feature reports the
+    grid (x, y) of the token that carries it, follows it when it moves, and lands between two
+    cells that carry it equally. Through the whole encoder, moving a token changes the feature."""
+    enc = ObservationEncoder(1, 16, 4, 1, 2, d_model=8, feature_dim=32, pooling="keypoints")
+    feature = torch.zeros(8)
+    feature[3] = 1.0
+    with torch.no_grad():
+        enc.kp_logits.zero_()
+        enc.kp_logits[0, :, 0] = 40.0 * feature  # keypoint 0 responds to that feature
+    grid = grid_coordinates(16)  # row-major 4x4, (x, y) in [-1, 1]
+
+    def where(cells: list[int]) -> torch.Tensor:
+        x = torch.zeros(1, 1, 16, 8)
+        x[0, 0, cells] = feature
+        return enc.keypoints(x)[0, 0, 0]
+
+    for cell in (0, 5, 14):
+        assert torch.allclose(where([cell]), grid[cell], atol=1e-4)
+    assert torch.allclose(where([5, 6]), (grid[5] + grid[6]) / 2, atol=1e-4)
+    assert enc.keypoints(torch.zeros(2, 1, 16, 8)).shape == (2, 1, 16, 2)
+
+    torch.manual_seed(0)
+    tokens = torch.randn(3, 2, 16, 4)
+    moved = tokens.clone()
+    moved[:, 0, [2, 9]] = tokens[:, 0, [9, 2]]
+    state, lang = torch.randn(3, 5), torch.randn(3, 6)
+    for pooling in ("keypoints", "attention_keypoints"):
+        enc = ObservationEncoder(2, 16, 4, 5, 6, d_model=8, feature_dim=32, pooling=pooling)
+        with torch.no_grad():
+            enc.pos.zero_()
+            before, after = enc(tokens, state, lang), enc(moved, state, lang)
+            mask = torch.tensor([[0.0, 1.0]] * 3)
+            assert torch.allclose(enc(tokens, state, lang, mask), enc(moved, state, lang, mask))
+        assert before.shape == (3, 32)
+        assert (before - after).abs().max() > 1e-3
+
+
+def test_each_frame_keeps_the_state_at_the_episodes_next_gripper_event():
+    """The waypoint of a frame is the state at the next change of the gripper command (the
+    grasp, then the release) or at the last frame; a sampled row carries its own frame's."""
+    from limbic.runtime.replay import next_waypoints
+
+    state = np.repeat(np.arange(8, dtype=np.float32)[:, None], 5, axis=1)  # frame i holds i
+    grip = np.array([-1, -1, 1, 1, 1, -1, -1], np.float32)  # close at step 2, open at step 5
+    action = np.stack([np.zeros(7, np.float32), grip], axis=1)
+    expected = np.array([2, 2, 5, 5, 5, 7, 7, 7], np.float32)
+    assert np.array_equal(next_waypoints(state, action)[:, 0], expected)
+    assert np.array_equal(next_waypoints(state, -np.ones((7, 2)))[:, 0], np.full(8, 7.0))
+    replay = make_replay()
+    episode = _episode(7, 1.0)
+    replay.add_episode("demo", **{**episode, "state": state, "action": action})
+    b = replay.sample(64, np.random.default_rng(0), RewardConfig(), 0.9)
+    frame = b["state"][:, 0].astype(int)
+    assert np.array_equal(b["waypoint"][:, 0], expected[frame])
+    assert np.array_equal(b["waypoint"][:, 1:], np.repeat(b["waypoint"][:, :1], 4, axis=1))
+
+
+def test_the_waypoint_head_learns_the_next_gripper_event_from_human_rows_only():
+    """``waypoint_weight > 0`` adds a head on the actor's feature, trained with the actor on the
+    human rows' waypoints; without the weight there is no head, and a batch without waypoints
+    is refused by name when the head needs them."""
+    assert not hasattr(_agent(), "waypoint_head")
+    agent = _agent(waypoint_weight=1.0, token_noise=0.0, state_dropout=0.0)
+    batch = _bc_batch()
+    g = torch.Generator().manual_seed(2)
+    batch["waypoint"] = batch["state"] * 0.5 + torch.randn(32, 3, generator=g) * 0.1
+    first = agent.bc_update(batch)["waypoint_loss"]
+    for _ in range(150):
+        last = agent.bc_update(batch)["waypoint_loss"]
+    assert last < 0.2 * first
+    online = {**batch, "human": torch.zeros(32, dtype=torch.bool)}
+    assert agent.bc_update(online)["waypoint_loss"] == 0.0
+    del batch["waypoint"]
+    with pytest.raises(KeyError, match="waypoint"):
+        agent.bc_update(batch)
+    from limbic.policy.rlpd import AgentConfig
+
+    with pytest.raises(ValueError, match="agent.waypoint_weight"):
+        AgentConfig(waypoint_weight=-1.0)
