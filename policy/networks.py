@@ -66,6 +66,8 @@ class ObservationEncoder(nn.Module):
         pooling: str = "attention",
         flat_dim: int = 16,
         n_keypoints: int = 16,
+        waypoint_dim: int = 0,
+        waypoint_input: bool = False,
     ):
         super().__init__()
         if position not in POSITIONS:
@@ -112,7 +114,14 @@ class ObservationEncoder(nn.Module):
         self.out = nn.Sequential(
             nn.Linear(pooled, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
         )
-        self.feature_dim = feature_dim
+        # an optional head that predicts the motion to the next gripper event from the feature;
+        # with waypoint_input its prediction is appended to the feature the heads read
+        self.waypoint_dim, self.waypoint_input = waypoint_dim, waypoint_input
+        if waypoint_dim > 0:
+            self.waypoint_head = mlp(feature_dim, feature_dim, waypoint_dim)
+        elif waypoint_input:
+            raise ValueError("waypoint_input needs a waypoint head (waypoint_dim > 0)")
+        self.feature_dim = feature_dim + (waypoint_dim if waypoint_input else 0)
 
     def forward(
         self,
@@ -140,7 +149,18 @@ class ObservationEncoder(nn.Module):
         if view_mask is not None:  # a missing view contributes nothing
             pooled = [p * view_mask.view(b, v, 1, 1).float() for p in pooled]
         parts = [p.reshape(b, -1) for p in pooled] + [self.state_proj(state), self.lang_proj(lang)]
-        return self.out(torch.cat(parts, dim=-1))
+        feature = self.out(torch.cat(parts, dim=-1))
+        if self.waypoint_input:
+            feature = torch.cat([feature, self.waypoint_head(feature)], dim=-1)
+        return feature
+
+    def waypoint(self, feature: torch.Tensor) -> torch.Tensor:
+        """The waypoint head's prediction for a feature this encoder returned."""
+        if self.waypoint_dim == 0:
+            raise RuntimeError("this encoder has no waypoint head")
+        if self.waypoint_input:
+            return feature[..., -self.waypoint_dim :]
+        return self.waypoint_head(feature)
 
     def keypoints(self, x: torch.Tensor) -> torch.Tensor:
         """Spatial soft-argmax of the embedded tokens ``x`` (``[B, V, N, d]``): the expected grid

@@ -31,6 +31,7 @@ from typing import Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from torch import nn
 
 from limbic.contracts import ActionSpec
@@ -49,7 +50,6 @@ from limbic.policy.networks import (
     ObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
-    mlp,
     random_shift,
 )
 
@@ -96,13 +96,18 @@ class AgentConfig:
     bc_weight: float = 1.0
     """Weight of the BC term on human rows during RL."""
     value_weight: float = 1.0
-    """Weight of the actor's value term during RL (0: the actor only imitates the human rows,
-    and the critic still learns; with ``imitate_successes`` that is filtered behaviour cloning)."""
+    """Weight of the actor's value term during RL (0: the actor only imitates the human rows;
+    with ``imitate_successes`` that is filtered behaviour cloning). At 0, unless IBRL is on, no
+    one reads the Q ensemble, so updates skip its step and cost the actor's alone."""
     waypoint_weight: float = 0.0
     """Weight of an auxiliary loss on human rows: a head on the actor's feature predicts the
-    state at the episode's next gripper event (the replay's ``waypoint``: where the arm was when
-    the demonstrator grasped or released), so the encoder must localise the target, not only
-    copy the motion toward it. 0: no head."""
+    motion still to come before the next gripper event (the replay's ``waypoint``: the
+    displacement to where the demonstrator grasps or lets go, in normalised action units; Huber
+    loss), so the encoder must localise the target, not only copy the motion toward it. 0: no
+    head."""
+    waypoint_input: bool = False
+    """Append the waypoint head's prediction to the feature the actor and Q heads read (needs
+    ``waypoint_weight > 0``)."""
     grad_clip: float = 10.0
     """Global gradient-norm clip for every optimiser step."""
     token_noise: float = 1.0
@@ -175,6 +180,11 @@ class AgentConfig:
             self.waypoint_weight >= 0,
             "agent.waypoint_weight",
             f"must be >= 0, got {self.waypoint_weight}",
+        )
+        require(
+            not self.waypoint_input or self.waypoint_weight > 0,
+            "agent.waypoint_input",
+            "needs agent.waypoint_weight > 0 (the head it appends is trained by that loss)",
         )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
@@ -325,11 +335,13 @@ class RLPDAgent(nn.Module):
                 cfg.feature_dim,
                 position=cfg.position,
                 pooling=cfg.pooling,
+                waypoint_dim=max(shape.action_dim - 1, 1) if cfg.waypoint_weight > 0 else 0,
+                waypoint_input=cfg.waypoint_input,
             )
 
         self.actor_encoder = encoder()
         self.actor = TanhGaussianActor(
-            cfg.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
+            self.actor_encoder.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
         )
         # the acting copy: a moving average of the actor (the live one when actor_ema is 0)
         self.ema_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
@@ -341,16 +353,16 @@ class RLPDAgent(nn.Module):
             self.register_buffer("ref_frozen", torch.zeros((), dtype=torch.bool))
             self.register_buffer("ref_active", torch.zeros((), dtype=torch.bool))
         self.critic_encoder = encoder()
-        self.critic = QEnsemble(cfg.feature_dim, self.action_size, cfg.n_q, cfg.hidden)
+        self.critic = QEnsemble(
+            self.critic_encoder.feature_dim, self.action_size, cfg.n_q, cfg.hidden
+        )
         self.target_encoder = copy.deepcopy(self.critic_encoder).requires_grad_(False)
         self.target_critic = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = nn.Parameter(torch.tensor(math.log(cfg.init_alpha)))
         self.target_entropy = cfg.entropy_target_per_dim() * self.action_size
-        actor_params = [*self.actor_encoder.parameters(), *self.actor.parameters()]
-        if cfg.waypoint_weight > 0:
-            self.waypoint_head = mlp(cfg.feature_dim, cfg.hidden, shape.state_dim)
-            actor_params += list(self.waypoint_head.parameters())
-        self.actor_opt = torch.optim.Adam(actor_params, lr=cfg.lr)
+        self.actor_opt = torch.optim.Adam(
+            [*self.actor_encoder.parameters(), *self.actor.parameters()], lr=cfg.lr
+        )
         self.critic_opt = torch.optim.Adam(
             [*self.critic_encoder.parameters(), *self.critic.parameters()], lr=cfg.lr
         )
@@ -572,6 +584,7 @@ class RLPDAgent(nn.Module):
         """One critic step, and (when ``update_actor`` and the critic's warm-up is over) one actor
         and temperature step."""
         cfg = self.cfg
+        requested = update_actor
         warm = self.updates >= cfg.critic_warmup
         update_actor = update_actor and warm
         if cfg.bootstrap_from_bc:
@@ -581,8 +594,10 @@ class RLPDAgent(nn.Module):
                 self.ref_active.fill_(True)
         if self.learns_from_frames:
             # one shifted encoding: the critic's loss trains the backbone, the actor reads it detached
+            # (with no critic loss to train it, the actor's loss does)
             encoded = self._tokens_from_frames(batch)
-            actor_batch = self.augment({**encoded, "tokens": encoded["tokens"].detach()})
+            tokens = encoded["tokens"].detach() if self.uses_critic else encoded["tokens"]
+            actor_batch = self.augment({**encoded, "tokens": tokens})
             critic_batch = self.augment(encoded, token_noise=cfg.critic_token_noise)
         else:
             actor_batch = self.augment(batch)
@@ -591,6 +606,10 @@ class RLPDAgent(nn.Module):
                 if cfg.critic_token_noise is None
                 else self.augment(batch, token_noise=cfg.critic_token_noise)
             )
+        if not self.uses_critic:  # filtered cloning: the actor's step alone, no warm-up to wait
+            metrics = self._actor_step(actor_batch, cfg.bc_weight, rl=False) if requested else {}
+            self.updates += 1
+            return metrics
         metrics, critic_feature = self._critic_step(critic_batch)
         if update_actor:
             metrics.update(
@@ -600,6 +619,13 @@ class RLPDAgent(nn.Module):
         polyak_update(self.target_critic, self.critic, cfg.tau)
         self.updates += 1
         return metrics
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether anything reads the Q ensemble: the actor's value term or IBRL's comparisons.
+        Without either (``value_weight = 0``) RL updates train the actor alone and the critic
+        stays as initialised."""
+        return self.cfg.value_weight > 0 or self.cfg.bootstrap_from_bc
 
     def bc_update(self, batch: Batch) -> dict[str, float]:
         """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline).
@@ -650,7 +676,8 @@ class RLPDAgent(nn.Module):
         if self.cfg.waypoint_weight > 0:
             if "waypoint" not in b:
                 raise KeyError("agent.waypoint_weight > 0 needs the batch's 'waypoint' rows")
-            error = (self.waypoint_head(feature) - b["waypoint"].float()).pow(2).mean(-1)
+            predicted = self.actor_encoder.waypoint(feature)
+            error = F.smooth_l1_loss(predicted, b["waypoint"].float(), reduction="none").mean(-1)
             human = b["human"].float()
             waypoint = (error * human).sum() / human.sum().clamp(min=1.0)
             loss = loss + self.cfg.waypoint_weight * waypoint

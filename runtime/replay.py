@@ -12,10 +12,11 @@ the stored data:
 
 ``phi' = 0`` at a terminal state (Ng et al.'s condition for policy invariance).
 
-Every frame also keeps its episode's next *waypoint*: the proprioceptive state at the next
-change of the gripper command (the grasp, the release) or at the episode's last frame. It is
-read off the episode's own states and actions, so any recording has it, real or simulated; the
-agent's optional waypoint head learns to predict it from the observation.
+Every frame also keeps its *waypoint*: the motion still to come before the episode's next change
+of the gripper command (the grasp, the release) or its end, as the sum of the normalised arm
+actions from that frame on. Both action kinds are deltas, so it is the displacement to where the
+demonstrator grasps or lets go. It is read off the episode's own actions, so any recording has
+it, real or simulated; the agent's optional waypoint head learns to predict it.
 
 With action chunks (``chunk_len = K > 1``) a transition is a window of up to K steps of one
 episode: the action is the K actions executed from its first frame (the last one repeated
@@ -99,7 +100,7 @@ class Partition:
         # ``frames``: a partition sized for 100k transitions of 2x128x128 pixels would be 20 GB
         self.tokens = np.zeros((min(frames, 1024), *token_shape), frame_dtype)
         self.state = np.zeros((frames, state_dim), np.float32)
-        self.waypoint = np.zeros((frames, state_dim), np.float32)
+        self.waypoint = np.zeros((frames, max(action_dim - 1, 1)), np.float32)
         self.lang = np.zeros(frames, np.int32)
         self.obs = np.zeros(capacity, np.int64)
         self.next = np.zeros(capacity, np.int64)
@@ -166,7 +167,7 @@ class Partition:
         frames = self._frame_slots(t + 1)
         self.tokens[frames] = tokens
         self.state[frames] = state
-        self.waypoint[frames] = next_waypoints(state, action)
+        self.waypoint[frames] = motion_to_next_event(action)
         self.lang[frames] = lang_id
         start, steps = window_bounds(keep, self.chunk_len)
         # step i of each window: its own step while inside the window, else the window's last
@@ -186,15 +187,20 @@ class Partition:
         self.episodes += 1
 
 
-def next_waypoints(state: np.ndarray, action: np.ndarray) -> np.ndarray:
-    """``float32[T + 1, S]``: for each of an episode's frames, the state at the first later frame
-    where the gripper command (the last action component, normalised: closed above 0) differs
-    from the step before, or the episode's last frame when no change follows."""
-    closed = np.asarray(action)[:, -1] > 0
-    t = closed.shape[0]
+def motion_to_next_event(action: np.ndarray) -> np.ndarray:
+    """``float32[T + 1, A - 1]``: for each of an episode's frames, the sum of the arm actions (all
+    but the last, gripper, component) from that frame up to the first later step where the
+    gripper command (normalised: closed above 0) differs from the step before, or up to the end
+    of the episode when no change follows. The last frame's is zero."""
+    action = np.asarray(action, np.float32)
+    t = action.shape[0]
+    if action.shape[1] < 2:  # a gripper-only action space has no arm motion to sum
+        return np.zeros((t + 1, 1), np.float32)
+    closed = action[:, -1] > 0
     marks = np.append(np.flatnonzero(closed[1:] != closed[:-1]) + 1, t)
-    later = np.searchsorted(marks, np.arange(t + 1), side="right")
-    return np.asarray(state, np.float32)[marks[np.minimum(later, len(marks) - 1)]]
+    stop = marks[np.minimum(np.searchsorted(marks, np.arange(t + 1), side="right"), len(marks) - 1)]
+    cum = np.concatenate([np.zeros((1, action.shape[1] - 1), np.float32), action[:, :-1].cumsum(0)])
+    return (cum[stop] - cum).astype(np.float32)
 
 
 def window_bounds(keep: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:

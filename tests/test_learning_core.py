@@ -403,26 +403,34 @@ def _rl_batch(rows: int = 32) -> dict:
     }
 
 
-def test_without_its_value_term_the_rl_actor_step_is_the_bc_step():
+def test_without_its_value_term_an_rl_update_is_the_bc_step_and_leaves_the_critic_alone():
     """``value_weight=0``: an RL update moves the actor exactly as a BC step on the same batch
-    would (the critic still learns); with the default weight it does not."""
+    would, from the first update (no critic warm-up to wait for), and skips the Q ensemble that
+    nothing reads; with the default weight the critic learns and the actor step differs. IBRL
+    reads the critic, so with it the critic trains at weight 0 too."""
     batch = _rl_batch()
     actors = {}
     for name, weight in (("rl0", 0.0), ("rl1", 1.0), ("bc", 0.0)):
-        agent = _agent(critic_warmup=0, value_weight=weight)
+        agent = _agent(critic_warmup=0 if weight else 500, value_weight=weight)
         critic_before = [p.clone() for p in agent.critic.parameters()]
         if name == "bc":
             agent.bc_update({k: v.clone() for k, v in batch.items()})
         else:
-            agent.update({k: v.clone() for k, v in batch.items()})
+            metrics = agent.update({k: v.clone() for k, v in batch.items()})
             moved = any(
                 not torch.equal(a, b)
                 for a, b in zip(critic_before, agent.critic.parameters(), strict=True)
             )
-            assert moved
+            assert moved == (weight > 0) and ("critic_loss" in metrics) == (weight > 0)
         actors[name] = [p.detach().clone() for p in agent.actor.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(actors["rl0"], actors["bc"], strict=True))
     assert not all(torch.equal(a, b) for a, b in zip(actors["rl1"], actors["bc"], strict=True))
+    ibrl = _agent(critic_warmup=0, value_weight=0.0, bootstrap_from_bc=True)
+    assert ibrl.uses_critic and "critic_loss" in ibrl.update(_rl_batch())
+    held = _agent(value_weight=0.0)
+    before = [p.clone() for p in held.actor.parameters()]
+    assert held.update(_rl_batch(), update_actor=False) == {}
+    assert all(torch.equal(a, b) for a, b in zip(before, held.actor.parameters(), strict=True))
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -716,45 +724,59 @@ def test_keypoint_pooling_reads_out_where_on_the_grid_a_feature_is():
         assert (before - after).abs().max() > 1e-3
 
 
-def test_each_frame_keeps_the_state_at_the_episodes_next_gripper_event():
-    """The waypoint of a frame is the state at the next change of the gripper command (the
-    grasp, then the release) or at the last frame; a sampled row carries its own frame's."""
-    from limbic.runtime.replay import next_waypoints
+def test_each_frame_keeps_the_motion_still_to_come_before_the_next_gripper_event():
+    """The waypoint of a frame sums the arm actions from it up to the next change of the gripper
+    command (the grasp, then the release) or the episode's end; a sampled row carries its own
+    frame's."""
+    from limbic.runtime.replay import motion_to_next_event
 
-    state = np.repeat(np.arange(8, dtype=np.float32)[:, None], 5, axis=1)  # frame i holds i
+    arm = np.array([1, 2, 3, 4, 5, 6, 7], np.float32)
     grip = np.array([-1, -1, 1, 1, 1, -1, -1], np.float32)  # close at step 2, open at step 5
-    action = np.stack([np.zeros(7, np.float32), grip], axis=1)
-    expected = np.array([2, 2, 5, 5, 5, 7, 7, 7], np.float32)
-    assert np.array_equal(next_waypoints(state, action)[:, 0], expected)
-    assert np.array_equal(next_waypoints(state, -np.ones((7, 2)))[:, 0], np.full(8, 7.0))
-    replay = make_replay()
-    episode = _episode(7, 1.0)
-    replay.add_episode("demo", **{**episode, "state": state, "action": action})
+    action = np.stack([arm, -arm, grip], axis=1)
+    # frames 0-1 head for the grasp (step 2), 2-4 for the release (step 5), 5-7 for the end
+    expected = np.array([1 + 2, 2, 3 + 4 + 5, 4 + 5, 5, 6 + 7, 7, 0], np.float32)
+    motion = motion_to_next_event(action)
+    assert motion.shape == (8, 2)
+    assert np.array_equal(motion[:, 0], expected) and np.array_equal(motion[:, 1], -expected)
+    never = motion_to_next_event(np.stack([arm, -np.ones(7, np.float32)], axis=1))
+    assert np.array_equal(never[:, 0], arm[::-1].cumsum()[::-1].tolist() + [0.0])
+
+    replay = ReplayMix(ReplayConfig(online_capacity=50, human_capacity=50), (2, 3, 4), 5, 3, 3)
+    replay.instruction_id("pick", np.ones(3))
+    state = np.repeat(np.arange(8, dtype=np.float32)[:, None], 5, axis=1)  # frame i holds i
+    replay.add_episode("demo", **{**_episode(7, 1.0), "state": state, "action": action})
     b = replay.sample(64, np.random.default_rng(0), RewardConfig(), 0.9)
     frame = b["state"][:, 0].astype(int)
     assert np.array_equal(b["waypoint"][:, 0], expected[frame])
-    assert np.array_equal(b["waypoint"][:, 1:], np.repeat(b["waypoint"][:, :1], 4, axis=1))
 
 
-def test_the_waypoint_head_learns_the_next_gripper_event_from_human_rows_only():
-    """``waypoint_weight > 0`` adds a head on the actor's feature, trained with the actor on the
-    human rows' waypoints; without the weight there is no head, and a batch without waypoints
-    is refused by name when the head needs them."""
-    assert not hasattr(_agent(), "waypoint_head")
-    agent = _agent(waypoint_weight=1.0, token_noise=0.0, state_dropout=0.0)
-    batch = _bc_batch()
+def test_the_waypoint_head_learns_the_motion_to_the_next_gripper_event_from_human_rows():
+    """``waypoint_weight > 0`` adds a head to the encoder, trained with the actor on the human
+    rows' waypoints; ``waypoint_input`` appends its prediction to the feature the actor and Q
+    heads read. Without the weight there is no head, and a batch without waypoints is refused
+    by name when the head needs them."""
+    assert _agent().actor_encoder.waypoint_dim == 0
     g = torch.Generator().manual_seed(2)
-    batch["waypoint"] = batch["state"] * 0.5 + torch.randn(32, 3, generator=g) * 0.1
-    first = agent.bc_update(batch)["waypoint_loss"]
-    for _ in range(150):
-        last = agent.bc_update(batch)["waypoint_loss"]
-    assert last < 0.2 * first
-    online = {**batch, "human": torch.zeros(32, dtype=torch.bool)}
-    assert agent.bc_update(online)["waypoint_loss"] == 0.0
-    del batch["waypoint"]
-    with pytest.raises(KeyError, match="waypoint"):
-        agent.bc_update(batch)
+    for appended in (False, True):
+        agent = _agent(
+            waypoint_weight=1.0, waypoint_input=appended, token_noise=0.0, state_dropout=0.0
+        )
+        batch = _bc_batch()
+        batch["waypoint"] = batch["state"][:, :1] * 0.5 + torch.randn(32, 1, generator=g) * 0.1
+        first = agent.bc_update(batch)["waypoint_loss"]
+        for _ in range(150):
+            last = agent.bc_update(batch)["waypoint_loss"]
+        assert last < 0.2 * first
+        feature = agent.actor_encoder(batch["tokens"], batch["state"], batch["lang"])
+        assert feature.shape[-1] == 32 + (1 if appended else 0)
+        online = {**batch, "human": torch.zeros(32, dtype=torch.bool)}
+        assert agent.bc_update(online)["waypoint_loss"] == 0.0
+        del batch["waypoint"]
+        with pytest.raises(KeyError, match="waypoint"):
+            agent.bc_update(batch)
     from limbic.policy.rlpd import AgentConfig
 
     with pytest.raises(ValueError, match="agent.waypoint_weight"):
         AgentConfig(waypoint_weight=-1.0)
+    with pytest.raises(ValueError, match="agent.waypoint_input"):
+        AgentConfig(waypoint_input=True)
