@@ -91,6 +91,12 @@ def test_bc_and_the_critic_loss_train_the_backbone_from_shifted_frames():
     unshifted.attach_frames(frames)
     with torch.no_grad():
         torch.testing.assert_close(unshifted.encode_frames(batch), plain)
+    # filtered cloning (value weight 0) has no critic step: the actor's loss trains the backbone
+    cloning, cloning_frames = _frames_agent(value_weight=0.0)
+    before, actor = _weights(cloning_frames), _weights(cloning.actor)
+    assert "critic_loss" not in cloning.update(_frames_batch())
+    assert not torch.equal(before, _weights(cloning_frames))
+    assert not torch.equal(actor, _weights(cloning.actor))
 
 
 def test_frames_training_is_reproducible_and_checkpointed():
