@@ -103,9 +103,8 @@ class ObservationEncoder(nn.Module):
             self.kp_logits = nn.Parameter(torch.randn(n_views, d_model, n_keypoints) * 0.1)
             self.kp_log_temp = nn.Parameter(torch.zeros(n_views, 1, n_keypoints))
             pooled += n_views * n_keypoints * 2
-        if (
-            pooling == "flatten"
-        ):  # every token keeps its place: a narrow per-token map, the grid flattened
+        if pooling == "flatten":
+            # every token keeps its place: a narrow per-token map, then the grid flattened
             self.flat = nn.Linear(d_model, flat_dim)
             pooled = n_views * n_tokens * flat_dim
         self.state_proj = nn.Linear(state_dim, d_model)

@@ -292,7 +292,7 @@ EMA_KEYS = ("ema_encoder.", "ema_actor.", "ema_steps")
 Batch = dict[str, torch.Tensor]
 """``tokens, state, lang, action, reward, terminal, next_tokens, next_state, human`` tensors,
 and optionally ``discount`` (``gamma^n`` per row; ``gamma`` when absent) and ``waypoint`` (the
-state at the next gripper event; needed with ``waypoint_weight``)."""
+motion to the next gripper event; needed with ``waypoint_weight``)."""
 
 
 class DataParallelGroup(Protocol):
