@@ -130,6 +130,10 @@ class AgentConfig:
     zeroed, so the policy cannot lean on the arm's pose alone to tell where it is in a task and
     has to look (0 turns it off). Image BC on pick-and-place, agent seeds 0-4: 0.5 beat 0 on
     every seed (README, Learning)."""
+    view_dropout: float = 0.0
+    """Fraction of a training batch's rows that lose one camera view, chosen at random (its
+    pooled features are masked out, as a missing view is at acting time), so no single view can
+    carry the task alone (0 turns it off; needs two views or more)."""
     q_normalize: bool = True
     """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
     so the BC term keeps its weight against it whatever the scale of the returns."""
@@ -216,6 +220,11 @@ class AgentConfig:
             0.0 <= self.state_dropout < 1.0,
             "agent.state_dropout",
             f"must be in [0, 1), got {self.state_dropout}",
+        )
+        require(
+            0.0 <= self.view_dropout < 1.0,
+            "agent.view_dropout",
+            f"must be in [0, 1), got {self.view_dropout}",
         )
         require(self.image_shift >= 0, "agent.image_shift", f"must be >= 0, got {self.image_shift}")
         require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
@@ -557,6 +566,14 @@ class RLPDAgent(nn.Module):
                     if cfg.state_noise > 0:
                         state = state + cfg.state_noise * self._randn(tuple(state.shape), device)
                     out[key] = state if keep is None else state * keep
+        views = b["tokens"].shape[1]
+        if cfg.view_dropout > 0 and views > 1:
+            drop = self._randn((rows, 1), device, uniform=True) < cfg.view_dropout
+            which = (
+                (self._randn((rows, 1), device, uniform=True) * views).long().clamp_max(views - 1)
+            )
+            lost = torch.arange(views, device=device) == which  # [rows, views]
+            out["view_mask"] = ~(lost & drop)
         return out
 
     def _step(
@@ -641,7 +658,7 @@ class RLPDAgent(nn.Module):
         with torch.no_grad():
             rows, device = b["reward"].shape[0], b["reward"].device
             noise = self._noise(rows, device)
-            next_obs = (b["next_tokens"], b["next_state"], b["lang"])
+            next_obs = (b["next_tokens"], b["next_state"], b["lang"], b.get("view_mask"))
             next_action, next_logp = self.actor(self.actor_encoder(*next_obs), noise=noise)
             next_feature = self.target_encoder(*next_obs)
             heads = torch.randperm(cfg.n_q, generator=self.generator)[: cfg.q_subset].to(device)
@@ -654,7 +671,7 @@ class RLPDAgent(nn.Module):
                 next_q = torch.where(take_ref.unsqueeze(0), ref_q, next_q)
             discount = b.get("discount", cfg.gamma)  # gamma^n per row for n-step windows
             target = td_target(b["reward"], b["terminal"], next_q, next_logp, self.alpha, discount)
-        feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
+        feature = self.critic_encoder(b["tokens"], b["state"], b["lang"], b.get("view_mask"))
         q = self.critic(feature, b["action"])
         loss = critic_loss(q, target)
         self._step(loss, self.critic_opt, with_frames=b["tokens"].requires_grad)
@@ -668,7 +685,7 @@ class RLPDAgent(nn.Module):
     def _actor_step(
         self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
     ) -> dict[str, float]:
-        feature = self.actor_encoder(b["tokens"], b["state"], b["lang"])
+        feature = self.actor_encoder(b["tokens"], b["state"], b["lang"], b.get("view_mask"))
         mean, std = self.actor.distribution(feature)
         imitation = bc_loss(torch.tanh(mean), b["action"], b["human"])
         metrics = {"bc_loss": float(imitation.detach())}
@@ -691,7 +708,9 @@ class RLPDAgent(nn.Module):
             )
             if critic_feature is None:
                 with torch.no_grad():
-                    critic_feature = self.critic_encoder(b["tokens"], b["state"], b["lang"])
+                    critic_feature = self.critic_encoder(
+                        b["tokens"], b["state"], b["lang"], b.get("view_mask")
+                    )
             self.critic.requires_grad_(False)
             q = self.critic(critic_feature, action)
             self.critic.requires_grad_(True)

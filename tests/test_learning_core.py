@@ -368,6 +368,36 @@ def test_state_noise_and_dropout_have_the_configured_sizes_and_drop_whole_rows()
         AgentConfig(state_noise=-0.1)
 
 
+def test_view_dropout_masks_one_view_of_the_configured_rows_and_the_encoder_ignores_it():
+    from limbic.launch.config import ConfigError
+    from limbic.policy.rlpd import AgentConfig
+
+    rows = 4000
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0, state_dropout=0.0)
+    batch = {"tokens": torch.randn(rows, 2, 4, 8), "lang": torch.randn(rows, 16)}
+    assert "view_mask" not in _agent(**quiet).augment(batch)  # off by default
+
+    mask = _agent(**quiet, view_dropout=0.4).augment(batch)["view_mask"]
+    assert mask.shape == (rows, 2) and mask.dtype == torch.bool
+    lost = (~mask).sum(-1)
+    assert lost.max().item() == 1  # one view at most: a row never goes blind
+    assert lost.float().mean().item() == pytest.approx(0.4, abs=0.03)
+    assert (~mask[:, 0]).float().mean().item() == pytest.approx(0.2, abs=0.03)  # either view
+
+    # the masked view's tokens do not reach the feature: changing them changes nothing
+    agent = _agent(**quiet)
+    b = _bc_batch(8)
+    b["view_mask"] = torch.tensor([[True, False]] * 8)
+    other = {**b, "tokens": b["tokens"].clone()}
+    other["tokens"][:, 1] += 5.0
+    enc = agent.actor_encoder
+    same = enc(b["tokens"], b["state"], b["lang"], b["view_mask"])
+    assert torch.allclose(same, enc(other["tokens"], b["state"], b["lang"], b["view_mask"]))
+    assert not torch.allclose(same, enc(other["tokens"], b["state"], b["lang"]))
+    with pytest.raises(ConfigError, match="agent.view_dropout"):
+        AgentConfig(view_dropout=1.0)
+
+
 def test_augmentation_is_reproducible_from_the_agent_generator():
     batch = {"tokens": torch.randn(8, 2, 4, 8), "lang": torch.randn(8, 16)}
     a, b = _agent(), _agent()
