@@ -34,6 +34,12 @@ class CameraConfig:
     """Front-camera position jitter at reset (uniform, per axis)."""
     jitter_rot_rad: float = 0.015
     """Front-camera orientation jitter at reset."""
+    front_pos: tuple[float, float, float] | None = None
+    """Front-camera position in the world (m); None: the arm's own placement."""
+    front_lookat: tuple[float, float, float] | None = None
+    """The point the front camera looks at (m); None: the arm's own."""
+    front_fovy_deg: float | None = None
+    """The front camera's vertical field of view (degrees); None: the arm's own."""
     mesh_detail: str = "fast"
     """``fast`` draws mesh-heavy arms (the Panda) with their collision meshes, 2-3x cheaper in
     software GL; ``full`` draws their visual meshes."""
@@ -72,6 +78,26 @@ class CameraConfig:
             self.mesh_detail in ("fast", "full"),
             "camera.mesh_detail",
             f"{self.mesh_detail!r} is not 'fast' or 'full'",
+        )
+
+        for name in ("front_pos", "front_lookat"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(float(x) for x in value)
+                require(
+                    len(value) == 3, f"camera.{name}", f"needs 3 numbers (m), got {list(value)}"
+                )
+                setattr(self, name, value)
+        if self.front_pos is not None and self.front_lookat is not None:
+            require(
+                self.front_pos != self.front_lookat,
+                "camera.front_lookat",
+                "must differ from camera.front_pos",
+            )
+        require(
+            self.front_fovy_deg is None or 5.0 <= self.front_fovy_deg <= 150.0,
+            "camera.front_fovy_deg",
+            f"must be in [5, 150] degrees, got {self.front_fovy_deg}",
         )
 
     def scene_option(self) -> mujoco.MjvOption:
@@ -188,12 +214,13 @@ def build_scene_spec(arm: ArmSpec, camera: CameraConfig) -> mujoco.MjSpec:
         specular=[0.1, 0.1, 0.1],
         castshadow=camera.shadow_map_px > 0,
     )
-    pos = np.asarray(arm.front_camera_pos, float)
+    pos = np.asarray(camera.front_pos or arm.front_camera_pos, float)
+    lookat = np.asarray(camera.front_lookat or arm.front_camera_lookat, float)
     world.add_camera(
         name=FRONT_CAMERA,
         pos=pos,
-        quat=look_at_quat(pos, np.asarray(arm.front_camera_lookat, float)),
-        fovy=arm.front_camera_fovy_deg,
+        quat=look_at_quat(pos, lookat),
+        fovy=camera.front_fovy_deg or arm.front_camera_fovy_deg,
     )
     return spec
 

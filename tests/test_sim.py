@@ -277,6 +277,12 @@ def test_bad_action_is_rejected_with_the_component_named(envs):
         (lambda: SimConfig(control_hz=0.0), "sim.control_hz"),
         (lambda: CameraConfig(views=("front", "top")), "camera.views"),
         (lambda: CameraConfig(height=4), "camera.height"),
+        (lambda: CameraConfig(front_pos=(0.4, 0.0)), "camera.front_pos"),
+        (
+            lambda: CameraConfig(front_pos=(0.3, 0, 0.2), front_lookat=(0.3, 0, 0.2)),
+            "camera.front_lookat",
+        ),
+        (lambda: CameraConfig(front_fovy_deg=200.0), "camera.front_fovy_deg"),
         (lambda: ActionConfig(kind="torque"), "action.kind"),
         (lambda: ExpertConfig(p_fail=0.7, p_slow=0.6), "expert"),
     ],
@@ -286,6 +292,41 @@ def test_bad_config_is_a_clear_error(make, key):
         make()
     assert e.value.key == key
     assert key in str(e.value)
+
+
+def test_front_camera_placement_is_configurable():
+    """A configured placement puts the front camera there, looking at the configured point;
+    the wrist view and the arm's own placement stay as they were."""
+    pos, lookat = (0.44, -0.28, 0.30), (0.19, 0.0, 0.02)
+    still = dict(jitter_pos_m=0.0, jitter_rot_rad=0.0)
+    envs = [
+        SimEnv(SimConfig(task="reach", camera=CameraConfig(**still))),
+        SimEnv(
+            SimConfig(
+                task="reach",
+                camera=CameraConfig(
+                    front_pos=pos, front_lookat=lookat, front_fovy_deg=45.0, **still
+                ),
+            )
+        ),
+    ]
+    try:
+        obs = [env.reset(seed=3) for env in envs]
+        moved = envs[1]
+        cam = moved.model.camera("front")
+        np.testing.assert_allclose(moved.data.cam_xpos[cam.id], pos, atol=1e-9)
+        assert moved.model.cam_fovy[cam.id] == pytest.approx(45.0)
+        # MuJoCo cameras look along their -z axis: it points from the camera to the target
+        view_dir = -moved.data.cam_xmat[cam.id].reshape(3, 3)[:, 2]
+        want = np.subtract(lookat, pos) / np.linalg.norm(np.subtract(lookat, pos))
+        np.testing.assert_allclose(view_dir, want, atol=1e-6)
+        default = envs[0].model.camera("front").id
+        assert not np.allclose(envs[0].data.cam_xpos[default], pos)
+        assert not np.array_equal(obs[0].images["front"], obs[1].images["front"])
+        np.testing.assert_array_equal(obs[0].images["wrist"], obs[1].images["wrist"])
+    finally:
+        for env in envs:
+            env.close()
 
 
 def test_sim_robot_implements_the_robot_interface():
