@@ -374,3 +374,18 @@ def test_partial_reach_gives_up_before_the_target(envs):
                 break
         assert r.truncated and not r.success
         assert closest > env.task.tolerance_m
+
+
+def test_the_diagonal_camera_preset_composes_into_the_training_job():
+    from limbic.launch.compose import compose
+    from limbic.launch.train import register_schema
+    from limbic.runtime.supervisor import TrainConfig
+
+    register_schema()
+    cfg = compose("train", ["camera=diagonal"], TrainConfig)
+    camera = cfg.robot.sim.camera
+    assert camera.front_pos == (0.44, -0.28, 0.30)
+    assert camera.front_lookat == (0.19, 0.0, 0.02)
+    assert camera.front_fovy_deg == 45.0
+    assert camera.image_hw == (128, 128) and camera.views == ("front", "wrist")
+    assert compose("train", [], TrainConfig).robot.sim.camera.front_pos is None
