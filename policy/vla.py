@@ -40,6 +40,11 @@ class PolicyConfig:
     """Numbers per vision token after the fixed PCA compression."""
     token_pool: int = 2
     """Average-pool the square token grid by this factor before compressing (8x8 -> 4x4 at 2)."""
+    whiten: bool = False
+    """Scale every principal axis of the compressed tokens to unit spread on the fitted frames
+    (else the tokens as a whole have unit spread, and the low-variance axes stay small). The
+    agent's token noise is in these units, so whitening makes it the same fraction of every
+    axis's own spread."""
     chunk_len: int = 1
     """Actions per inference (1 for RL). With more, the learner's transitions are windows of
     ``chunk_len`` steps (n-step targets for the actor-critic; see ``limbic.runtime.replay``)."""
@@ -70,14 +75,17 @@ class PolicyConfig:
 class TokenCompressor(nn.Module):
     """A fixed map of token grids: average-pool ``[..., N, D]`` by ``pool``, then centre and
     project each token on the top-k principal axes -> ``[..., N / pool^2, k]``, scaled so the
-    fitted tokens have unit standard deviation overall (the unit of the agent's token noise)."""
+    fitted tokens have unit standard deviation overall (the unit of the agent's token noise),
+    or, with ``whiten``, so each axis has."""
 
-    def __init__(self, in_dim: int, out_dim: int, pool: int = 1):
+    def __init__(self, in_dim: int, out_dim: int, pool: int = 1, whiten: bool = False):
         super().__init__()
-        self.pool = pool
+        self.pool, self.whiten = pool, whiten
         self.register_buffer("mean", torch.zeros(in_dim))
         self.register_buffer("components", torch.eye(in_dim, out_dim))
         self.register_buffer("scale", torch.ones(()))
+        # each axis's spread relative to ``scale`` (ones unless whitening)
+        self.register_buffer("axis_scale", torch.ones(out_dim))
 
     def pooled(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[..., N, D]`` (a square grid of N tokens) -> ``[..., N / pool^2, D]``."""
@@ -106,10 +114,14 @@ class TokenCompressor(nn.Module):
         var = s**2
         # the kept components' variance per number: (sum of squared singular values) / rows / k
         self.scale.copy_((var[:k].sum() / max(x.shape[0] - 1, 1) / k).sqrt().clamp_min(1e-6))
+        if self.whiten:
+            axis_std = (var[:k] / max(x.shape[0] - 1, 1)).sqrt()
+            self.axis_scale.copy_((axis_std / self.scale).clamp_min(1e-3))
         return float(var[:k].sum() / var.sum())
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return (self.pooled(tokens) - self.mean) @ self.components / self.scale
+        projected = (self.pooled(tokens) - self.mean) @ self.components
+        return projected / (self.scale * self.axis_scale)
 
 
 class FrameTokens(nn.Module):
@@ -147,7 +159,9 @@ class VLAPolicy(nn.Module):
         self.action_spec = action_spec
         self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone)
         self.n_tokens = self.backbone.num_tokens(cfg.image_hw) // cfg.token_pool**2
-        self.compressor = TokenCompressor(self.backbone.feature_dim, cfg.token_dim, cfg.token_pool)
+        self.compressor = TokenCompressor(
+            self.backbone.feature_dim, cfg.token_dim, cfg.token_pool, cfg.whiten
+        )
         self.agent = RLPDAgent(
             cfg.agent,
             ObsShape(
@@ -269,7 +283,7 @@ class VLAPolicy(nn.Module):
         policy = cls(cfg, spec, ckpt["state_dim"], ckpt["lang_dim"], backbone)
         missing, unexpected = policy.load_state_dict(ckpt["weights"], strict=False)
         # checkpoints from before the compressor scaled its tokens keep the unit scale
-        missing = [k for k in missing if k != "compressor.scale"]
+        missing = [k for k in missing if k not in ("compressor.scale", "compressor.axis_scale")]
         # checkpoints from before the acting average: restore() below starts it as the live actor
         missing = [k for k in missing if not k.startswith(tuple(f"agent.{e}" for e in EMA_KEYS))]
         if unexpected or any(not k.startswith("backbone.") for k in missing):

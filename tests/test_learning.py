@@ -125,9 +125,11 @@ def test_checkpoint_reproduces_actions_and_training_state_exactly(tmp_path):
         assert learner.policy.compressor.scale.item() != 1.0
         ckpt = torch.load(path, weights_only=True)
         del ckpt["weights"]["compressor.scale"]
+        del ckpt["weights"]["compressor.axis_scale"]  # nor per-axis spreads (whitening)
         torch.save(ckpt, tmp_path / "old.pt")
         old = VLAPolicy.load(tmp_path / "old.pt", backbone=learner.policy.backbone)
         assert old.compressor.scale.item() == 1.0
+        assert torch.equal(old.compressor.axis_scale, torch.ones_like(old.compressor.axis_scale))
         # one from before the acting average acts with its live actor
         for store in (ckpt["weights"], ckpt["agent"]["model"]):
             for key in [k for k in store if "ema_" in k]:

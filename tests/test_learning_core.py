@@ -416,6 +416,25 @@ def test_token_compressor_scales_fitted_tokens_to_unit_std():
     assert out.mean().abs().item() < 0.05
     assert out.std().item() == pytest.approx(1.0, rel=0.02)
     assert comp.scale.item() == pytest.approx(5.0, rel=0.1)
+    assert torch.equal(comp.axis_scale, torch.ones(6))  # not whitened: the axes keep their spread
+
+
+def test_whitening_gives_every_principal_axis_unit_spread():
+    from limbic.policy.vla import TokenCompressor
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5, 0.25, 0.1, 0.05])
+    tokens = torch.randn(256, 16, 8, generator=g) * spread
+    plain, white = TokenCompressor(8, 4, pool=1), TokenCompressor(8, 4, pool=1, whiten=True)
+    plain.fit(tokens)
+    white.fit(tokens)
+    per_axis = white(tokens).reshape(-1, 4).std(0)
+    torch.testing.assert_close(per_axis, torch.ones(4), rtol=0.01, atol=0)
+    # the same axes, rescaled: without whitening the fourth has about 1/8 of the first's spread
+    plain_axes = plain(tokens).reshape(-1, 4).std(0)
+    assert plain_axes[3] / plain_axes[0] == pytest.approx(1 / 8, rel=0.1)
+    ratio = white(tokens) / plain(tokens)
+    torch.testing.assert_close(ratio, (1 / white.axis_scale).expand_as(ratio), rtol=1e-4, atol=0)
 
 
 def _rl_batch(rows: int = 32) -> dict:
