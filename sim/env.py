@@ -16,7 +16,7 @@ import mujoco
 import numpy as np
 
 from limbic.contracts import ActionSpec, Observation
-from limbic.launch.config import require
+from limbic.launch.config import ConfigError, require
 from limbic.sim.arms import ArmSpec, get_arm
 from limbic.sim.control import ActionConfig, Controller, make_action_spec
 from limbic.sim.kinematics import ArmKinematics
@@ -69,6 +69,9 @@ class SimConfig:
     """Control rate; each step advances physics by 1 / control_hz seconds."""
     step_limit: int = 0
     """Steps before an episode is truncated; 0 uses the task's own limit."""
+    home_xy: tuple[float, float] | None = None
+    """Where over the table the tool rests when an episode starts (m, at the arm's home height);
+    None: above the work area's centre. Tasks that choose their own start (reach) ignore it."""
     randomize: bool = True
     """Randomise lighting, camera pose and start posture at reset (object placement always is)."""
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -97,6 +100,11 @@ class SimConfig:
                 f"{HIL_PICK_CUBE} moves the tool in x, y, z only: needs action.kind=ee_delta "
                 f"and action.yaw=false, got kind={self.action.kind!r} yaw={self.action.yaw}",
             )
+            require(
+                self.home_xy is None,
+                "sim.home_xy",
+                f"{HIL_PICK_CUBE} places its own arm at reset; leave home_xy unset",
+            )
         else:
             require(
                 self.task in TASKS,
@@ -107,6 +115,13 @@ class SimConfig:
                     if self.task == "pick_cube"
                     else ""
                 ),
+            )
+        if self.home_xy is not None:
+            self.home_xy = tuple(float(v) for v in self.home_xy)
+            require(
+                len(self.home_xy) == 2,
+                "sim.home_xy",
+                f"needs 2 numbers (x, y in m), got {list(self.home_xy)}",
             )
         splits = [s.value for s in Split]
         require(self.split in splits, "sim.split", f"{self.split!r} is not one of {splits}")
@@ -232,10 +247,16 @@ class SimEnv(ObservingEnv):
 
     # --- set-up --------------------------------------------------------------------------
     def _solve_home(self) -> np.ndarray:
-        cx, cy = self.arm.work_center_xy
+        cx, cy = self.cfg.home_xy or self.arm.work_center_xy
         target = np.array([cx, cy, HOME_HEIGHT_M[self.arm.name]])
         sol = self.kin.solve(target, self.kin.target_rotation(0.0), self.kin.q_home, max_iters=200)
         if sol.pos_err_m > 1e-3:
+            if self.cfg.home_xy is not None:
+                raise ConfigError(
+                    "sim.home_xy",
+                    f"{self.arm.name} cannot hold its tool, pointing down, at {target.tolist()} "
+                    f"(IK error {sol.pos_err_m:.4f} m)",
+                )
             raise RuntimeError(
                 f"{self.arm.name}: home pose unreachable (error {sol.pos_err_m:.4f} m)"
             )

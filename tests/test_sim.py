@@ -277,6 +277,8 @@ def test_bad_action_is_rejected_with_the_component_named(envs):
         (lambda: SimConfig(control_hz=0.0), "sim.control_hz"),
         (lambda: CameraConfig(views=("front", "top")), "camera.views"),
         (lambda: CameraConfig(height=4), "camera.height"),
+        (lambda: SimConfig(home_xy=(0.2,)), "sim.home_xy"),
+        (lambda: SimEnv(SimConfig(home_xy=(0.5, 0.0))), "sim.home_xy"),  # out of reach
         (lambda: CameraConfig(front_pos=(0.4, 0.0)), "camera.front_pos"),
         (
             lambda: CameraConfig(front_pos=(0.3, 0, 0.2), front_lookat=(0.3, 0, 0.2)),
@@ -292,6 +294,26 @@ def test_bad_config_is_a_clear_error(make, key):
         make()
     assert e.value.key == key
     assert key in str(e.value)
+
+
+def test_the_tool_starts_over_the_configured_home():
+    """``home_xy`` moves where the tool rests at reset; the task's layout stays the seed's."""
+    envs = [
+        SimEnv(SimConfig(randomize=False)),
+        SimEnv(SimConfig(randomize=False, home_xy=(0.16, 0.02))),
+    ]
+    try:
+        for env in envs:
+            env.reset(seed=7)
+        tools = [env.controller.tool_pose(env.data)[0] for env in envs]
+        np.testing.assert_allclose(tools[0][:2], envs[0].arm.work_center_xy, atol=2e-3)
+        np.testing.assert_allclose(tools[1][:2], (0.16, 0.02), atol=2e-3)
+        assert tools[1][2] == pytest.approx(tools[0][2], abs=2e-3)  # the same home height
+        cubes = [env.goal_info()["cube"] for env in envs]
+        np.testing.assert_allclose(cubes[0], cubes[1])
+    finally:
+        for env in envs:
+            env.close()
 
 
 def test_front_camera_placement_is_configurable():
