@@ -212,6 +212,14 @@ class ObservingEnv:
             raise RuntimeError("call reset() before reading an observation")
         return self._last_obs
 
+    def observe_again(self) -> Observation:
+        """Render and read the scene anew, as it is now: for a scene edited in place (a mocap
+        body moved, then ``mj_forward``) between steps. The episode's step count stays."""
+        if self._last_obs is None:
+            raise RuntimeError("call reset() before reading an observation")
+        self._last_obs = self._observe()
+        return self._last_obs
+
 
 class SimEnv(ObservingEnv):
     """A MuJoCo scene of one arm and one task, stepped at the control rate."""

@@ -411,3 +411,19 @@ def test_the_diagonal_camera_preset_composes_into_the_training_job():
     assert camera.front_fovy_deg == 45.0
     assert camera.image_hw == (128, 128) and camera.views == ("front", "wrist")
     assert compose("train", [], TrainConfig).robot.sim.camera.front_pos is None
+
+
+def test_observe_again_renders_a_scene_edited_in_place():
+    env = SimEnv(SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64)))
+    try:
+        first = env.reset(seed=11)
+        assert env.observe_again().images["front"].tobytes() == first.images["front"].tobytes()
+        bowl = env.model.body("bowl").mocapid[0]
+        env.data.mocap_pos[bowl, 1] = -env.data.mocap_pos[bowl, 1]
+        mujoco.mj_forward(env.model, env.data)
+        again = env.observe_again()
+        assert not np.array_equal(again.images["front"], first.images["front"])
+        assert again.step == first.step == 0
+        assert env.observation is again
+    finally:
+        env.close()
