@@ -129,17 +129,27 @@ class ObservationEncoder(nn.Module):
         lang: torch.Tensor,
         view_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``view_mask`` (true: present) is per view ``[B, V]`` or per token ``[B, V, N]``; a
+        view with no token present counts as missing."""
         b, v, n, _ = tokens.shape
+        token_mask = None
+        if view_mask is not None and view_mask.dim() == 3:
+            token_mask, view_mask = view_mask.bool(), view_mask.bool().any(-1)
         x = self.token_norm(self.proj(tokens.float())) + self.pos  # [B, V, N, d]
         if self.position != "learned":
             x = x + torch.einsum("nc,vcd->vnd", self.coords, self.coord_proj)
         gamma, beta = self.film(lang).view(b, 2, v, 1, self.d).unbind(1)
         x = F.relu(x * (1.0 + gamma) + beta)
+        if token_mask is not None:  # masked tokens carry nothing; attention also skips them
+            x = x * token_mask.unsqueeze(-1).float()
         pooled = []
         if self.pooling in ("attention", "attention_keypoints"):
             q = self.query + self.lang_query(lang).view(b, v, self.k, self.d)  # [B, V, K, d]
             # q . (W x) = (W^T q) . x: project the K queries instead of all N tokens.
             attn = torch.einsum("bvkd,bvnd->bvkn", q @ self.key.weight, x) / math.sqrt(self.d)
+            if token_mask is not None:  # a view with none present keeps its (zeroed) tokens
+                present = token_mask | ~token_mask.any(-1, keepdim=True)
+                attn = attn.masked_fill(~present.unsqueeze(2), float("-inf"))
             pooled.append(torch.einsum("bvkn,bvnd->bvkd", attn.softmax(-1), x))  # [B, V, K, d]
         if self.pooling in ("keypoints", "attention_keypoints"):
             pooled.append(self.keypoints(x))

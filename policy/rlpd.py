@@ -134,6 +134,12 @@ class AgentConfig:
     """Fraction of a training batch's rows that lose one camera view, chosen at random (its
     pooled features are masked out, as a missing view is at acting time), so no single view can
     carry the task alone (0 turns it off; needs two views or more)."""
+    token_dropout: float = 0.0
+    """Fraction of the vision tokens of every training row masked out at random, each token on
+    its own (attention pooling ignores a masked token; the other poolings zero it). With a few
+    demonstrations the large, salient objects of a scene can stand in for the small one a task
+    names (the bowl's place predicts the cube's across layouts); a token that may be gone cannot
+    be relied on alone (0 turns it off)."""
     q_normalize: bool = True
     """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
     so the BC term keeps its weight against it whatever the scale of the returns."""
@@ -225,6 +231,11 @@ class AgentConfig:
             0.0 <= self.view_dropout < 1.0,
             "agent.view_dropout",
             f"must be in [0, 1), got {self.view_dropout}",
+        )
+        require(
+            0.0 <= self.token_dropout < 1.0,
+            "agent.token_dropout",
+            f"must be in [0, 1), got {self.token_dropout}",
         )
         require(self.image_shift >= 0, "agent.image_shift", f"must be >= 0, got {self.image_shift}")
         require(self.lang_noise >= 0, "agent.lang_noise", f"must be >= 0, got {self.lang_noise}")
@@ -574,6 +585,13 @@ class RLPDAgent(nn.Module):
             )
             lost = torch.arange(views, device=device) == which  # [rows, views]
             out["view_mask"] = ~(lost & drop)
+        if cfg.token_dropout > 0:  # a token-level mask [rows, views, tokens] (the views' within)
+            n_tokens = self.shape.n_tokens
+            keep = self._randn((rows, views, n_tokens), device, uniform=True) >= cfg.token_dropout
+            keep = keep | ~keep.any(-1, keepdim=True)  # a view never loses every token this way
+            if "view_mask" in out:
+                keep = keep & out["view_mask"].unsqueeze(-1)
+            out["view_mask"] = keep
         return out
 
     def _step(

@@ -398,6 +398,52 @@ def test_view_dropout_masks_one_view_of_the_configured_rows_and_the_encoder_igno
         AgentConfig(view_dropout=1.0)
 
 
+@pytest.mark.parametrize("pooling", ["attention", "flatten", "keypoints"])
+def test_token_dropout_masks_single_tokens_and_the_encoder_ignores_them(pooling):
+    from limbic.launch.config import ConfigError
+    from limbic.policy.rlpd import AgentConfig
+
+    rows = 4000
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0, state_dropout=0.0)
+    batch = {"tokens": torch.randn(rows, 2, 4, 8), "lang": torch.randn(rows, 16)}
+    mask = _agent(**quiet, token_dropout=0.3).augment(batch)["view_mask"]
+    assert mask.shape == (rows, 2, 4) and mask.dtype == torch.bool
+    assert (~mask).float().mean().item() == pytest.approx(0.3 - 0.3**4, abs=0.01)
+    assert mask.any(-1).all()  # every view keeps a token
+    # with view dropout too, a dropped view loses every token
+    both = _agent(**quiet, token_dropout=0.3, view_dropout=0.5).augment(batch)["view_mask"]
+    assert both.shape == (rows, 2, 4)
+    gone = ~both.any(-1)  # [rows, views]
+    assert gone.sum(-1).max().item() == 1  # only view dropout takes a whole view, never both
+    assert gone.any(-1).float().mean().item() == pytest.approx(0.5, abs=0.03)
+
+    agent = _agent(**quiet, pooling=pooling)
+    enc = agent.actor_encoder
+    b = _bc_batch(8)
+    token_mask = torch.ones(8, 2, 4, dtype=torch.bool)
+    token_mask[:, 0, 2] = False  # one token of the first view is masked
+    other = b["tokens"].clone()
+    other[:, 0, 2] += 5.0
+    masked = enc(b["tokens"], b["state"], b["lang"], token_mask)
+    # the masked token's content does not reach the feature; an unmasked one's does
+    assert torch.allclose(masked, enc(other, b["state"], b["lang"], token_mask), atol=1e-6)
+    assert not torch.allclose(masked, enc(other, b["state"], b["lang"]))
+    moved = b["tokens"].clone()
+    moved[:, 0, 1] += 5.0
+    assert not torch.allclose(masked, enc(moved, b["state"], b["lang"], token_mask))
+    # a view with no token present is a missing view
+    token_mask = torch.ones(8, 2, 4, dtype=torch.bool)
+    token_mask[:, 1] = False
+    view_mask = torch.tensor([[True, False]] * 8)
+    torch.testing.assert_close(
+        enc(b["tokens"], b["state"], b["lang"], token_mask),
+        enc(b["tokens"], b["state"], b["lang"], view_mask),
+    )
+    assert torch.isfinite(enc(b["tokens"], b["state"], b["lang"], token_mask)).all()
+    with pytest.raises(ConfigError, match="agent.token_dropout"):
+        AgentConfig(token_dropout=1.0)
+
+
 def test_augmentation_is_reproducible_from_the_agent_generator():
     batch = {"tokens": torch.randn(8, 2, 4, 8), "lang": torch.randn(8, 16)}
     a, b = _agent(), _agent()
