@@ -14,6 +14,9 @@ measures, on the same layouts for the policy and, as the baseline, the scripted 
   divided by the bowl's shift (least squares through the origin). A policy that follows the
   cube scores 0.
 
+It plays the default scene (the SO-101, the default cameras and start): a policy trained with
+``camera=diagonal`` or another ``home_xy`` is measured outside what it was trained on.
+
 The last line is ``cube_dx=... cube_dy=... bowl_dy=... bowl_shift_dy=... layouts=... shifted=...``
 for the policy.
 """
