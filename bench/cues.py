@@ -87,7 +87,7 @@ def measure(env: SimEnv, chunk: ChunkSource, seeds: list[int], split: str = "tra
             abs(moved[1] - bowl[1]) >= MIN_BOWL_SHIFT_M
             and np.linalg.norm(moved[:2] - cube) >= MIN_BOWL_GAP_M
         ):
-            obs = env.reset(seed=seed, split=split)  # the same layout, the bowl alone moved
+            env.reset(seed=seed, split=split)  # the same layout, the bowl alone moved
             env.data.mocap_pos[bowl_mocap] = moved
             mujoco.mj_forward(env.model, env.data)
             again = np.asarray(chunk(env, env.observe_again()), dtype=np.float64)[:, :2].sum(0)
@@ -135,16 +135,12 @@ def policy_chunk(path: str) -> tuple[ChunkSource, int]:
     from limbic.runtime.rollout import Featurizer
 
     policy = VLAPolicy.load(path).eval()
-    featurize, language = Featurizer(policy), LanguageEncoder()
-    cache: dict[str, torch.Tensor] = {}
+    featurize, language = Featurizer(policy), LanguageEncoder()  # it caches each instruction
 
     def chunk(env: SimEnv, obs) -> np.ndarray:
-        if env.instruction not in cache:
-            cache[env.instruction] = language([env.instruction])
         tokens, _, _ = featurize(obs)
         state = torch.from_numpy(obs.state)[None]
-        with torch.no_grad():
-            return policy.act_tokens(tokens, state, cache[env.instruction])[0].numpy()
+        return policy.act_tokens(tokens, state, language([env.instruction]))[0].numpy()
 
     return chunk, policy.chunk_len
 

@@ -550,7 +550,9 @@ class RLPDAgent(nn.Module):
         Tokens (and next tokens) get ``token_noise`` (default: the configured one) Gaussian
         noise; ``lang_dropout`` of the rows lose their instruction, the rest get ``lang_noise``
         relative Gaussian noise; the state gets ``state_noise`` noise and ``state_dropout`` of
-        the rows lose it (the same rows for the state and the next state).
+        the rows lose it (the same rows for the state and the next state). ``view_mask`` (true:
+        present) marks what ``view_dropout`` removed, per view ``[rows, views]``, or, with
+        ``token_dropout``, per token ``[rows, views, tokens]``; the encoders take either.
         """
         cfg = self.cfg
         token_noise = cfg.token_noise if token_noise is None else token_noise
@@ -585,7 +587,7 @@ class RLPDAgent(nn.Module):
             )
             lost = torch.arange(views, device=device) == which  # [rows, views]
             out["view_mask"] = ~(lost & drop)
-        if cfg.token_dropout > 0:  # a token-level mask [rows, views, tokens] (the views' within)
+        if cfg.token_dropout > 0:  # the mask becomes per token, [rows, views, tokens]
             n_tokens = self.shape.n_tokens
             keep = self._randn((rows, views, n_tokens), device, uniform=True) >= cfg.token_dropout
             keep = keep | ~keep.any(-1, keepdim=True)  # a view never loses every token this way
