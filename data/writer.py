@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -32,6 +33,8 @@ from limbic.contracts import ActionSpec, ContractError, Observation
 from limbic.data import schema
 
 LIMBIC_EPISODES = "meta/limbic_episodes.jsonl"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ class EpisodeWriter:
         self.root = Path(root)
         self.layout = layout
         self.parallel_encoding = parallel_encoding
-        if resume and (self.root / "meta" / "info.json").is_file():
+        if resume:
+            recover_cut_save(self.root)
+        if resume and _saved_episodes(self.root) > 0:
             # Append to the episodes already there (a restarted learner or recorder).
             self.dataset = LeRobotDataset(repo_id, root=self.root, vcodec=vcodec)
             expected = layout.features(use_videos)
@@ -159,10 +164,13 @@ class EpisodeWriter:
         if self._frames == 0:
             raise ValueError("no steps to save: call add_step() first")
         index = self.dataset.meta.total_episodes
+        if self.durable:
+            _begin_save(self.root)
         with _keep_scheduling():
             self.dataset.save_episode(parallel_encoding=self.parallel_encoding)
         if self.durable:
             self._close_files()
+            _end_save(self.root)
         record = {"episode_index": index, "length": self._frames, **(info or {})}
         with open(self.root / LIMBIC_EPISODES, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, default=_json_default) + "\n")
@@ -197,6 +205,108 @@ class EpisodeWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.finalize()
+
+
+SAVING = "meta/limbic_saving.json"
+"""Marker of a ``save_episode`` in progress: the files there were before it, and backups of the
+metadata files LeRobot rewrites in place (kept in :data:`SAVING_BACKUP`)."""
+SAVING_BACKUP = "meta/limbic_saving"
+CRASHED = "crashed"
+"""Folder, beside ``data/`` and ``meta/``, for files a cut-short save left (kept for inspection)."""
+_SCRATCH = ("images", CRASHED, SAVING_BACKUP)
+
+
+def _dataset_files(root: Path) -> list[str]:
+    """Files of the dataset (relative paths), leaving out LeRobot's frame scratch folder and
+    limbic's own bookkeeping."""
+    out = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and not any(rel == d or rel.startswith(d + "/") for d in _SCRATCH):
+            out.append(rel)
+    return sorted(out)
+
+
+def _saved_episodes(root: Path) -> int:
+    """Episodes LeRobot's ``info.json`` counts at ``root`` (0 when there is none)."""
+    path = root / "meta" / "info.json"
+    if not path.is_file():
+        return 0
+    try:
+        return int(json.loads(path.read_text())["total_episodes"])
+    except (ValueError, KeyError) as e:
+        raise ValueError(
+            f"{path} is not a LeRobot info file ({e}); the dataset needs repair"
+        ) from e
+
+
+def _fsynced_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _begin_save(root: Path) -> None:
+    """Before LeRobot saves an episode: note the files there are and back up the metadata it
+    rewrites in place, so a save cut short (a hard kill) can be rolled back."""
+    backup = root / SAVING_BACKUP
+    shutil.rmtree(backup, ignore_errors=True)
+    backup.mkdir(parents=True)
+    rewritten = []
+    for path in sorted((root / "meta").glob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_file() and rel not in (LIMBIC_EPISODES, SAVING):
+            _fsynced_write(backup / path.name, path.read_bytes())
+            rewritten.append(rel)
+    record = {"files": _dataset_files(root), "backed_up": rewritten}
+    _fsynced_write(root / SAVING, json.dumps(record).encode())
+
+
+def _end_save(root: Path) -> None:
+    (root / SAVING).unlink()
+    shutil.rmtree(root / SAVING_BACKUP, ignore_errors=True)
+
+
+def recover_cut_save(root: str | Path) -> list[str]:
+    """Roll back a ``save_episode`` that a crash cut short; return the files set aside.
+
+    A durable writer marks every save before LeRobot starts it. If the mark is still there,
+    the save never finished: files it wrote (a data, video or metadata parquet, perhaps
+    without its footer) go to ``crashed/``, and the metadata it rewrites (``info.json``,
+    ``stats.json``, ``tasks.parquet``) comes back from the backup. The dataset is then as it
+    was after its last complete episode, and the episode can be saved again.
+    """
+    root = Path(root)
+    marker = root / SAVING
+    if not marker.is_file():
+        shutil.rmtree(root / SAVING_BACKUP, ignore_errors=True)  # a crash before the mark
+        return []
+    record = json.loads(marker.read_text())
+    before = set(record["files"])
+    backed_up = set(record["backed_up"])
+    crashed = root / CRASHED / f"{len(list((root / CRASHED).glob('*'))):04d}"
+    moved = []
+    for rel in _dataset_files(root):
+        if rel not in before and rel != SAVING:
+            target = crashed / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(root / rel, target)
+            moved.append(rel)
+    for rel in backed_up:
+        os.replace(root / SAVING_BACKUP / Path(rel).name, root / rel)
+    marker.unlink()
+    shutil.rmtree(root / SAVING_BACKUP, ignore_errors=True)
+    log.warning(
+        "%s: an episode's save was cut short; rolled back to the last complete episode "
+        "(files it left are in %s: %s)",
+        root,
+        crashed,
+        ", ".join(moved) or "none",
+    )
+    return moved
 
 
 @contextmanager

@@ -297,3 +297,90 @@ def test_typed_config_rejects_unknown_keys():
         to_object({"robot": {"sim": {"arms": "so101"}}}, RecordConfig)
     assert e.value.key == "robot.sim.arms"
     assert json.dumps({"ok": True})
+
+
+_CUT_SAVE_CHILD = r"""
+import json, os, signal, sys
+from pathlib import Path
+import numpy as np
+import lerobot.datasets.lerobot_dataset as lds
+from limbic.contracts import ActionKind, ActionSpec, Observation
+from limbic.data.writer import DatasetLayout, EpisodeWriter
+
+root, point, use_videos = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+layout = DatasetLayout(
+    ("front",), (32, 32), ("a", "b"),
+    ActionSpec(ActionKind.EE_DELTA, ("dx", "gripper"), np.array([-1, 0]), np.array([1, 1])),
+    10, "test",
+)
+writer = EpisodeWriter(root, layout, use_videos=use_videos, parallel_encoding=False)
+rng = np.random.default_rng(0)
+
+def episode(k):
+    for t in range(4):
+        obs = Observation(
+            timestamp_ns=t, images={"front": rng.integers(0, 255, (32, 32, 3), np.uint8)},
+            state=np.array([k, t], np.float32), instruction=f"task {k}", episode_id=f"e{k}", step=t,
+        )
+        writer.add_step(obs, np.array([0.5, 0.0], np.float32), done=t == 3)
+    writer.save_episode({"episode_id": f"e{k}"})
+
+episode(0)
+episode(1)
+if point == "info":  # killed while LeRobot rewrites info.json, its metadata parquet still open
+    def cut(info, local_dir):
+        text = json.dumps(info).encode()
+        with open(Path(local_dir) / "meta" / "info.json", "wb") as f:
+            f.write(text[: len(text) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    lds.write_info = cut
+else:  # killed once the frames are written, before any metadata
+    lds.LeRobotDatasetMetadata.save_episode = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+episode(2)
+"""
+
+
+@pytest.mark.parametrize("point,use_videos", [("info", False), ("data", False), ("info", True)])
+def test_a_save_cut_by_a_hard_kill_is_rolled_back_and_the_episode_saved_again(
+    tmp_path, point, use_videos
+):
+    from limbic.contracts import ActionKind, ActionSpec, Observation
+    from limbic.data.writer import CRASHED, SAVING
+
+    root = tmp_path / "d"
+    child = subprocess.run(
+        [sys.executable, "-c", _CUT_SAVE_CHILD, str(root), point, "1" if use_videos else "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert (root / SAVING).is_file()  # the save was cut short
+    layout = DatasetLayout(
+        ("front",),
+        (32, 32),
+        ("a", "b"),
+        ActionSpec(ActionKind.EE_DELTA, ("dx", "gripper"), np.array([-1, 0]), np.array([1, 1])),
+        10,
+        "test",
+    )
+    writer = EpisodeWriter(root, layout, use_videos=use_videos, resume=True)
+    assert writer.total_episodes == 2  # the two complete episodes, nothing of the third
+    assert not (root / SAVING).exists() and any((root / CRASHED).rglob("*.parquet"))
+    for t in range(4):
+        obs = Observation(
+            timestamp_ns=t,
+            images={"front": np.full((32, 32, 3), 7, np.uint8)},
+            state=np.array([2, t], np.float32),
+            instruction="task 2",
+            episode_id="e2",
+            step=t,
+        )
+        writer.add_step(obs, np.array([0.5, 0.0], np.float32), done=t == 3)
+    assert writer.save_episode({"episode_id": "e2"}) == 2
+    writer.finalize()
+    ds = open_dataset(root)
+    assert ds.num_episodes == 3 and ds.num_frames == 12
+    assert [float(ds[i][schema.STATE][0]) for i in (0, 4, 8)] == [0.0, 1.0, 2.0]
+    assert [r["episode_id"] for r in read_limbic_episodes(root)] == ["e0", "e1", "e2"]
