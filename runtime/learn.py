@@ -18,6 +18,7 @@ checkpoint, the curve and the videos.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -42,9 +43,11 @@ from limbic.runtime.distributed import (
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
 from limbic.runtime.rollout import EpisodeRecord, Featurizer, demo_perturbation, run_episode
+from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations, sample_goal_xy
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
 from limbic.sim.operator import ScriptedTakeover
+from limbic.sim.tasks import TASKS
 from limbic.teleop.arbiter import TakeoverConfig
 
 
@@ -72,6 +75,13 @@ class LearnConfig:
     recorded action stays the expert's own, so the demonstrations also show the expert pulling
     the arm back from drift it did not cause: the states a cloned policy reaches by its own
     small errors."""
+    demo_goal_moves: int = 0
+    """Counterfactual copies of each demonstration (pick_place only): in a copy, the frames
+    before the grasp show the goal (the bowl) at a place drawn anywhere in the work area,
+    independent of the cube; the actions and the frames from the grasp on are the
+    demonstration's own. The layout sampler keeps the bowl clear of the cube, so in recorded
+    layouts the bowl's place predicts the cube's; the copies show the same approach with the
+    bowl elsewhere (see ``limbic.sim.counterfactual``). 0 (the default): none."""
     online_episodes: int = 150
     """Online episodes of the learning policy."""
     utd: float = 2.0
@@ -117,6 +127,20 @@ class LearnConfig:
         )
         require(self.mode in ("rl", "bc"), "learn.mode", f"{self.mode!r} is not 'rl' or 'bc'")
         require(self.demos >= 1, "learn.demos", f"must be >= 1, got {self.demos}")
+        require(
+            self.demo_goal_moves >= 0,
+            "learn.demo_goal_moves",
+            f"must be >= 0, got {self.demo_goal_moves}",
+        )
+        if self.demo_goal_moves:
+            sim = self.robot.sim
+            task = TASKS.get(sim.task) if sim.env == "limbic" else None
+            require(
+                task is not None and task.goal_mocap is not None,
+                "learn.demo_goal_moves",
+                f"needs a task whose goal can move (pick_place); got env={sim.env!r} "
+                f"task={sim.task!r}",
+            )
         require(
             0.0 <= self.demo_noise <= 1.0,
             "learn.demo_noise",
@@ -282,6 +306,27 @@ class Learner:
         return {k: torch.from_numpy(v).to(self.device) for k, v in b.items()}
 
     # --- phases -------------------------------------------------------------------------------
+    def _goal_moved_copy(
+        self, ep: EpisodeRecord, recorder: ApproachRecorder, rng: np.random.Generator
+    ) -> EpisodeRecord:
+        """``ep`` with its approach frames rendered with the goal elsewhere (``demo_goal_moves``)."""
+        moved = goal_moved_observations(self.env, recorder, sample_goal_xy(self.env, rng))
+        n = len(moved)
+        tokens, backbone = ep.tokens.copy(), ep.backbone_tokens.copy()
+        for t, o in enumerate(moved):
+            compact, _, full = self.featurize(o)
+            if self.policy.trains_backbone:
+                tokens[t] = np.stack([o.images[v] for v in self.policy.views])
+            else:
+                tokens[t] = compact[0].cpu().numpy().astype(np.float16)
+            backbone[t] = full[0].cpu().numpy().astype(np.float16)
+        observations = (
+            [*moved, *ep.observations[n:]] if ep.observations else []
+        )  # the dataset copy shows what the policy was trained on
+        return dataclasses.replace(
+            ep, tokens=tokens, backbone_tokens=backbone, observations=observations, frames=[]
+        )
+
     def collect_demos(self) -> float:
         """Record the scripted demonstrations, fit the token compressor on them, fill the demo partition.
 
@@ -293,12 +338,16 @@ class Learner:
             self.cfg.demo_noise,
             np.random.default_rng([DEMO_SEED, self.cfg.seed]),
         )
+        moves = self.cfg.demo_goal_moves
+        goal_rng = np.random.default_rng([DEMO_SEED, self.cfg.seed, 1])
         demos: list[EpisodeRecord] = []
         for i in range(self.cfg.demos):
             self._check_interrupted("demonstrations")
+            recorder = ApproachRecorder(self.env) if moves else None
+            act = lambda _obs, _tokens, _lang: expert.act()  # noqa: E731
             ep = run_episode(
                 self.env,
-                lambda _obs, _tokens, _lang: expert.act(),
+                recorder.wrap(act) if recorder else act,
                 self.featurize,
                 self.lang,
                 seed=DEMO_SEED + i,
@@ -309,6 +358,10 @@ class Learner:
                 perturb=perturb,
             )
             demos.append(ep)
+            if recorder is not None:
+                recorder.finish()
+                for _ in range(moves):
+                    demos.append(self._goal_moved_copy(ep, recorder, goal_rng))
         full = torch.from_numpy(
             np.concatenate([d.backbone_tokens for d in demos]).astype(np.float32)
         ).to(self.device)

@@ -73,6 +73,9 @@ class Task(abc.ABC):
     name: str = ""
     step_limit: int = 100
     phrasings: Phrasings
+    goal_mocap: str | None = None
+    """The mocap body marking where the object goes, when the approach to the object does not
+    depend on it (see :mod:`limbic.sim.counterfactual`); None for tasks without one."""
 
     def __init__(self, arm: ArmSpec):
         self.arm = arm
@@ -317,6 +320,7 @@ class PickPlaceTask(Task):
 
     name = "pick_place"
     step_limit = 120
+    goal_mocap = "bowl"
     phrasings = Phrasings(
         train=(
             "put the {c} cube in the bowl",

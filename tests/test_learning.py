@@ -360,3 +360,44 @@ def test_the_demonstrations_expert_is_configurable(tmp_path):
         finally:
             learner.close()
     assert steps[0.4] > 1.5 * steps[1.0]
+
+
+def test_goal_moved_demo_copies_keep_the_actions_and_change_only_the_approach(tmp_path):
+    from limbic.sim.scene import CameraConfig
+
+    cfg = reach_config(
+        tmp_path,
+        robot=RobotConfig(
+            sim=SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
+        ),
+        policy=PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64)),
+        demos=2,
+        demo_goal_moves=2,
+    )
+    learner = Learner(cfg)
+    stored = []
+    store = learner._store
+    learner._store = lambda source, ep: (stored.append((source, ep)), store(source, ep))
+    try:
+        learner.collect_demos()
+        assert [s for s, _ in stored] == ["demo"] * 6  # each demonstration and two copies
+        assert learner.replay.partitions["demo"].episodes == 6
+        for d in range(2):
+            original, *copies = (ep for _, ep in stored[3 * d : 3 * d + 3])
+            grasp = int(np.argmax(original.action[:, -1] > 0))  # normalised: closing is > 0
+            assert 0 < grasp < len(original) - 1
+            for copy in copies:
+                np.testing.assert_array_equal(copy.action, original.action)
+                np.testing.assert_array_equal(copy.state, original.state)
+                np.testing.assert_array_equal(copy.reward, original.reward)
+                assert copy.instruction == original.instruction
+                for t in range(grasp + 1):  # the approach: the bowl elsewhere
+                    assert not np.array_equal(copy.tokens[t], original.tokens[t])
+                np.testing.assert_array_equal(
+                    copy.tokens[grasp + 1 :], original.tokens[grasp + 1 :]
+                )
+            assert not np.array_equal(copies[0].tokens[0], copies[1].tokens[0])  # two places
+    finally:
+        learner.close()
+    with pytest.raises(Exception, match="demo_goal_moves"):
+        reach_config(tmp_path, demo_goal_moves=1)

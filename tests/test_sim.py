@@ -427,3 +427,50 @@ def test_observe_again_renders_a_scene_edited_in_place():
         assert env.observation is again
     finally:
         env.close()
+
+
+def test_goal_moved_approach_frames_show_the_bowl_elsewhere_and_nothing_else_changes():
+    from limbic.sim.counterfactual import ApproachRecorder, goal_body, goal_moved_observations
+    from limbic.sim.envs import make_expert
+
+    env = SimEnv(SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64)))
+    try:
+        expert = make_expert(env, seed=0)
+        recorder = ApproachRecorder(env)
+        act = recorder.wrap(expert.act)
+        frames = [env.reset(seed=1_000_000, split="train")]
+        expert.reset()
+        gripper = []
+        for _ in range(env.step_limit):
+            a = act()
+            gripper.append(a[-1])
+            result = env.step(a)
+            frames.append(result.observation)
+            if result.terminated or result.truncated:
+                break
+        recorder.finish()
+        assert result.success
+        # the grasp: the first action that closes the gripper; every step before it opens it
+        g = recorder.grasp_step
+        assert gripper[g] > 0.5 and all(c <= 0.5 for c in gripper[:g])
+        assert recorder.approach_frames == g + 1 and len(recorder.states) == len(frames)
+        qpos, bowl = env.data.qpos.copy(), env.goal_info()["bowl"].copy()
+        goal = np.array([bowl[0], -bowl[1]])
+        moved = goal_moved_observations(env, recorder, goal)
+        assert len(moved) == g + 1 and [o.step for o in moved] == list(range(g + 1))
+        for o, f in zip(moved, frames, strict=False):
+            np.testing.assert_array_equal(o.state, f.state)  # the arm where it was
+            assert o.timestamp_ns == f.timestamp_ns and o.instruction == f.instruction
+            assert not np.array_equal(o.images["front"], f.images["front"])  # the bowl moved
+        # the env is back at the episode's end: the bowl, the arm, the cube where they were
+        np.testing.assert_array_equal(env.data.qpos, qpos)
+        np.testing.assert_array_equal(env.goal_info()["bowl"], bowl)
+        assert goal_body(env) == "bowl"
+    finally:
+        env.close()
+    reach = SimEnv(SimConfig(task="reach", camera=CameraConfig(height=64, width=64)))
+    try:
+        with pytest.raises(ValueError, match="no movable goal"):
+            goal_body(reach)
+    finally:
+        reach.close()

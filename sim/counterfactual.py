@@ -1,0 +1,114 @@
+"""Counterfactual approach frames: an episode's frames before the grasp, rendered again with the
+goal (pick-and-place's bowl) somewhere else.
+
+Until the gripper closes on the object, what a demonstrator does depends on the object alone,
+not on where the goal is. The layout sampler keeps the goal clear of the object in a small work
+area, so in recorded layouts the goal's place predicts the object's, and a policy cloned from a
+few demonstrations can follow the goal instead of the object (``limbic-bench cues`` measures
+it). Re-rendering the approach with the goal placed independently of the object breaks that
+correlation without new demonstrations: the actions stay the demonstrator's own, only what the
+cameras saw before the grasp changes.
+
+:class:`ApproachRecorder` keeps the simulator's state at every step of an episode as it is
+recorded; :func:`goal_moved_observations` replays those states with the goal moved. Nothing is
+stepped: each state is restored, the goal's mocap body moved, kinematics recomputed and the
+views rendered, so the physics never sees the moved goal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import mujoco
+import numpy as np
+
+from limbic.contracts import Observation
+
+_STATE = mujoco.mjtState.mjSTATE_INTEGRATION
+
+
+def goal_body(env) -> str:
+    """The mocap body that marks ``env``'s goal; raises ValueError when its task has none."""
+    name = getattr(getattr(env, "task", None), "goal_mocap", None)
+    if not name:
+        task = getattr(getattr(env, "task", None), "name", type(env).__name__)
+        raise ValueError(
+            f"task {task!r} has no movable goal: moving the goal in the demonstrations' approach "
+            "needs pick_place (its bowl)"
+        )
+    return name
+
+
+class ApproachRecorder:
+    """Wraps an action source: keeps the sim state before each action and where the grasp starts.
+
+    ``recorder.wrap(act)`` returns an action source to record with; after the episode call
+    :meth:`finish` once, with the env still at its last state.
+    """
+
+    def __init__(self, env, gripper_index: int = -1, closed_above: float = 0.5):
+        self.env = env
+        self.gripper_index, self.closed_above = gripper_index, closed_above
+        self.states: list[np.ndarray] = []
+        self.grasp_step: int | None = None
+        """The first step whose action closes the gripper (None: it never did)."""
+
+    def _snapshot(self) -> np.ndarray:
+        model, data = self.env.model, self.env.data
+        out = np.empty(mujoco.mj_stateSize(model, _STATE))
+        mujoco.mj_getState(model, data, out, _STATE)
+        return out
+
+    def wrap(self, act: Callable) -> Callable:
+        def recorded(*args):
+            self.states.append(self._snapshot())
+            action = np.asarray(act(*args))
+            if self.grasp_step is None and action[self.gripper_index] > self.closed_above:
+                self.grasp_step = len(self.states) - 1
+            return action
+
+        return recorded
+
+    def finish(self) -> None:
+        """Keep the state after the last step (the episode's last frame)."""
+        self.states.append(self._snapshot())
+
+    @property
+    def approach_frames(self) -> int:
+        """Frames before the object is held: up to and including the one the grasp acts on."""
+        last = self.grasp_step if self.grasp_step is not None else len(self.states) - 1
+        return last + 1
+
+
+def sample_goal_xy(env, rng: np.random.Generator, margin: float = 0.02) -> np.ndarray:
+    """A goal position anywhere in the work area (``margin`` m from its edge, scaled like the
+    task's objects), drawn without regard to where the object is."""
+    cx, cy = env.arm.work_center_xy
+    hx, hy = env.arm.work_half_extent_xy
+    m = margin * env.task.scale
+    return np.array([rng.uniform(cx - hx + m, cx + hx - m), rng.uniform(cy - hy + m, cy + hy - m)])
+
+
+def goal_moved_observations(
+    env, recorder: ApproachRecorder, goal_xy: np.ndarray
+) -> list[Observation]:
+    """The approach frames of the recorded episode, rendered with the goal at ``goal_xy``.
+
+    Returns one observation per approach frame (``recorder.approach_frames``); the env is left
+    at the episode's last state, as the recording left it.
+    """
+    model, data = env.model, env.data
+    mocap = model.body(goal_body(env)).mocapid[0]
+    out = []
+    try:
+        for t in range(recorder.approach_frames):
+            mujoco.mj_setState(model, data, recorder.states[t], _STATE)
+            data.mocap_pos[mocap, :2] = goal_xy
+            mujoco.mj_forward(model, data)
+            out.append(dataclasses.replace(env.observe_again(), step=t))
+    finally:
+        mujoco.mj_setState(model, data, recorder.states[-1], _STATE)
+        mujoco.mj_forward(model, data)
+        env.observe_again()
+    return out
