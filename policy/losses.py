@@ -46,10 +46,16 @@ def temperature_loss(
 
 
 def bc_loss(
-    pred_action: torch.Tensor, human_action: torch.Tensor, mask: torch.Tensor | None = None
+    pred_action: torch.Tensor,
+    human_action: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error between the policy's deterministic action and the human's, on masked rows."""
-    err = ((pred_action - human_action) ** 2).sum(-1)
+    """Squared error between the policy's deterministic action and the human's, summed over the
+    action's components (each times ``weights``, ``[A]``, when given) and averaged over the
+    masked rows."""
+    sq = (pred_action - human_action) ** 2
+    err = (sq * weights if weights is not None else sq).sum(-1)
     if mask is None:
         return err.mean()
     mask = mask.float()

@@ -143,6 +143,12 @@ class AgentConfig:
     q_normalize: bool = True
     """Divide the actor's Q term by the batch's mean |Q| when above 1 (TD3+BC's normalisation),
     so the BC term keeps its weight against it whatever the scale of the returns."""
+    bc_dim_weights: str = "equal"
+    """How the BC loss weighs the action components. ``equal``: the squared error of every
+    normalised component counts the same. ``inverse_variance``: each component's error is
+    divided by its variance in the human rows (a running estimate, kept with the weights), the
+    weights then scaled to mean 1, so a component the demonstrations move little (pick-and-
+    place's x: a third of y's spread) weighs as much as one they move a lot."""
     bc_std: float = 0.1
     """The exploration noise: BC pre-training and every actor step regress the actor's
     (pre-squash) standard deviation to this, so online episodes explore around the demonstrated
@@ -245,6 +251,11 @@ class AgentConfig:
             f"must be a finite number or null, got {self.target_entropy_per_dim}",
         )
         require(self.bc_std >= 0, "agent.bc_std", f"must be >= 0, got {self.bc_std}")
+        require(
+            self.bc_dim_weights in ("equal", "inverse_variance"),
+            "agent.bc_dim_weights",
+            f"expected equal or inverse_variance, got {self.bc_dim_weights!r}",
+        )
         require(
             self.critic_warmup >= 0,
             "agent.critic_warmup",
@@ -367,6 +378,9 @@ class RLPDAgent(nn.Module):
         self.ema_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
         self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
         self.register_buffer("ema_steps", torch.zeros((), dtype=torch.long))
+        if cfg.bc_dim_weights == "inverse_variance":  # running variance of each human component
+            self.register_buffer("bc_action_var", torch.zeros(shape.action_dim))
+            self.register_buffer("bc_var_rows", torch.zeros((), dtype=torch.long))
         if cfg.bootstrap_from_bc:  # the frozen BC reference (IBRL); filled at the first RL update
             self.ref_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
             self.ref_actor = copy.deepcopy(self.actor).requires_grad_(False)
@@ -702,12 +716,31 @@ class RLPDAgent(nn.Module):
         }
         return metrics, feature.detach()
 
+    @torch.no_grad()
+    def _bc_weights(self, b: Batch) -> torch.Tensor | None:
+        """Per-component BC weights (``bc_dim_weights``), updated with the batch's human rows."""
+        if self.cfg.bc_dim_weights == "equal":
+            return None
+        human = b["human"].bool()
+        rows = b["action"][human].float().reshape(-1, self.shape.action_dim)
+        if rows.shape[0] >= 2:  # every chunk position is a sample of its component
+            n = self.bc_var_rows.item()
+            batch_var = rows.var(dim=0, unbiased=False)
+            # the exact mean of the batches' variances over the first 100, then a moving one
+            rate = 1.0 / (n + 1) if n < 100 else 0.01
+            self.bc_action_var.lerp_(batch_var, rate)
+            self.bc_var_rows += 1
+        if self.bc_var_rows.item() == 0:
+            return None
+        inverse = 1.0 / self.bc_action_var.clamp_min(1e-4)
+        return (inverse / inverse.mean()).repeat(self.shape.chunk_len)
+
     def _actor_step(
         self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
     ) -> dict[str, float]:
         feature = self.actor_encoder(b["tokens"], b["state"], b["lang"], b.get("view_mask"))
         mean, std = self.actor.distribution(feature)
-        imitation = bc_loss(torch.tanh(mean), b["action"], b["human"])
+        imitation = bc_loss(torch.tanh(mean), b["action"], b["human"], self._bc_weights(b))
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
         if self.cfg.waypoint_weight > 0:

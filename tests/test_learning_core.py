@@ -57,6 +57,9 @@ def test_critic_actor_temperature_and_bc_losses_by_hand():
     human = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
     assert bc_loss(pred, human).item() == pytest.approx((1 + 0 + 50) / 3)
     assert bc_loss(pred, human, torch.tensor([True, True, False])).item() == pytest.approx(0.5)
+    # per-component weights [2, 0.5]: rows 2*1, 0, 2*25 + 0.5*25
+    weights = torch.tensor([2.0, 0.5])
+    assert bc_loss(pred, human, weights=weights).item() == pytest.approx((2 + 0 + 62.5) / 3)
 
 
 def test_polyak_update_moves_target_by_tau():
@@ -313,6 +316,28 @@ def test_the_acting_actor_is_a_warmed_up_moving_average_of_the_live_one():
             off.actor_encoder(b["tokens"], b["state"], b["lang"]), deterministic=True
         )[0]
     assert torch.equal(off.act(b["tokens"], b["state"], b["lang"], deterministic=True), live_action)
+
+
+def test_inverse_variance_bc_weights_follow_each_components_spread_in_the_human_rows():
+    assert "bc_action_var" not in _agent().state_dict()  # equal weights keep no statistics
+    agent = _agent(bc_dim_weights="inverse_variance")
+    g = torch.Generator().manual_seed(2)
+    for _ in range(3):
+        b = _bc_batch(512)
+        b["action"] = torch.randn(512, 2, generator=g) * torch.tensor([0.1, 0.5])
+        b["human"][256:] = False  # only the human rows count
+        b["action"][256:] = 5.0
+        agent.bc_update(b)
+    var = agent.bc_action_var
+    torch.testing.assert_close(var, torch.tensor([0.01, 0.25]), rtol=0.15, atol=0)
+    weights = agent._bc_weights({"action": b["action"][:0], "human": b["human"][:0]})
+    inverse = 1 / var
+    torch.testing.assert_close(weights, inverse / inverse.mean())
+    assert weights[0] / weights[1] == pytest.approx(25, rel=0.3) and weights.mean() == 1
+    # kept with the weights: a loaded agent goes on with the same statistics
+    loaded = _agent(bc_dim_weights="inverse_variance")
+    loaded.load_state_dict(agent.state_dict())
+    assert torch.equal(loaded.bc_action_var, var) and int(loaded.bc_var_rows) == 3
 
 
 def test_augmentation_noise_and_instruction_dropout_have_the_configured_sizes():
