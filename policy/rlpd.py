@@ -149,12 +149,6 @@ class AgentConfig:
     divided by its variance in the human rows (a running estimate, kept with the weights), the
     weights then scaled to mean 1, so a component the demonstrations move little (pick-and-
     place's x: a third of y's spread) weighs as much as one they move a lot."""
-    bc_mixup: float = 0.0
-    """Mixup in behaviour-cloning pre-training: this fraction of a batch's rows are replaced by
-    a blend ``l * row + (1 - l) * other`` of itself and another row of the batch (``l`` uniform
-    in [0, 1]) in the vision tokens, the state, the instruction and the action target alike.
-    A policy that fits a few demonstrations exactly can answer a layout between them anyhow;
-    mixup asks it to answer in between. 0 (the default): off."""
     bc_std: float = 0.1
     """The exploration noise: BC pre-training and every actor step regress the actor's
     (pre-squash) standard deviation to this, so online episodes explore around the demonstrated
@@ -257,9 +251,6 @@ class AgentConfig:
             f"must be a finite number or null, got {self.target_entropy_per_dim}",
         )
         require(self.bc_std >= 0, "agent.bc_std", f"must be >= 0, got {self.bc_std}")
-        require(
-            0.0 <= self.bc_mixup <= 1.0, "agent.bc_mixup", f"must be in [0, 1], got {self.bc_mixup}"
-        )
         require(
             self.bc_dim_weights in ("equal", "inverse_variance"),
             "agent.bc_dim_weights",
@@ -694,30 +685,7 @@ class RLPDAgent(nn.Module):
         if self.learns_from_frames:
             frames_only = {k: v for k, v in batch.items() if k != "next_tokens"}
             batch = self._tokens_from_frames(frames_only)
-        return self._actor_step(self.mixup(self.augment(batch)), bc_weight=1.0, rl=False)
-
-    def mixup(self, b: Batch) -> Batch:
-        """``bc_mixup`` of the rows blended with another row of the batch (see the option)."""
-        rate = self.cfg.bc_mixup
-        if rate <= 0:
-            return b
-        rows, device = b["tokens"].shape[0], b["tokens"].device
-        other = torch.randperm(rows, generator=self.generator).to(device)
-        mixed = self._randn((rows,), device, uniform=True) < rate
-        lam = torch.where(mixed, self._randn((rows,), device, uniform=True), torch.ones(rows))
-        out = dict(b)
-        for key in ("tokens", "state", "lang", "action"):
-            x = b[key].float()
-            w = lam.view(-1, *([1] * (x.dim() - 1))).to(x.device)
-            out[key] = w * x + (1 - w) * x[other]
-        if "view_mask" in b:
-            mask = b["view_mask"]
-            out["view_mask"] = torch.where(
-                mixed.view(-1, *([1] * (mask.dim() - 1))).to(mask.device), mask & mask[other], mask
-            )
-        if "human" in b:
-            out["human"] = b["human"] & (b["human"][other] | ~mixed.to(b["human"].device))
-        return out
+        return self._actor_step(self.augment(batch), bc_weight=1.0, rl=False)
 
     def _critic_step(self, b: Batch) -> tuple[dict[str, float], torch.Tensor]:
         cfg = self.cfg

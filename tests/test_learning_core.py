@@ -340,28 +340,6 @@ def test_inverse_variance_bc_weights_follow_each_components_spread_in_the_human_
     assert torch.equal(loaded.bc_action_var, var) and int(loaded.bc_var_rows) == 3
 
 
-def test_bc_mixup_blends_a_share_of_rows_with_one_weight_across_every_input_and_the_target():
-    b = _bc_batch(2000)
-    assert _agent().mixup(b) is b  # off by default
-    # row r of every key is r times a fixed vector of that key: a blend of rows r and s with
-    # weight l is then (l r + (1 - l) s) times the vector, the same number for every key
-    rows = torch.arange(2000, dtype=torch.float32)
-    g = torch.Generator().manual_seed(3)
-    vectors = {
-        k: torch.rand(b[k].shape[1:], generator=g) + 0.5
-        for k in ("tokens", "state", "lang", "action")
-    }
-    tagged = {**b, **{k: rows.view(-1, *[1] * v.dim()) * v for k, v in vectors.items()}}
-    out = _agent(bc_mixup=0.3).mixup(tagged)
-    tags = {k: (out[k] / v).reshape(2000, -1) for k, v in vectors.items()}
-    for t in tags.values():  # one number per row, the same for every key
-        torch.testing.assert_close(t, t[:, :1].expand_as(t))
-        torch.testing.assert_close(t[:, 0], tags["action"][:, 0])
-    changed = (tags["action"][:, 0] - rows).abs() > 1e-3
-    assert abs(changed.float().mean().item() - 0.3) < 0.04
-    assert bool((tags["action"][:, 0] >= 0).all() and (tags["action"][:, 0] <= 1999).all())
-
-
 def test_augmentation_noise_and_instruction_dropout_have_the_configured_sizes():
     rows = 4000
     batch = {
