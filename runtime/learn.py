@@ -324,7 +324,12 @@ class Learner:
             [*moved, *ep.observations[n:]] if ep.observations else []
         )  # the dataset copy shows what the policy was trained on
         return dataclasses.replace(
-            ep, tokens=tokens, backbone_tokens=backbone, observations=observations, frames=[]
+            ep,
+            tokens=tokens,
+            backbone_tokens=backbone,
+            observations=observations,
+            frames=[],
+            goal_moved=True,
         )
 
     def collect_demos(self) -> float:

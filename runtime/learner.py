@@ -269,7 +269,9 @@ class AsyncLearner(Learner):
     def _store(self, source: str, ep: EpisodeRecord) -> None:
         """Set-up: a scripted demonstration through the same durable path as actors' episodes."""
         n = self.store.count(source)
-        upload = record_to_upload(ep, f"{source}-{n:06d}", source, seed=DEMO_SEED + n)
+        seed = ep.seed if ep.seed is not None else DEMO_SEED + n
+        name = f"{source}-{n:06d}" + ("-goal-moved" if ep.goal_moved else "")
+        upload = record_to_upload(ep, name, source, seed=seed)
         self.ingest(upload, tokens=ep.tokens)
 
     def _storing_loop(self) -> None:

@@ -49,6 +49,10 @@ class EpisodeRecord:
     perturbed demonstration, the expert's own actions, as in :attr:`action`."""
     intervention: np.ndarray | None = None
     """bool[T]: the steps a human (the arbiter) took instead of the policy, when there was one."""
+    seed: int | None = None
+    """The seed the episode's env was reset with (None: not reseeded)."""
+    goal_moved: bool = False
+    """A counterfactual copy whose approach frames show the goal elsewhere (``demo_goal_moves``)."""
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -204,4 +208,5 @@ def run_episode(
         observations=observations,
         env_action=np.stack(applied).astype(np.float32) if keep_observations else None,
         intervention=np.asarray(human, bool) if arbiter is not None else None,
+        seed=seed,
     )

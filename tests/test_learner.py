@@ -403,3 +403,31 @@ def test_self_imitation_copies_rewarded_online_episodes_and_again_on_resume(tmp_
     finally:
         again.store.close()
         again.close()
+
+
+def test_goal_moved_demo_copies_are_stored_as_their_own_episodes_with_the_demos_seed(tmp_path):
+    cfg = learner_config(
+        tmp_path, robot=robot_config(step_limit=5, task="pick_place"), demos=2, demo_goal_moves=1
+    )
+    lrn = AsyncLearner(cfg, threading.Event())
+    try:
+        lrn.setup()
+        records = [r for r in lrn.store.records if r["source"] == "demo"]
+        assert [r["episode_id"] for r in records] == [
+            "demo-000000",
+            "demo-000001-goal-moved",
+            "demo-000002",
+            "demo-000003-goal-moved",
+        ]
+        seeds = [r["seed"] for r in records]
+        assert seeds[0] == seeds[1] and seeds[2] == seeds[3] and seeds[0] != seeds[2]
+        frames = load_episodes(lrn.out / "datasets" / "demo")
+        assert len(frames) == 4
+        original, copy = frames[0], frames[1]
+        np.testing.assert_array_equal(original.action, copy.action)
+        view = next(iter(original.images))
+        assert not np.array_equal(original.images[view][0], copy.images[view][0])
+    finally:
+        if lrn.store is not None:
+            lrn.store.close()
+        lrn.close()
