@@ -12,7 +12,9 @@ cameras saw before the grasp changes.
 :class:`ApproachRecorder` keeps the simulator's state at every step of an episode as it is
 recorded; :func:`goal_moved_observations` replays those states with the goal moved. Nothing is
 stepped: each state is restored, the goal's mocap body moved, kinematics recomputed and the
-views rendered, so the physics never sees the moved goal.
+views rendered, so the physics never sees the moved goal. (A frame rendered this way has its
+kinematics recomputed for the restored state; the recorded frame was rendered from the last
+physics substep's, so a handful of pixels along moving edges differ even where nothing moved.)
 """
 
 from __future__ import annotations
