@@ -296,7 +296,9 @@ def recover_cut_save(root: str | Path) -> list[str]:
             os.replace(root / rel, target)
             moved.append(rel)
     for rel in backed_up:
-        os.replace(root / SAVING_BACKUP / Path(rel).name, root / rel)
+        copy = root / SAVING_BACKUP / Path(rel).name
+        if copy.is_file():  # gone only if a recovery cut short already put it back
+            os.replace(copy, root / rel)
     marker.unlink()
     shutil.rmtree(root / SAVING_BACKUP, ignore_errors=True)
     log.warning(
