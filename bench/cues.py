@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 import limbic.sim  # noqa: F401  (chooses the headless GL backend before mujoco loads)
+from limbic.sim.counterfactual import goal_body, show_goal_at
 from limbic.sim.env import SimConfig, SimEnv
 from limbic.sim.envs import make_expert
 from limbic.sim.expert import ScriptedExpert
@@ -59,19 +60,9 @@ class CueFigures:
     shifted: int
 
 
-def _bowl_id(env: SimEnv) -> int:
-    if env.task.name != "pick_place":
-        raise ValueError(
-            f"cues needs the pick_place task (a cube and a bowl), got {env.task.name!r}"
-        )
-    return int(env.model.body("bowl").mocapid[0])
-
-
 def measure(env: SimEnv, chunk: ChunkSource, seeds: list[int], split: str = "train") -> CueFigures:
     """Both measures over the layouts of ``seeds``; ``chunk`` is asked twice per shifted layout."""
-    import mujoco  # after limbic.sim (above) has chosen the headless GL backend
-
-    bowl_mocap = _bowl_id(env)
+    goal_body(env)  # only pick_place has a bowl to move (a ValueError names the task)
     rows, motion, shifts = [], [], []
     for seed in seeds:
         obs = env.reset(seed=seed, split=split)
@@ -88,9 +79,8 @@ def measure(env: SimEnv, chunk: ChunkSource, seeds: list[int], split: str = "tra
             and np.linalg.norm(moved[:2] - cube) >= MIN_BOWL_GAP_M
         ):
             env.reset(seed=seed, split=split)  # the same layout, the bowl alone moved
-            env.data.mocap_pos[bowl_mocap] = moved
-            mujoco.mj_forward(env.model, env.data)
-            again = np.asarray(chunk(env, env.observe_again()), dtype=np.float64)[:, :2].sum(0)
+            again = np.asarray(chunk(env, show_goal_at(env, moved[:2])), dtype=np.float64)
+            again = again[:, :2].sum(0)
             shifts.append((moved[1] - bowl[1], again[1] - first[1]))
     if len(rows) < 6:
         raise ValueError(f"cues needs at least 6 layouts for its regression, got {len(rows)}")

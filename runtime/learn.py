@@ -42,7 +42,13 @@ from limbic.runtime.distributed import (
     shutdown,
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
-from limbic.runtime.rollout import EpisodeRecord, Featurizer, demo_perturbation, run_episode
+from limbic.runtime.rollout import (
+    EpisodeRecord,
+    Featurizer,
+    demo_perturbation,
+    replay_tokens,
+    run_episode,
+)
 from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations, sample_goal_xy
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
@@ -315,10 +321,7 @@ class Learner:
         tokens, backbone = ep.tokens.copy(), ep.backbone_tokens.copy()
         for t, o in enumerate(moved):
             compact, _, full = self.featurize(o)
-            if self.policy.trains_backbone:
-                tokens[t] = np.stack([o.images[v] for v in self.policy.views])
-            else:
-                tokens[t] = compact[0].cpu().numpy().astype(np.float16)
+            tokens[t] = replay_tokens(self.policy, o, compact)
             backbone[t] = full[0].cpu().numpy().astype(np.float16)
         observations = (
             [*moved, *ep.observations[n:]] if ep.observations else []

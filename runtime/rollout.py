@@ -110,6 +110,15 @@ def demo_perturbation(
     return perturb
 
 
+def replay_tokens(policy, obs: Observation, compact: torch.Tensor) -> np.ndarray:
+    """What the replay keeps of one frame: its compact tokens ``float16[V, N, k]`` (``compact``
+    is the featurizer's ``[1, V, N, k]``), or the frames themselves ``uint8[V, H, W, 3]`` when
+    the policy trains its backbone."""
+    if policy.trains_backbone:
+        return np.stack([obs.images[v] for v in policy.views])
+    return compact[0].cpu().numpy().astype(np.float16)
+
+
 def run_episode(
     env: SimEnv,
     act: ActionSource,
@@ -149,10 +158,7 @@ def run_episode(
 
     def observe(o: Observation, first: bool) -> torch.Tensor:
         compact, critic_tokens, backbone_tokens = featurize(o)
-        if featurize.policy.trains_backbone:  # the replay keeps the frames themselves
-            tokens.append(np.stack([o.images[v] for v in featurize.policy.views]))
-        else:
-            tokens.append(compact[0].cpu().numpy().astype(np.float16))
+        tokens.append(replay_tokens(featurize.policy, o, compact))
         if keep_backbone_tokens:
             full.append(backbone_tokens[0].cpu().numpy().astype(np.float16))
         states.append(o.state)

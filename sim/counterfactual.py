@@ -92,6 +92,17 @@ def sample_goal_xy(env, rng: np.random.Generator, margin: float = 0.02) -> np.nd
     return np.array([rng.uniform(cx - hx + m, cx + hx - m), rng.uniform(cy - hy + m, cy + hy - m)])
 
 
+def show_goal_at(env, goal_xy: np.ndarray) -> Observation:
+    """Move the goal's mocap body to ``goal_xy`` (its height stays), recompute the kinematics
+    and render the scene anew; nothing is stepped."""
+    name = goal_body(env)
+    pos = env.data.mocap_pos[env.model.body(name).mocapid[0]].copy()
+    pos[:2] = goal_xy
+    env.task.place_mocap(env.data, name, pos)
+    mujoco.mj_forward(env.model, env.data)
+    return env.observe_again()
+
+
 def goal_moved_observations(
     env, recorder: ApproachRecorder, goal_xy: np.ndarray
 ) -> list[Observation]:
@@ -101,14 +112,11 @@ def goal_moved_observations(
     at the episode's last state, as the recording left it.
     """
     model, data = env.model, env.data
-    mocap = model.body(goal_body(env)).mocapid[0]
     out = []
     try:
         for t in range(recorder.approach_frames):
             mujoco.mj_setState(model, data, recorder.states[t], _STATE)
-            data.mocap_pos[mocap, :2] = goal_xy
-            mujoco.mj_forward(model, data)
-            out.append(dataclasses.replace(env.observe_again(), step=t))
+            out.append(dataclasses.replace(show_goal_at(env, goal_xy), step=t))
     finally:
         mujoco.mj_setState(model, data, recorder.states[-1], _STATE)
         mujoco.mj_forward(model, data)
