@@ -5,8 +5,9 @@ It finalises the dataset however recording ends (normal exit, exception, or Ctrl
 turned into a stop request by :func:`stop_on_signals`). With ``durable=True`` (the default) every saved episode is also
 complete on disk the moment ``save_episode`` returns, so even a hard kill or power loss
 between episodes leaves the saved ones readable: each episode's frames and metadata go to
-parquet files of their own, closed right away. Limbic's own
-per-episode facts (seed, split, expert mode, source) go to ``meta/limbic_episodes.jsonl``
+parquet files of their own, closed right away. A kill *during* a save, which can tear a
+metadata file LeRobot then refuses to open, is rolled back when the dataset is resumed
+(:func:`recover_cut_save`). Limbic's own per-episode facts (seed, split, expert mode, source) go to ``meta/limbic_episodes.jsonl``
 beside LeRobot's metadata, one flushed line per saved episode.
 """
 
