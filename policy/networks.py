@@ -20,6 +20,8 @@ POSITIONS = ("learned", "grid", "both")
 """How the encoder places tokens (``AgentConfig.position``)."""
 POOLINGS = ("attention", "flatten", "keypoints", "attention_keypoints")
 """How the encoder reduces each view's tokens (``AgentConfig.pooling``)."""
+WAYPOINT_SOURCES = ("feature", "tokens")
+"""What the waypoint head reads (``AgentConfig.waypoint_source``)."""
 
 
 def grid_coordinates(n_tokens: int) -> torch.Tensor:
@@ -68,6 +70,7 @@ class ObservationEncoder(nn.Module):
         n_keypoints: int = 16,
         waypoint_dim: int = 0,
         waypoint_input: bool = False,
+        waypoint_source: str = "feature",
     ):
         super().__init__()
         if position not in POSITIONS:
@@ -113,11 +116,20 @@ class ObservationEncoder(nn.Module):
         self.out = nn.Sequential(
             nn.Linear(pooled, feature_dim), nn.LayerNorm(feature_dim), nn.Tanh()
         )
-        # an optional head that predicts the motion to the next gripper event from the feature;
+        # an optional head that predicts the motion to the next gripper event, from the feature
+        # or (``tokens``) from the whole token grids and the state through a network of its own;
         # with waypoint_input its prediction is appended to the feature the heads read
+        if waypoint_source not in WAYPOINT_SOURCES:
+            raise ValueError(
+                f"waypoint_source: expected one of {WAYPOINT_SOURCES}, got {waypoint_source!r}"
+            )
         self.waypoint_dim, self.waypoint_input = waypoint_dim, waypoint_input
+        self.waypoint_source = waypoint_source
         if waypoint_dim > 0:
-            self.waypoint_head = mlp(feature_dim, feature_dim, waypoint_dim)
+            reads = feature_dim
+            if waypoint_source == "tokens":
+                reads = n_views * n_tokens * token_dim + state_dim
+            self.waypoint_head = mlp(reads, feature_dim, waypoint_dim)
         elif waypoint_input:
             raise ValueError("waypoint_input needs a waypoint head (waypoint_dim > 0)")
         self.feature_dim = feature_dim + (waypoint_dim if waypoint_input else 0)
@@ -128,10 +140,19 @@ class ObservationEncoder(nn.Module):
         state: torch.Tensor,
         lang: torch.Tensor,
         view_mask: torch.Tensor | None = None,
+        waypoint_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``view_mask`` (true: present) is per view ``[B, V]`` or per token ``[B, V, N]``; a
-        view with no token present counts as missing."""
+        view with no token present counts as missing. ``waypoint_tokens`` are what a
+        ``tokens``-source waypoint head reads instead of ``tokens`` (training gives it its own
+        noise draw)."""
         b, v, n, _ = tokens.shape
+        if self.waypoint_input and self.waypoint_source == "tokens":
+            # the localiser's prediction goes in detached: only its own loss trains it, so the
+            # imitation loss cannot turn it into another channel for memorising layouts
+            located = self.locate(
+                tokens if waypoint_tokens is None else waypoint_tokens, state, view_mask
+            ).detach()
         token_mask = None
         if view_mask is not None and view_mask.dim() == 3:
             token_mask, view_mask = view_mask.bool(), view_mask.bool().any(-1)
@@ -160,13 +181,39 @@ class ObservationEncoder(nn.Module):
         parts = [p.reshape(b, -1) for p in pooled] + [self.state_proj(state), self.lang_proj(lang)]
         feature = self.out(torch.cat(parts, dim=-1))
         if self.waypoint_input:
-            feature = torch.cat([feature, self.waypoint_head(feature)], dim=-1)
+            if self.waypoint_source == "tokens":
+                feature = torch.cat([feature, located], dim=-1)
+            else:
+                feature = torch.cat([feature, self.waypoint_head(feature)], dim=-1)
         return feature
 
-    def waypoint(self, feature: torch.Tensor) -> torch.Tensor:
-        """The waypoint head's prediction for a feature this encoder returned."""
+    def locate(
+        self, tokens: torch.Tensor, state: torch.Tensor, view_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """A ``tokens``-source waypoint head's prediction from the token grids ``[B, V, N, D]``
+        (masked tokens and views zeroed) and the state."""
+        x = tokens.float()
+        if view_mask is not None:
+            mask = view_mask.bool()
+            mask = mask.unsqueeze(-1) if mask.dim() == 3 else mask[:, :, None, None]
+            x = x * mask.float()
+        return self.waypoint_head(torch.cat([x.flatten(1), state.float()], dim=-1))
+
+    def waypoint(
+        self,
+        feature: torch.Tensor,
+        tokens: torch.Tensor | None = None,
+        state: torch.Tensor | None = None,
+        view_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The waypoint head's prediction, with gradients, for a feature this encoder returned
+        (a ``tokens``-source head reads ``tokens`` and ``state`` instead)."""
         if self.waypoint_dim == 0:
             raise RuntimeError("this encoder has no waypoint head")
+        if self.waypoint_source == "tokens":
+            if tokens is None or state is None:
+                raise ValueError("a tokens-source waypoint head needs the tokens and the state")
+            return self.locate(tokens, state, view_mask)
         if self.waypoint_input:
             return feature[..., -self.waypoint_dim :]
         return self.waypoint_head(feature)

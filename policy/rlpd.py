@@ -47,6 +47,7 @@ from limbic.policy.losses import (
 from limbic.policy.networks import (
     POOLINGS,
     POSITIONS,
+    WAYPOINT_SOURCES,
     ObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
@@ -108,6 +109,16 @@ class AgentConfig:
     waypoint_input: bool = False
     """Append the waypoint head's prediction to the feature the actor and Q heads read (needs
     ``waypoint_weight > 0``)."""
+    waypoint_source: str = "feature"
+    """What the waypoint head reads. ``feature``: the actor's pooled feature (the head shares
+    the encoder). ``tokens``: a localiser of its own, an MLP on every view's whole token grid
+    and the state, trained by the waypoint loss alone; with ``waypoint_input`` its prediction
+    goes to the actor detached (the Q heads do not get it), so imitation cannot make it a
+    second channel for memorising layouts, and it reads tokens with ``waypoint_token_noise``."""
+    waypoint_token_noise: float | None = None
+    """Token noise of the ``tokens``-source localiser's input in training (None:
+    ``token_noise``), so it can learn on cleaner tokens than the actor, which needs the noise
+    against memorising the demonstrations."""
     grad_clip: float = 10.0
     """Global gradient-norm clip for every optimiser step."""
     token_noise: float = 1.0
@@ -191,6 +202,16 @@ class AgentConfig:
             self.pooling in POOLINGS,
             "agent.pooling",
             f"expected one of {', '.join(POOLINGS)}, got {self.pooling!r}",
+        )
+        require(
+            self.waypoint_source in WAYPOINT_SOURCES,
+            "agent.waypoint_source",
+            f"expected one of {', '.join(WAYPOINT_SOURCES)}, got {self.waypoint_source!r}",
+        )
+        require(
+            self.waypoint_token_noise is None or self.waypoint_token_noise >= 0,
+            "agent.waypoint_token_noise",
+            f"must be >= 0, got {self.waypoint_token_noise}",
         )
         require(
             self.waypoint_weight >= 0,
@@ -354,7 +375,9 @@ class RLPDAgent(nn.Module):
         self.cfg, self.shape = cfg, shape
         self.action_size = shape.action_dim * shape.chunk_len
 
-        def encoder() -> ObservationEncoder:
+        def encoder(critic: bool = False) -> ObservationEncoder:
+            # a tokens-source localiser serves the actor alone (its loss trains the actor's)
+            waypoint = cfg.waypoint_weight > 0 and not (critic and cfg.waypoint_source == "tokens")
             return ObservationEncoder(
                 shape.n_views,
                 shape.n_tokens,
@@ -366,8 +389,9 @@ class RLPDAgent(nn.Module):
                 cfg.feature_dim,
                 position=cfg.position,
                 pooling=cfg.pooling,
-                waypoint_dim=max(shape.action_dim - 1, 1) if cfg.waypoint_weight > 0 else 0,
-                waypoint_input=cfg.waypoint_input,
+                waypoint_dim=max(shape.action_dim - 1, 1) if waypoint else 0,
+                waypoint_input=cfg.waypoint_input and waypoint,
+                waypoint_source=cfg.waypoint_source,
             )
 
         self.actor_encoder = encoder()
@@ -386,7 +410,7 @@ class RLPDAgent(nn.Module):
             self.ref_actor = copy.deepcopy(self.actor).requires_grad_(False)
             self.register_buffer("ref_frozen", torch.zeros((), dtype=torch.bool))
             self.register_buffer("ref_active", torch.zeros((), dtype=torch.bool))
-        self.critic_encoder = encoder()
+        self.critic_encoder = encoder(critic=True)
         self.critic = QEnsemble(
             self.critic_encoder.feature_dim, self.action_size, cfg.n_q, cfg.hidden
         )
@@ -577,6 +601,13 @@ class RLPDAgent(nn.Module):
                 if key in b:
                     noise = self._randn(tuple(b[key].shape), device)
                     out[key] = b[key].float() + token_noise * noise
+        if cfg.waypoint_weight > 0 and cfg.waypoint_source == "tokens":
+            # the localiser's own draw (``waypoint_token_noise``)
+            loc_noise = token_noise if cfg.waypoint_token_noise is None else cfg.waypoint_token_noise
+            out["waypoint_tokens"] = b["tokens"].float()
+            if loc_noise > 0:
+                noise = self._randn(tuple(b["tokens"].shape), device)
+                out["waypoint_tokens"] = out["waypoint_tokens"] + loc_noise * noise
         if cfg.lang_dropout > 0 or cfg.lang_noise > 0:
             lang = b["lang"].float()
             rms = lang.pow(2).mean(-1, keepdim=True).sqrt()
@@ -738,7 +769,9 @@ class RLPDAgent(nn.Module):
     def _actor_step(
         self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
     ) -> dict[str, float]:
-        feature = self.actor_encoder(b["tokens"], b["state"], b["lang"], b.get("view_mask"))
+        feature = self.actor_encoder(
+            b["tokens"], b["state"], b["lang"], b.get("view_mask"), b.get("waypoint_tokens")
+        )
         mean, std = self.actor.distribution(feature)
         imitation = bc_loss(torch.tanh(mean), b["action"], b["human"], self._bc_weights(b))
         metrics = {"bc_loss": float(imitation.detach())}
@@ -746,7 +779,9 @@ class RLPDAgent(nn.Module):
         if self.cfg.waypoint_weight > 0:
             if "waypoint" not in b:
                 raise KeyError("agent.waypoint_weight > 0 needs the batch's 'waypoint' rows")
-            predicted = self.actor_encoder.waypoint(feature)
+            predicted = self.actor_encoder.waypoint(
+                feature, b.get("waypoint_tokens", b["tokens"]), b["state"], b.get("view_mask")
+            )
             error = F.smooth_l1_loss(predicted, b["waypoint"].float(), reduction="none").mean(-1)
             human = b["human"].float()
             waypoint = (error * human).sum() / human.sum().clamp(min=1.0)

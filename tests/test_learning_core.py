@@ -900,3 +900,51 @@ def test_the_waypoint_head_learns_the_motion_to_the_next_gripper_event_from_huma
         AgentConfig(waypoint_weight=-1.0)
     with pytest.raises(ValueError, match="agent.waypoint_input"):
         AgentConfig(waypoint_input=True)
+
+
+def test_a_token_localiser_learns_the_waypoint_on_its_own_inputs_and_feeds_the_actor_detached():
+    """``waypoint_source=tokens``: the waypoint head is a network of its own on the whole token
+    grids and the state. It reads tokens with its own noise (here none, while the actor's are
+    noisy), so it learns a waypoint that one token carries; its prediction is appended to the
+    actor's feature without gradients (imitation cannot train it); the Q heads get no localiser."""
+    agent = _agent(
+        waypoint_weight=1.0,
+        waypoint_input=True,
+        waypoint_source="tokens",
+        token_noise=1.0,
+        waypoint_token_noise=0.0,
+        state_dropout=0.0,
+    )
+    batch = _bc_batch()
+    batch["waypoint"] = batch["tokens"][:, 1, 2, :1] * 0.5  # one number of one token of view 1
+    seen = agent.augment(batch)
+    assert torch.equal(seen["waypoint_tokens"], batch["tokens"])
+    assert not torch.allclose(seen["tokens"], batch["tokens"])
+    first = agent.bc_update(batch)["waypoint_loss"]
+    for _ in range(200):
+        last = agent.bc_update(batch)["waypoint_loss"]
+    assert last < 0.1 * first
+    enc = agent.actor_encoder
+    feature = enc(batch["tokens"], batch["state"], batch["lang"])
+    located = enc.locate(batch["tokens"], batch["state"])
+    assert torch.equal(feature[:, -1:], located)
+    assert (located - batch["waypoint"]).abs().mean() < 0.3 * batch["waypoint"].abs().mean()
+    agent.actor_opt.zero_grad(set_to_none=True)
+    feature.sum().backward()
+    assert all(p.grad is None for p in enc.waypoint_head.parameters())
+    assert any(p.grad is not None for p in enc.proj.parameters())
+    assert agent.critic_encoder.waypoint_dim == 0
+    assert agent.critic_encoder.feature_dim == 32 and enc.feature_dim == 33
+    # a view masked out is zeroed in the localiser's input, as the pooled features leave it out
+    mask = torch.tensor([[True, False]]).expand(32, 2)
+    zeroed = batch["tokens"].clone()
+    zeroed[:, 1] = 0.0
+    assert torch.allclose(
+        enc.locate(batch["tokens"], batch["state"], mask), enc.locate(zeroed, batch["state"])
+    )
+    from limbic.policy.rlpd import AgentConfig
+
+    with pytest.raises(ValueError, match="agent.waypoint_source"):
+        AgentConfig(waypoint_source="pixels")
+    with pytest.raises(ValueError, match="agent.waypoint_token_noise"):
+        AgentConfig(waypoint_token_noise=-0.5)
