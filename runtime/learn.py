@@ -88,6 +88,14 @@ class LearnConfig:
     demonstration's own. The layout sampler keeps the bowl clear of the cube, so in recorded
     layouts the bowl's place predicts the cube's; the copies show the same approach with the
     bowl elsewhere (see ``limbic.sim.counterfactual``). 0 (the default): none."""
+    demo_start_spread: float = 0.0
+    """Where each demonstration's tool starts: at the home height over a point drawn uniformly
+    from this fraction of the work area around its centre (1: anywhere over it), instead of the
+    task's start. The layouts are the same; the demonstrator's first motions then differ from
+    one demonstration to the next by more than the layout, so what they teach is the motion
+    from wherever the tool is to the cube, not a motion per layout. Online and evaluation
+    episodes keep the task's start. 0 (the default): the task's start (limbic's own
+    simulator only)."""
     online_episodes: int = 150
     """Online episodes of the learning policy."""
     utd: float = 2.0
@@ -146,6 +154,17 @@ class LearnConfig:
                 "learn.demo_goal_moves",
                 f"needs a task whose goal can move (pick_place); got env={sim.env!r} "
                 f"task={sim.task!r}",
+            )
+        require(
+            0.0 <= self.demo_start_spread <= 1.0,
+            "learn.demo_start_spread",
+            f"must be in [0, 1] (a fraction of the work area), got {self.demo_start_spread}",
+        )
+        if self.demo_start_spread:
+            require(
+                self.robot.sim.env == "limbic",
+                "learn.demo_start_spread",
+                f"needs limbic's own simulator (env=limbic), got env={self.robot.sim.env!r}",
             )
         require(
             0.0 <= self.demo_noise <= 1.0,
@@ -335,6 +354,14 @@ class Learner:
             goal_moved=True,
         )
 
+    def _demo_start(self, rng: np.random.Generator) -> tuple[float, float]:
+        """A demonstration's tool start (``demo_start_spread``): uniform over that fraction of
+        the work area around its centre."""
+        center = np.asarray(self.env.arm.work_center_xy, np.float64)
+        half = np.asarray(self.env.arm.work_half_extent_xy, np.float64)
+        x, y = center + rng.uniform(-1.0, 1.0, 2) * half * self.cfg.demo_start_spread
+        return float(x), float(y)
+
     def collect_demos(self) -> float:
         """Record the scripted demonstrations, fit the token compressor on them, fill the demo partition.
 
@@ -348,9 +375,12 @@ class Learner:
         )
         moves = self.cfg.demo_goal_moves
         goal_rng = np.random.default_rng([DEMO_SEED, self.cfg.seed, 1])
+        start_rng = np.random.default_rng([DEMO_SEED, self.cfg.seed, 2])
         demos: list[EpisodeRecord] = []
         for i in range(self.cfg.demos):
             self._check_interrupted("demonstrations")
+            if self.cfg.demo_start_spread:
+                self.env.next_start_xy = self._demo_start(start_rng)
             recorder = ApproachRecorder(self.env) if moves else None
             act = lambda _obs, _tokens, _lang: expert.act()  # noqa: E731
             ep = run_episode(

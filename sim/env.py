@@ -252,6 +252,10 @@ class SimEnv(ObservingEnv):
         self.episode_id = ""
         self.t = 0
         self._last_obs: Observation | None = None
+        self.next_start_xy: tuple[float, float] | None = None
+        """Where the tool starts at the next reset (x, y in m, at the home height) instead of
+        where the task puts it; used once, then cleared. The layout and the rest of the reset
+        draw the same numbers either way (demonstrations from other start poses)."""
 
     # --- set-up --------------------------------------------------------------------------
     def _solve_home(self) -> np.ndarray:
@@ -281,6 +285,9 @@ class SimEnv(ObservingEnv):
         self.instruction = self.task.reset(d, rng, self.split)
         q0 = self.q_home.copy()
         start = self.task.start_tool_pos(d, rng)
+        if self.next_start_xy is not None:
+            x, y = self.next_start_xy
+            start, self.next_start_xy = np.array([x, y, HOME_HEIGHT_M[self.arm.name]]), None
         if start is not None:
             q0 = self.kin.solve(start, self.kin.target_rotation(0.0), self.q_home, max_iters=100).q
         if self.cfg.randomize:

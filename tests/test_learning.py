@@ -401,3 +401,53 @@ def test_goal_moved_demo_copies_keep_the_actions_and_change_only_the_approach(tm
         learner.close()
     with pytest.raises(Exception, match="demo_goal_moves"):
         reach_config(tmp_path, demo_goal_moves=1)
+
+
+def test_demonstrations_can_start_the_tool_anywhere_over_the_work_area(tmp_path):
+    """``demo_start_spread``: each demonstration's tool starts over its own point of the work
+    area, on the same layouts as without it; the demonstrations still succeed, and the episodes
+    after them start where the task puts the tool."""
+    from limbic.sim.scene import CameraConfig
+
+    def demos(spread: float):
+        cfg = reach_config(
+            tmp_path / str(spread),
+            robot=RobotConfig(
+                sim=SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
+            ),
+            policy=PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64)),
+            demos=3,
+            demo_start_spread=spread,
+        )
+        learner = Learner(cfg)
+        env, starts, layouts = learner.env, [], []
+        reset = env.reset
+
+        def watched_reset(*args, **kw):
+            obs = reset(*args, **kw)
+            starts.append(env.controller.tool_pose(env.data)[0].copy())
+            layouts.append(env.goal_info()["cube"].copy())
+            return obs
+
+        env.reset = watched_reset
+        try:
+            learner.collect_demos()
+            demo = learner.replay.partitions["demo"]
+            successes = demo.reward[: demo.size].sum()
+            env.reset(seed=5, split="heldout")  # not a demonstration: the task's start
+            return np.array(starts), np.array(layouts), successes, env
+        finally:
+            learner.close()
+
+    home, home_layouts, home_wins, _ = demos(0.0)
+    spread, spread_layouts, spread_wins, env = demos(1.0)
+    np.testing.assert_allclose(spread_layouts, home_layouts)  # the same layouts
+    assert home_wins == spread_wins == 3
+    moved = np.linalg.norm(spread[:3, :2] - home[:3, :2], axis=1)
+    assert np.all(moved > 0.005) and np.ptp(spread[:3, :2], axis=0).max() > 0.02
+    center = np.array(env.arm.work_center_xy)
+    half = np.array(env.arm.work_half_extent_xy)
+    assert np.all(np.abs(spread[:3, :2] - center) <= half + 0.01)
+    np.testing.assert_allclose(spread[3], home[3], atol=1e-9)  # after the demonstrations
+    with pytest.raises(ValueError, match="learn.demo_start_spread"):
+        reach_config(tmp_path, demo_start_spread=1.5)
