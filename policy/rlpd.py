@@ -603,7 +603,9 @@ class RLPDAgent(nn.Module):
                     out[key] = b[key].float() + token_noise * noise
         if cfg.waypoint_weight > 0 and cfg.waypoint_source == "tokens":
             # the localiser's own draw (``waypoint_token_noise``)
-            loc_noise = token_noise if cfg.waypoint_token_noise is None else cfg.waypoint_token_noise
+            loc_noise = (
+                token_noise if cfg.waypoint_token_noise is None else cfg.waypoint_token_noise
+            )
             out["waypoint_tokens"] = b["tokens"].float()
             if loc_noise > 0:
                 noise = self._randn(tuple(b["tokens"].shape), device)
