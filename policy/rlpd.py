@@ -131,6 +131,13 @@ class AgentConfig:
     two draws of it with a trainable backbone, whose encoding only the critic's batch trains),
     so the Q-function can train on cleaner tokens than the actor, which needs the noise against
     memorising the demonstrations."""
+    online_token_noise: float | None = None
+    """Token noise of the online updates (after BC pre-training; None: ``token_noise``). The
+    noise keeps 20 demonstrations from being memorised, and it also hides the small cube from
+    the policy; once the policy's own successes have added layouts (filtered cloning), less of
+    it may pay (README, Learning)."""
+    online_state_dropout: float | None = None
+    """State dropout of the online updates (None: ``state_dropout``), for the same reason."""
     lang_dropout: float = 0.3
     """Fraction of a training batch's rows whose instruction embedding is zeroed."""
     state_noise: float = 0.0
@@ -212,6 +219,16 @@ class AgentConfig:
             self.waypoint_token_noise is None or self.waypoint_token_noise >= 0,
             "agent.waypoint_token_noise",
             f"must be >= 0, got {self.waypoint_token_noise}",
+        )
+        require(
+            self.online_token_noise is None or self.online_token_noise >= 0,
+            "agent.online_token_noise",
+            f"must be >= 0, got {self.online_token_noise}",
+        )
+        require(
+            self.online_state_dropout is None or 0 <= self.online_state_dropout < 1,
+            "agent.online_state_dropout",
+            f"must be in [0, 1), got {self.online_state_dropout}",
         )
         require(
             self.waypoint_weight >= 0,
@@ -582,7 +599,9 @@ class RLPDAgent(nn.Module):
             total, count = self.parallel.sum([total, count])
         return torch.tensor(max(total / count, 1.0), device=x.device)
 
-    def augment(self, b: Batch, token_noise: float | None = None) -> Batch:
+    def augment(
+        self, b: Batch, token_noise: float | None = None, state_dropout: float | None = None
+    ) -> Batch:
         """The batch as training sees it: noisy vision tokens and perturbed instructions.
 
         Tokens (and next tokens) get ``token_noise`` (default: the configured one) Gaussian
@@ -594,6 +613,7 @@ class RLPDAgent(nn.Module):
         """
         cfg = self.cfg
         token_noise = cfg.token_noise if token_noise is None else token_noise
+        state_dropout = cfg.state_dropout if state_dropout is None else state_dropout
         out = dict(b)
         rows, device = b["tokens"].shape[0], b["tokens"].device
         if token_noise > 0:
@@ -616,10 +636,10 @@ class RLPDAgent(nn.Module):
             noisy = lang + cfg.lang_noise * rms * self._randn(tuple(lang.shape), device)
             keep = self._randn((rows, 1), device, uniform=True) >= cfg.lang_dropout
             out["lang"] = noisy * keep
-        if cfg.state_noise > 0 or cfg.state_dropout > 0:
+        if cfg.state_noise > 0 or state_dropout > 0:
             keep = None
-            if cfg.state_dropout > 0:
-                keep = self._randn((rows, 1), device, uniform=True) >= cfg.state_dropout
+            if state_dropout > 0:
+                keep = self._randn((rows, 1), device, uniform=True) >= state_dropout
             for key in ("state", "next_state"):
                 if key in b:
                     state = b[key].float()
@@ -676,19 +696,21 @@ class RLPDAgent(nn.Module):
                 self._freeze_reference()
             if warm:  # the Q-function has trained for its warm-up: acting may compare with it
                 self.ref_active.fill_(True)
+        noise, dropout = cfg.online_token_noise, cfg.online_state_dropout  # None: as in BC
         if self.learns_from_frames:
             # one shifted encoding: the critic's loss trains the backbone, the actor reads it detached
             # (with no critic loss to train it, the actor's loss does)
             encoded = self._tokens_from_frames(batch)
             tokens = encoded["tokens"].detach() if self.uses_critic else encoded["tokens"]
-            actor_batch = self.augment({**encoded, "tokens": tokens})
-            critic_batch = self.augment(encoded, token_noise=cfg.critic_token_noise)
+            actor_batch = self.augment({**encoded, "tokens": tokens}, noise, dropout)
+            critic_noise = noise if cfg.critic_token_noise is None else cfg.critic_token_noise
+            critic_batch = self.augment(encoded, critic_noise, dropout)
         else:
-            actor_batch = self.augment(batch)
+            actor_batch = self.augment(batch, noise, dropout)
             critic_batch = (
                 actor_batch
                 if cfg.critic_token_noise is None
-                else self.augment(batch, token_noise=cfg.critic_token_noise)
+                else self.augment(batch, cfg.critic_token_noise, dropout)
             )
         if not self.uses_critic:  # filtered cloning: the actor's step alone, no warm-up to wait
             metrics = self._actor_step(actor_batch, cfg.bc_weight, rl=False) if requested else {}

@@ -725,6 +725,43 @@ def test_the_critic_sees_its_own_token_noise(critic_noise):
         assert torch.equal(seen["critic"], seen["actor"])
 
 
+def test_online_updates_can_augment_less_than_bc_pretraining():
+    """``online_token_noise`` / ``online_state_dropout`` set the token noise and the state
+    dropout of ``update`` (online learning), while ``bc_update`` (pre-training) keeps
+    ``token_noise`` / ``state_dropout``; unset, both augment alike."""
+    for online in (False, True):
+        extra = dict(online_token_noise=0.25, online_state_dropout=0.0) if online else {}
+        agent = _agent(
+            token_noise=1.0, state_dropout=0.5, value_weight=0.0, critic_warmup=0, **extra
+        )
+        seen = []
+        actor_step = agent._actor_step
+
+        def spy(b, *args, _step=actor_step, _seen=seen, **kwargs):
+            _seen.append(b)
+            return _step(b, *args, **kwargs)
+
+        agent._actor_step = spy
+        batch = _rl_batch(512)
+        batch["state"] = batch["state"] + 5.0  # no row is zero unless it was dropped
+        agent.bc_update(batch)
+        agent.update(batch)
+        (bc, rl) = seen
+        for b, noise, dropped in (
+            (bc, 1.0, 0.5),
+            (rl, 0.25 if online else 1.0, 0.0 if online else 0.5),
+        ):
+            assert (b["tokens"] - batch["tokens"]).std().item() == pytest.approx(noise, rel=0.05)
+            lost = (b["state"] == 0).all(-1).float().mean().item()
+            assert lost == pytest.approx(dropped, abs=0.07)
+    from limbic.policy.rlpd import AgentConfig
+
+    with pytest.raises(ValueError, match="agent.online_token_noise"):
+        AgentConfig(online_token_noise=-1.0)
+    with pytest.raises(ValueError, match="agent.online_state_dropout"):
+        AgentConfig(online_state_dropout=1.0)
+
+
 def _locate_error(position: str) -> tuple[float, float]:
     """Train an encoder + linear head to read the column of the one bright token of a 4×4 grid,
     never showing it in two interior cells; mean |x error| on the seen and the unseen cells."""
