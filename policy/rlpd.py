@@ -606,10 +606,12 @@ class RLPDAgent(nn.Module):
 
         Tokens (and next tokens) get ``token_noise`` (default: the configured one) Gaussian
         noise; ``lang_dropout`` of the rows lose their instruction, the rest get ``lang_noise``
-        relative Gaussian noise; the state gets ``state_noise`` noise and ``state_dropout`` of
-        the rows lose it (the same rows for the state and the next state). ``view_mask`` (true:
-        present) marks what ``view_dropout`` removed, per view ``[rows, views]``, or, with
-        ``token_dropout``, per token ``[rows, views, tokens]``; the encoders take either.
+        relative Gaussian noise; the state gets ``state_noise`` noise and ``state_dropout``
+        (default: the configured one) of the rows lose it (the same rows for the state and the
+        next state). ``view_mask`` (true: present) marks what ``view_dropout`` removed, per view
+        ``[rows, views]``, or, with ``token_dropout``, per token ``[rows, views, tokens]``; the
+        encoders take either. A ``tokens``-source waypoint localiser gets ``waypoint_tokens``,
+        the tokens with a noise draw of their own (``waypoint_token_noise``).
         """
         cfg = self.cfg
         token_noise = cfg.token_noise if token_noise is None else token_noise
