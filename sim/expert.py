@@ -21,6 +21,16 @@ JAW_MARGIN_M = 0.0015
 cube size; scaled with the cube)."""
 
 
+EMPTY_CLOSURE = 0.9
+"""Measured gripper closure above which the jaws hold nothing (a held cube stops them near 0.7
+on the SO-101)."""
+
+
+STALL_PATIENCE = 4
+"""A watcher's patience with an arm that makes no progress, in multiples of its patience with
+one moving the wrong way."""
+
+
 class ExpertMode(StrEnum):
     """How the expert behaves for a whole episode."""
 
@@ -117,6 +127,8 @@ class ScriptedExpert:
         self.partial_fraction = float(self.rng.uniform(0.25, 0.75))
         self.start_distance: float | None = None
         self.idle_pos: np.ndarray | None = None
+        self._watch_held = False
+        self._watch_reset()
         return self.mode
 
     def _random_offset(self, lo: float, hi: float) -> np.ndarray:
@@ -239,18 +251,107 @@ class ScriptedExpert:
         return -away / max(dist, 1e-9) * max(0.0, overlap)
 
     # --- pick and place, stack -------------------------------------------------------------
-    def _plan_pick_place(self) -> Waypoint:
+    def _pick_place_goal(self) -> tuple[np.ndarray, float, np.ndarray, float, float]:
+        """The cube, its yaw, and where it goes: ``(cube, cube_yaw, place_xy, place_z, place_yaw)``."""
         g = self.env.goal_info()
+        if self.env.task.name == "stack":
+            base = g["base"]
+            place_z = base[2] + 2 * self.half + 0.003 * self.scale
+            return g["cube"], float(g["cube_yaw"]), base[:2], place_z, float(g["base_yaw"])
         place_z = float(g["drop_height"]) - 1.2 * self.half + 0.004 * self.scale
-        return self._pick_and_place(g["cube"], float(g["cube_yaw"]), g["bowl"][:2], place_z, 0.0)
+        return g["cube"], float(g["cube_yaw"]), g["bowl"][:2], place_z, 0.0
+
+    def _plan_pick_place(self) -> Waypoint:
+        return self._pick_and_place(*self._pick_place_goal())
 
     def _plan_stack(self) -> Waypoint:
-        g = self.env.goal_info()
-        base = g["base"]
-        place_z = base[2] + 2 * self.half + 0.003 * self.scale
-        return self._pick_and_place(
-            g["cube"], float(g["cube_yaw"]), base[:2], place_z, float(g["base_yaw"])
+        return self._pick_and_place(*self._pick_place_goal())
+
+    def _grasp_point(self, cube: np.ndarray, cube_yaw: float) -> tuple[np.ndarray, float]:
+        """Where the tool grasps the cube: ``(xy, z)``."""
+        grasp_z = max(
+            cube[2] + self.half - self.env.arm.grasp_depth_m, self.env.arm.tool_z_limits[0] + 0.002
         )
+        return cube[:2] + self._jaw_clearance_shift(cube_yaw), grasp_z
+
+    def _holds(self, cube: np.ndarray, tool: np.ndarray) -> bool:
+        return bool(np.linalg.norm(cube - tool) < 2.0 * self.half and cube[2] > 1.3 * self.half)
+
+    # --- watching someone else drive ----------------------------------------------------------
+    @property
+    def judges_mistakes(self) -> bool:
+        """Whether :meth:`mistake` knows this task (the pick-and-place family)."""
+        return self.env.task.name in ("pick_place", "stack")
+
+    def mistake(self, action: np.ndarray, patience: int) -> str | None:
+        """What a human watching the arm would stop now, given the action about to run, or None.
+
+        It judges outcomes a person can see, not style: the arm may take its own path to the
+        cube and close wherever its jaws will catch it. Immediate: the jaws shut on nothing
+        (the gripper closes fully, which a held cube prevents), the gripper closed high above
+        the cube (shut early, or lifting without it), or a held cube let go away from the goal
+        (more than three half-widths of a cube off). After ``patience`` ticks in a row: moving
+        away from the cube, or carrying it away from the goal; after ``STALL_PATIENCE`` times
+        that with no progress towards either while still far from it: stalled. Pick and place,
+        stack.
+        """
+        require(
+            self.judges_mistakes,
+            "takeover.rule",
+            f"mistakes cannot judge task {self.env.task.name!r}",
+        )
+        cube, cube_yaw, place_xy, _, _ = self._pick_place_goal()
+        tool = self._tool()
+        closing = float(action[-1]) >= 0.5
+        closed = self.env.controller.closure >= 0.5
+        held = self._holds(cube, tool)
+        if held != self._watch_held:  # a new leg: the distance is to another place
+            self._watch_held = held
+            self._watch_reset()
+        if held:
+            dist = float(np.linalg.norm(tool[:2] - place_xy))
+            if not closing and dist > 3 * self.half:
+                return self._judged("let go away from the goal")
+            away, stalled = "carrying away from the goal", "stalled away from the goal"
+        else:
+            if closed and self.env.controller.gripper_closure(self.env.data) > EMPTY_CLOSURE:
+                return self._judged("jaws shut on nothing")
+            if closed and closing and tool[2] > cube[2] + 2.5 * self.half:
+                return self._judged("gripper closed above the cube")
+            dist = float(np.linalg.norm(tool[:2] - self._grasp_point(cube, cube_yaw)[0]))
+            away, stalled = "moving away from the cube", "stalled away from the cube"
+        slack = 0.001 * self.scale
+        far = dist > 2 * self.half
+        self._watch_streak = (
+            self._watch_streak + 1 if far and dist > self._watch_prev + slack else 0
+        )
+        self._watch_prev = dist
+        if dist < self._watch_best - slack:
+            self._watch_best, self._watch_idle = dist, 0
+        else:
+            self._watch_idle += 1
+        if self._watch_streak >= patience:
+            return self._judged(away)
+        if far and self._watch_idle >= STALL_PATIENCE * patience:
+            return self._judged(stalled)
+        return None
+
+    def _judged(self, reason: str) -> str:
+        self._watch_reset()
+        return reason
+
+    def _watch_reset(self) -> None:
+        self._watch_streak = self._watch_idle = 0
+        self._watch_prev = self._watch_best = np.inf
+
+    def resume(self) -> None:
+        """Take over from someone else: pick the plan's phase from the scene, not from memory
+        (carry a held cube on, else start over above the cube)."""
+        if not self.judges_mistakes:
+            return
+        cube = self._pick_place_goal()[0]
+        self.phase = 3 if self._holds(cube, self._tool()) else 0
+        self.timer = 0
 
     def _pick_and_place(
         self,
@@ -260,15 +361,13 @@ class ScriptedExpert:
         place_z: float,
         place_yaw: float,
     ) -> Waypoint:
-        arm = self.env.arm
         tool = self._tool()
         grasp_yaw = cube_yaw if self.use_yaw else 0.0
         carry_z = max(place_z, self.half) + self.hover
-        grasp_z = max(cube[2] + self.half - arm.grasp_depth_m, arm.tool_z_limits[0] + 0.002)
         if self.mode is ExpertMode.FAILED:
             place_xy = place_xy + self.fail_offset
-        grasp_xy = cube[:2] + self._jaw_clearance_shift(cube_yaw)
-        held = np.linalg.norm(cube - tool) < 2.0 * self.half and cube[2] > 1.3 * self.half
+        grasp_xy, grasp_z = self._grasp_point(cube, cube_yaw)
+        held = self._holds(cube, tool)
         if self.phase < 3 and held:  # taking over from someone who already lifted it: carry on
             self.phase, self.timer = 3, 0
         p = self.phase

@@ -7,11 +7,13 @@ intervention arbiter, as a human watching a learning arm would).
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
 
 from limbic.contracts import ActionSpec, Observation
+from limbic.launch.config import ConfigError
 from limbic.sim.envs import make_expert
 from limbic.sim.expert import ExpertConfig, ExpertMode
 from limbic.sim.robot import SimRobot
@@ -57,18 +59,28 @@ class ScriptedOperator(Teleoperator):
 class ScriptedTakeover(InterventionArbiter):
     """The scripted expert as a watching human who takes over when the policy goes wrong.
 
-    The expert is asked for its action on every tick, also while the policy drives, so it
-    follows the task's phases along the arm's real path and can take over from any state.
+    Under the ``gap`` rule the expert is asked for its action on every tick, also while the
+    policy drives, so it follows the task's phases along the arm's real path and can take over
+    from any state. Under ``mistakes`` it judges the arm's course instead and, when it takes
+    over, re-plans its phase from the scene.
     """
 
     name = "scripted"
 
     def __init__(self, expert: Any, spec: ActionSpec, cfg: TakeoverConfig | None = None):
         self.expert, self.cfg = expert, cfg or TakeoverConfig()
+        if self.cfg.rule == "mistakes" and not getattr(expert, "judges_mistakes", False):
+            raise ConfigError(
+                "takeover.rule",
+                "'mistakes' needs an expert that judges this task's mistakes "
+                "(the simulator's pick-and-place and stack tasks); use 'gap'",
+            )
         self.half = np.maximum((spec.high - spec.low) / 2, 1e-9).astype(np.float32)
         self.streak = self.left = 0
         self.takeovers = 0
         """Takeovers since construction."""
+        self.reasons: Counter[str] = Counter()
+        """Takeovers by what the operator saw go wrong (``gap`` for the gap rule)."""
 
     @classmethod
     def for_robot(cls, robot: Any, cfg: TakeoverConfig | None = None) -> ScriptedTakeover:
@@ -92,14 +104,26 @@ class ScriptedTakeover(InterventionArbiter):
     def choose(
         self, observation: Observation | None, policy_action: np.ndarray
     ) -> tuple[np.ndarray, bool]:
-        expert_action = self.expert.act()  # every tick, to follow the phases
         if self.left > 0:
             self.left -= 1
-            return expert_action, True
+            return self.expert.act(), True
+        if self.cfg.rule == "mistakes":
+            reason = self.expert.mistake(policy_action, self.cfg.patience)
+            if reason is None:
+                return policy_action, False
+            self._take_over(reason)
+            self.expert.resume()  # it has not been driving: re-plan from the scene
+            return self.expert.act(), True
+        expert_action = self.expert.act()  # every tick, to follow the phases
         far = self.gap(policy_action, expert_action) > self.cfg.threshold
         self.streak = self.streak + 1 if far else 0
         if self.streak >= self.cfg.patience:
-            self.streak, self.left = 0, self.cfg.hold - 1
-            self.takeovers += 1
+            self.streak = 0
+            self._take_over("gap")
             return expert_action, True
         return policy_action, False
+
+    def _take_over(self, reason: str) -> None:
+        self.left = self.cfg.hold - 1
+        self.takeovers += 1
+        self.reasons[reason] += 1

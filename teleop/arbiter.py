@@ -60,8 +60,20 @@ class TakeoverConfig:
     threshold: float = 0.6
     patience: int = 3
     hold: int = 8
+    rule: str = "gap"
+    """When to take over. ``gap``: the policy's action differs from the operator's by more than
+    ``threshold`` for ``patience`` ticks (any difference of style counts, so the operator also
+    takes the arm from a policy on its own good path). ``mistakes``: only when the arm is going
+    wrong (the scripted expert judges what a person would see: the jaws shut on nothing, the
+    arm rising without the cube, the cube let go away from the goal, or for ``patience`` ticks
+    the arm moving away from the cube or the goal; pick and place and stack), then the operator re-plans from the scene and drives ``hold`` ticks."""
 
     def __post_init__(self) -> None:
+        require(
+            self.rule in ("gap", "mistakes"),
+            "takeover.rule",
+            f"must be 'gap' or 'mistakes', got {self.rule!r}",
+        )
         require(self.threshold > 0, "takeover.threshold", f"must be > 0, got {self.threshold}")
         require(self.patience >= 1, "takeover.patience", f"must be >= 1, got {self.patience}")
         require(self.hold >= 1, "takeover.hold", f"must be >= 1, got {self.hold}")

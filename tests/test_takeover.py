@@ -75,10 +75,95 @@ def test_a_new_episode_ends_a_takeover():
     assert not arb.choose(None, np.array([0.02, 0.0, 0.0], np.float32))[1]
 
 
-@pytest.mark.parametrize("field, value", [("threshold", 0.0), ("patience", 0), ("hold", 0)])
+@pytest.mark.parametrize(
+    "field, value", [("threshold", 0.0), ("patience", 0), ("hold", 0), ("rule", "style")]
+)
 def test_bad_takeover_config_names_the_field(field, value):
     with pytest.raises(ConfigError, match=f"takeover.{field}"):
         TakeoverConfig(**{field: value})
+
+
+def test_the_mistakes_rule_needs_an_expert_that_judges_the_task():
+    with pytest.raises(ConfigError, match="takeover.rule"):
+        ScriptedTakeover(FixedExpert([0, 0, 0]), SPEC, TakeoverConfig(rule="mistakes"))
+    from limbic.sim.env import SimConfig
+    from limbic.sim.envs import make_expert, make_sim_env
+    from limbic.sim.expert import ExpertConfig
+
+    env = make_sim_env(SimConfig(arm="so101", task="reach"))
+    try:
+        with pytest.raises(ConfigError, match="takeover.rule.*'gap'"):
+            ScriptedTakeover(
+                make_expert(env, ExpertConfig()), env.action_spec, TakeoverConfig(rule="mistakes")
+            )
+    finally:
+        env.close()
+
+
+def _watched_episode(env, arb, policy, seed):
+    """One pick-and-place episode of ``policy(t) -> action`` under ``arb``; (success, human steps,
+    the reasons of the takeovers)."""
+    obs = env.reset(seed=seed, split="train")
+    arb.on_episode_start(obs)
+    arb.reasons.clear()
+    human = 0
+    for t in range(env.step_limit):
+        action, by_human = arb.choose(obs, policy(t))
+        human += by_human
+        result = env.step(action)
+        obs = result.observation
+        if result.terminated or result.truncated:
+            return result.success, human, dict(arb.reasons)
+    return False, human, dict(arb.reasons)
+
+
+def test_the_mistakes_rule_leaves_a_good_policy_alone_and_stops_a_bad_one():
+    """Under ``mistakes`` the watcher judges outcomes: a policy that solves the task its own way
+    (an operator that hovers 2 cm above the cube instead of 5 cm before it descends) keeps the arm, where
+    the ``gap`` rule takes it; a policy that shuts the jaws on nothing, or that drifts away from
+    the cube, is stopped, and the watcher re-plans from the scene and finishes the task."""
+    from limbic.sim.env import SimConfig
+    from limbic.sim.envs import make_expert, make_sim_env
+    from limbic.sim.expert import ExpertConfig
+
+    env = make_sim_env(SimConfig(arm="so101", task="pick_place"))
+    try:
+        spec = env.action_spec
+        mistakes = TakeoverConfig(rule="mistakes", patience=3, hold=200)
+        watcher = make_expert(env, ExpertConfig(), seed=0)
+
+        low = make_expert(env, ExpertConfig(), seed=1)
+        low.hover = 0.02
+        for seed in range(2):
+            low.reset()
+            arb = ScriptedTakeover(watcher, spec, mistakes)
+            ok, human, reasons = _watched_episode(env, arb, lambda t: low.act(), seed)
+            assert ok and human == 0 and reasons == {}
+            low.reset()
+            gap = ScriptedTakeover(watcher, spec, TakeoverConfig(rule="gap", patience=3))
+            _, human, reasons = _watched_episode(env, gap, lambda t: low.act(), seed)
+            assert human > 0 and set(reasons) == {"gap"}
+
+        grip = spec.names.index("gripper")
+        shut = ((spec.low + spec.high) / 2).astype(np.float32)
+        shut[grip] = spec.high[grip]  # closes where it starts, high above the cube
+        ok, human, reasons = _watched_episode(
+            env, ScriptedTakeover(watcher, spec, mistakes), lambda t: shut, seed=0
+        )
+        assert ok and 0 < human
+        assert reasons and set(reasons) <= {"jaws shut on nothing", "gripper closed above the cube"}
+
+        # straight back towards the base, beyond the cube, with the jaws open
+        x = spec.names.index("dx")
+        away = ((spec.low + spec.high) / 2).astype(np.float32)
+        away[x], away[grip] = spec.low[x], spec.low[grip]
+        ok, _, reasons = _watched_episode(
+            env, ScriptedTakeover(watcher, spec, mistakes), lambda t: away, seed=0
+        )
+        assert ok and set(reasons) <= {"moving away from the cube", "stalled away from the cube"}
+        assert reasons
+    finally:
+        env.close()
 
 
 def test_scripted_operator_rescues_a_policy_that_does_nothing():
