@@ -25,6 +25,7 @@ from limbic.policy.vla import PolicyConfig
 from limbic.runtime.learn import LearnConfig, LearnResult, learn, plot_curves
 from limbic.runtime.replay import RewardConfig
 from limbic.sim.env import HIL_PICK_CUBE, SIM_ENVS, SimConfig
+from limbic.teleop.arbiter import TakeoverConfig
 
 DEFAULT_ARM_TASK = {"limbic": ("so101", "pick_place"), HIL_PICK_CUBE: ("panda", "pick_cube")}
 """Arm and task when ``--arm``/``--task`` are not given, per simulator."""
@@ -71,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         help="RL arms: weight of the actor's value term (default: the agent's, 1)",
     )
     p.add_argument(
+        "--takeover-rule",
+        default="gap",
+        choices=["gap", "mistakes"],
+        help="hil arm: when the simulated human takes over (gap: the policy's action differs "
+        "from its own; mistakes: the arm is going wrong, pick-and-place and stack)",
+    )
+    p.add_argument("--takeover-patience", type=int, default=3, help="hil arm: ticks of patience")
+    p.add_argument(
         "--arms",
         nargs="+",
         default=["bc", "sparse", "shaped"],
@@ -86,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim = SimConfig(env=args.env, arm=args.arm, task=args.task)
         policy = PolicyConfig(chunk_len=args.chunk_len, execute=args.execute)
+        takeover = TakeoverConfig(rule=args.takeover_rule, patience=args.takeover_patience)
         if args.value_weight is not None:
             agent = dataclasses.replace(policy.agent, value_weight=args.value_weight)
             policy = dataclasses.replace(policy, agent=agent)
@@ -116,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
             base, critic_checkpoint=args.critic, out_dir=f"{args.out}/shaped"
         ),
         "hil": dataclasses.replace(
-            base, critic_checkpoint=args.critic, interventions=True, out_dir=f"{args.out}/hil"
+            base,
+            critic_checkpoint=args.critic,
+            interventions=True,
+            takeover=takeover,
+            out_dir=f"{args.out}/hil",
         ),
     }
     print(
