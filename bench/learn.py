@@ -78,7 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         help="hil arm: when the simulated human takes over (gap: the policy's action differs "
         "from its own; mistakes: the arm is going wrong, pick-and-place and stack)",
     )
-    p.add_argument("--takeover-patience", type=int, default=3, help="hil arm: ticks of patience")
+    p.add_argument(
+        "--takeover-patience",
+        type=int,
+        default=TakeoverConfig.patience,
+        help="hil arm: ticks of patience",
+    )
     p.add_argument(
         "--arms",
         nargs="+",

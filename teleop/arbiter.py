@@ -62,11 +62,13 @@ class TakeoverConfig:
     hold: int = 8
     rule: str = "gap"
     """When to take over. ``gap``: the policy's action differs from the operator's by more than
-    ``threshold`` for ``patience`` ticks (any difference of style counts, so the operator also
+    ``threshold`` for ``patience`` ticks (a difference of style counts too, so the operator also
     takes the arm from a policy on its own good path). ``mistakes``: only when the arm is going
-    wrong (the scripted expert judges what a person would see: the jaws shut on nothing, the
-    arm rising without the cube, the cube let go away from the goal, or for ``patience`` ticks
-    the arm moving away from the cube or the goal; pick and place and stack), then the operator re-plans from the scene and drives ``hold`` ticks."""
+    wrong, as the scripted expert judges it (``ScriptedExpert.mistake``: the jaws shut on
+    nothing, the gripper closed high above the cube, the cube let go away from the goal, or for
+    ``patience`` ticks the arm moving away from the cube or the goal, longer for a stalled arm;
+    pick and place and stack); the operator then re-plans from the scene and drives ``hold``
+    ticks."""
 
     def __post_init__(self) -> None:
         require(

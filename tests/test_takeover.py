@@ -119,8 +119,8 @@ def _watched_episode(env, arb, policy, seed):
 
 def test_the_mistakes_rule_leaves_a_good_policy_alone_and_stops_a_bad_one():
     """Under ``mistakes`` the watcher judges outcomes: a policy that solves the task its own way
-    (an operator that hovers 2 cm above the cube instead of 5 cm before it descends) keeps the arm, where
-    the ``gap`` rule takes it; a policy that shuts the jaws on nothing, or that drifts away from
+    (an operator that hovers 2 cm above the cube instead of 5 cm before it descends) keeps the
+    arm, where the ``gap`` rule takes it; a policy that shuts the jaws on nothing, or that drifts away from
     the cube, is stopped, and the watcher re-plans from the scene and finishes the task."""
     from limbic.sim.env import SimConfig
     from limbic.sim.envs import make_expert, make_sim_env
