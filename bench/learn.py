@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hil arm: ticks of patience",
     )
     p.add_argument(
+        "--takeover-anticipate",
+        action="store_true",
+        help="hil arm, mistakes rule: also stop jaws starting to close out of reach of the cube",
+    )
+    p.add_argument(
         "--arms",
         nargs="+",
         default=["bc", "sparse", "shaped"],
@@ -100,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sim = SimConfig(env=args.env, arm=args.arm, task=args.task)
         policy = PolicyConfig(chunk_len=args.chunk_len, execute=args.execute)
-        takeover = TakeoverConfig(rule=args.takeover_rule, patience=args.takeover_patience)
+        takeover = TakeoverConfig(
+            rule=args.takeover_rule,
+            patience=args.takeover_patience,
+            anticipate=args.takeover_anticipate,
+        )
         if args.value_weight is not None:
             agent = dataclasses.replace(policy.agent, value_weight=args.value_weight)
             policy = dataclasses.replace(policy, agent=agent)

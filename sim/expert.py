@@ -26,6 +26,13 @@ EMPTY_CLOSURE = 0.9
 on the SO-101 and 0.59 on the Panda)."""
 
 
+REACH = 1.6
+"""How far across from the grasp point, in half-widths of a cube, an anticipating watcher lets
+the jaws start to close (above it: one half-width). Traced on a cloned policy (40 held-out
+episodes, every close commanded with the jaws open), the cube was held eight ticks later after
+all 11 closes within 15 mm across, 4 of 5 within 15-20 mm, 2 of 5 within 20-25 mm, 3 of 122
+beyond, and none of the 8 closes 10 mm or more above the grasp point."""
+
 STALL_PATIENCE = 4
 """A watcher's patience with an arm that makes no progress, in multiples of its patience with
 one moving the wrong way."""
@@ -283,7 +290,7 @@ class ScriptedExpert:
         """Whether :meth:`mistake` knows this task (the pick-and-place family)."""
         return self.env.task.name in ("pick_place", "stack")
 
-    def mistake(self, action: np.ndarray, patience: int) -> str | None:
+    def mistake(self, action: np.ndarray, patience: int, anticipate: bool = False) -> str | None:
         """What a human watching the arm would stop now, given the action about to run, or None.
 
         It judges outcomes a person can see, not style: the arm may take its own path to the
@@ -292,8 +299,10 @@ class ScriptedExpert:
         the cube (shut early, or lifting without it), or a held cube let go away from the goal
         (more than three half-widths of a cube off). After ``patience`` ticks in a row: moving
         away from the cube, or carrying it away from the goal; after ``STALL_PATIENCE`` times
-        that with no progress towards either while still far from it: stalled. Pick and place,
-        stack.
+        that with no progress towards either while still far from it: stalled. With
+        ``anticipate`` it also stops a grasp before it happens: the jaws, still open, commanded
+        shut out of reach of the cube (more than ``REACH`` half-widths of a cube off the grasp
+        point across, or one above it). Pick and place, stack.
         """
         require(
             self.judges_mistakes,
@@ -318,7 +327,11 @@ class ScriptedExpert:
                 return self._judged("jaws shut on nothing")
             if closed and closing and tool[2] > cube[2] + 2.5 * self.half:
                 return self._judged("gripper closed above the cube")
-            dist = float(np.linalg.norm(tool[:2] - self._grasp_point(cube, cube_yaw)[0]))
+            grasp_xy, grasp_z = self._grasp_point(cube, cube_yaw)
+            dist = float(np.linalg.norm(tool[:2] - grasp_xy))
+            if anticipate and closing and not closed:
+                if dist > REACH * self.half or tool[2] > grasp_z + self.half:
+                    return self._judged("closing out of reach")
             away, stalled = "moving away from the cube", "stalled away from the cube"
         slack = 0.001 * self.scale
         far = dist > 2 * self.half

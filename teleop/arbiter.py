@@ -69,12 +69,22 @@ class TakeoverConfig:
     ``patience`` ticks the arm moving away from the cube or the goal, longer for a stalled arm;
     pick and place and stack); the operator then re-plans from the scene and drives ``hold``
     ticks."""
+    anticipate: bool = False
+    """``mistakes`` only: also stop a grasp before the jaws shut, when the policy commands them
+    closed while they are open and out of reach of the cube (``limbic.sim.expert.REACH``), as a
+    person sees the gripper start to close in the wrong place. The correction then comes on the
+    state where the mistake starts, not after it."""
 
     def __post_init__(self) -> None:
         require(
             self.rule in ("gap", "mistakes"),
             "takeover.rule",
             f"must be 'gap' or 'mistakes', got {self.rule!r}",
+        )
+        require(
+            not self.anticipate or self.rule == "mistakes",
+            "takeover.anticipate",
+            f"needs takeover.rule=mistakes, got {self.rule!r}",
         )
         require(self.threshold > 0, "takeover.threshold", f"must be > 0, got {self.threshold}")
         require(self.patience >= 1, "takeover.patience", f"must be >= 1, got {self.patience}")

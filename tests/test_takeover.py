@@ -166,6 +166,57 @@ def test_the_mistakes_rule_leaves_a_good_policy_alone_and_stops_a_bad_one():
         env.close()
 
 
+def test_an_anticipating_watcher_stops_a_grasp_out_of_reach_before_the_jaws_shut():
+    """With ``takeover.anticipate`` the watcher stops an arm that starts to close 3 cm off the
+    cube (an expert aiming at a shifted grasp point) on that very tick, and finishes the task;
+    an arm whose jaws close around the cube (the 2 cm hover) keeps the arm."""
+    from limbic.sim.env import SimConfig
+    from limbic.sim.envs import make_expert, make_sim_env
+    from limbic.sim.expert import ExpertConfig
+
+    env = make_sim_env(SimConfig(arm="so101", task="pick_place"))
+    try:
+        spec, grip = env.action_spec, env.action_spec.names.index("gripper")
+        cfg = TakeoverConfig(rule="mistakes", patience=3, hold=200, anticipate=True)
+        watcher = make_expert(env, ExpertConfig(), seed=0)
+        off = make_expert(env, ExpertConfig(), seed=1)
+        aim = off._grasp_point
+        off._grasp_point = lambda cube, yaw: (aim(cube, yaw)[0] + [-0.03, 0.0], aim(cube, yaw)[1])
+        low = make_expert(env, ExpertConfig(), seed=1)
+        low.hover = 0.02
+        for seed in range(2):
+            off.reset()
+            arb = ScriptedTakeover(watcher, spec, cfg)
+            obs = env.reset(seed=seed, split="train")
+            arb.on_episode_start(obs)
+            closing_at = taken_at = None
+            for t in range(env.step_limit):
+                proposed = off.act()
+                if closing_at is None and proposed[grip] >= 0.5:
+                    closing_at = t
+                action, by_human = arb.choose(obs, proposed)
+                if by_human and taken_at is None:
+                    taken_at = t
+                    assert env.controller.closure < 0.5  # the jaws have not started to shut
+                result = env.step(action)
+                obs = result.observation
+                if result.terminated or result.truncated:
+                    break
+            assert result.success and dict(arb.reasons) == {"closing out of reach": 1}
+            assert taken_at == closing_at is not None  # on the tick it first closed
+            low.reset()
+            arb = ScriptedTakeover(watcher, spec, cfg)
+            ok, human, reasons = _watched_episode(env, arb, lambda t: low.act(), seed)
+            assert ok and human == 0 and reasons == {}
+    finally:
+        env.close()
+
+
+def test_anticipating_needs_the_mistakes_rule():
+    with pytest.raises(ConfigError, match="takeover.anticipate"):
+        TakeoverConfig(rule="gap", anticipate=True)
+
+
 def test_scripted_operator_rescues_a_policy_that_does_nothing():
     """In the real task, an arm that never moves is taken over and the cube still lands."""
     from limbic.sim.env import SimConfig
