@@ -30,7 +30,7 @@ REACH = 1.6
 """How far across from the grasp point, in half-widths of a cube, an anticipating watcher lets
 the jaws start to close (above it: one half-width). Traced on a cloned policy (40 held-out
 episodes, every close commanded with the jaws open), the cube was held eight ticks later after
-all 11 closes within 15 mm across, 4 of 5 within 15-20 mm, 2 of 5 within 20-25 mm, 3 of 122
+all 11 closes within 15 mm across, 4 of 5 within 15-20 mm, 2 of 5 within 20-25 mm, 5 of 122
 beyond, and none of the 8 closes 10 mm or more above the grasp point."""
 
 STALL_PATIENCE = 4
