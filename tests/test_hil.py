@@ -238,3 +238,14 @@ def test_the_filtered_bc_preset_is_rlpd_with_an_imitating_actor_and_self_imitati
     assert (cfg.demos, cfg.online_episodes, cfg.utd) == (base.demos, base.online_episodes, base.utd)
     tuned = compose_train("algorithm=filtered_bc", "policy.agent.value_weight=0.1")
     assert tuned.learn_config().policy.agent.value_weight == 0.1
+
+
+def test_the_watched_preset_adds_the_mistakes_watcher_to_filtered_cloning():
+    plain = compose_train("runtime=inprocess", "algorithm=filtered_bc").learn_config()
+    cfg = compose_train("runtime=inprocess", "algorithm=filtered_bc_watched").learn_config()
+    assert cfg.interventions and not plain.interventions
+    assert (cfg.takeover.rule, cfg.takeover.patience) == ("mistakes", 5)
+    assert cfg.imitate_successes and cfg.policy.agent.value_weight == 0.0
+    assert cfg.policy.chunk_len == plain.policy.chunk_len
+    job = compose_train("algorithm=filtered_bc_watched")  # the async job hands it to the actors
+    assert job.runtime == "async" and job.interventions and job.takeover == cfg.takeover
