@@ -25,7 +25,7 @@ from limbic.policy.vla import PolicyConfig
 from limbic.runtime.learn import LearnConfig, LearnResult, learn, plot_curves
 from limbic.runtime.replay import RewardConfig
 from limbic.sim.env import HIL_PICK_CUBE, SIM_ENVS, SimConfig
-from limbic.teleop.arbiter import TakeoverConfig
+from limbic.teleop.arbiter import TAKEOVER_RULES, TakeoverConfig
 
 DEFAULT_ARM_TASK = {"limbic": ("so101", "pick_place"), HIL_PICK_CUBE: ("panda", "pick_cube")}
 """Arm and task when ``--arm``/``--task`` are not given, per simulator."""
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--takeover-rule",
         default="gap",
-        choices=["gap", "mistakes"],
+        choices=TAKEOVER_RULES,
         help="hil arm: when the simulated human takes over (gap: the policy's action differs "
         "from its own; mistakes: the arm is going wrong, pick-and-place and stack)",
     )

@@ -47,6 +47,10 @@ class PolicyOnlyArbiter(InterventionArbiter):
         return policy_action, False
 
 
+TAKEOVER_RULES = ("gap", "mistakes")
+"""The simulated human's rules for taking over (``TakeoverConfig.rule``)."""
+
+
 @dataclass
 class TakeoverConfig:
     """When the simulated human takes the arm from the policy (HG-DAgger's gating rule).
@@ -77,7 +81,7 @@ class TakeoverConfig:
 
     def __post_init__(self) -> None:
         require(
-            self.rule in ("gap", "mistakes"),
+            self.rule in TAKEOVER_RULES,
             "takeover.rule",
             f"must be 'gap' or 'mistakes', got {self.rule!r}",
         )

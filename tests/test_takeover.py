@@ -120,8 +120,9 @@ def _watched_episode(env, arb, policy, seed):
 def test_the_mistakes_rule_leaves_a_good_policy_alone_and_stops_a_bad_one():
     """Under ``mistakes`` the watcher judges outcomes: a policy that solves the task its own way
     (an operator that hovers 2 cm above the cube instead of 5 cm before it descends) keeps the
-    arm, where the ``gap`` rule takes it; a policy that shuts the jaws on nothing, or that drifts away from
-    the cube, is stopped, and the watcher re-plans from the scene and finishes the task."""
+    arm, where the ``gap`` rule takes it; a policy that shuts the jaws on nothing, or that drifts
+    away from the cube, is stopped, and the watcher re-plans from the scene and finishes the
+    task."""
     from limbic.sim.env import SimConfig
     from limbic.sim.envs import make_expert, make_sim_env
     from limbic.sim.expert import ExpertConfig
@@ -203,7 +204,8 @@ def test_an_anticipating_watcher_stops_a_grasp_out_of_reach_before_the_jaws_shut
                 if result.terminated or result.truncated:
                     break
             assert result.success and dict(arb.reasons) == {"closing out of reach": 1}
-            assert taken_at == closing_at is not None  # on the tick it first closed
+            assert closing_at is not None
+            assert taken_at == closing_at  # on the tick it first closed
             low.reset()
             arb = ScriptedTakeover(watcher, spec, cfg)
             ok, human, reasons = _watched_episode(env, arb, lambda t: low.act(), seed)
