@@ -41,7 +41,7 @@ from limbic.runtime.distributed import (
     rank_rng,
     shutdown,
 )
-from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
+from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig, after_last_handback
 from limbic.runtime.rollout import (
     EpisodeRecord,
     Featurizer,
@@ -125,6 +125,15 @@ class LearnConfig:
     """Self-imitation: an online episode the policy ran alone and that succeeded goes to the
     demonstration partition too, so the BC term imitates the policy's own successes beside the
     human's (filtered behaviour cloning on layouts the demonstrations never showed)."""
+    explore: bool = True
+    """Online episodes sample the actor's actions (exploration); false: they take its mean, the
+    action evaluation takes, so the policy's own successes and a human's takeovers come from the
+    very behaviour being evaluated (as DAgger's learner acts)."""
+    imitate_assisted: bool = False
+    """With ``imitate_successes``: in an online episode a human stepped into and that succeeded,
+    the policy's own steps after the human's last hand-back go to the demonstration partition
+    too (the policy finishing the task from where the human left it: on the layouts where it
+    needed help, which its unassisted successes seldom cover)."""
 
     def __post_init__(self) -> None:
         require(
@@ -141,6 +150,11 @@ class LearnConfig:
         )
         require(self.mode in ("rl", "bc"), "learn.mode", f"{self.mode!r} is not 'rl' or 'bc'")
         require(self.demos >= 1, "learn.demos", f"must be >= 1, got {self.demos}")
+        require(
+            self.imitate_successes or not self.imitate_assisted,
+            "imitate_assisted",
+            "copies assisted successes beside the unassisted ones: it needs imitate_successes=true",
+        )
         require(
             self.demo_goal_moves >= 0,
             "learn.demo_goal_moves",
@@ -210,6 +224,8 @@ class EvalResult:
     """Share of the online steps so far that the simulated human took (``interventions``)."""
     imitated: int = 0
     """Online successes copied to the demonstration partition so far (``imitate_successes``)."""
+    assisted: int = 0
+    """Assisted successes whose steps after the last hand-back were copied (``imitate_assisted``)."""
 
 
 @dataclass
@@ -295,6 +311,7 @@ class Learner:
         )
         self.played_steps = self.human_steps = 0
         self.imitated = 0  # online successes copied to the demonstration partition
+        self.assisted = 0  # assisted successes whose tail was copied there (imitate_assisted)
         self.out = Path(cfg.out_dir)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -318,6 +335,11 @@ class Learner:
         lang_id = self.replay.instruction_id(ep.instruction, embedding)
         if source == "online" and ep.intervention is not None and ep.intervention.any():
             self.replay.add_shared_episode(ep.intervention, **ep.replay_arrays(lang_id))
+            if ep.success and self.cfg.imitate_successes and self.cfg.imitate_assisted:
+                tail = after_last_handback(ep.intervention)
+                if tail.any():
+                    self.replay.add_episode("demo", keep=tail, **ep.replay_arrays(lang_id))
+                    self.assisted += 1
         else:
             self.replay.add_episode(source, **ep.replay_arrays(lang_id))
             if source == "online" and ep.success and self.cfg.imitate_successes:
@@ -475,8 +497,16 @@ class Learner:
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
                 recorded += 1
-        wins, steps, shaped, online, human, imitated = d.sum(
-            [wins, steps, shaped, self.played_steps, self.human_steps, self.imitated]
+        wins, steps, shaped, online, human, imitated, assisted = d.sum(
+            [
+                wins,
+                steps,
+                shaped,
+                self.played_steps,
+                self.human_steps,
+                self.imitated,
+                self.assisted,
+            ]
         )
         n = self.cfg.eval_episodes
         return EvalResult(
@@ -487,6 +517,7 @@ class Learner:
             minutes=(time.monotonic() - started) / 60,
             human_share=human / online if online else 0.0,
             imitated=int(imitated),
+            assisted=int(assisted),
         )
 
     def run(self) -> LearnResult:
@@ -518,7 +549,7 @@ class Learner:
             if ep_i <= online:  # the last round may leave some ranks without an episode
                 ep = run_episode(
                     self.env,
-                    self.policy_action(False),
+                    self.policy_action(not cfg.explore),
                     self.featurize,
                     self.lang,
                     seed=ONLINE_SEED + ep_i,

@@ -53,6 +53,7 @@ from limbic.runtime.learn import (
     plot_curves,
 )
 from limbic.runtime.protocol import EpisodeUpload, ErrorCode, ProtocolError
+from limbic.runtime.replay import after_last_handback
 from limbic.runtime.rollout import EpisodeRecord
 from limbic.runtime.weight_sync import WeightLag, WeightSync
 
@@ -245,6 +246,15 @@ class AsyncLearner(Learner):
             human = arrays.pop("intervention", None)
             if source == "intervention" and human is not None:  # each step to its own partition
                 self.replay.add_shared_episode(human, lang_id=lang_id, **arrays)
+                if (
+                    self.cfg.imitate_successes
+                    and self.cfg.imitate_assisted
+                    and (arrays["reward"] > 0).any()
+                ):  # the policy's own finish after the human's last hand-back
+                    tail = after_last_handback(human)
+                    if tail.any():
+                        self.replay.add_episode("demo", lang_id=lang_id, keep=tail, **arrays)
+                        self.assisted += 1
             else:
                 self.replay.add_episode(source, lang_id=lang_id, **arrays)
                 # self-imitation (as in the in-process loop): a success the policy ran alone,

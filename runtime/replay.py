@@ -203,6 +203,15 @@ def motion_to_next_event(action: np.ndarray) -> np.ndarray:
     return (cum[stop] - cum).astype(np.float32)
 
 
+def after_last_handback(intervention: np.ndarray) -> np.ndarray:
+    """``bool[T]``: the steps after the last one a human took (none if a human took the last)."""
+    human = np.asarray(intervention, bool)
+    tail = np.zeros(human.shape, bool)
+    if human.any():
+        tail[np.flatnonzero(human)[-1] + 1 :] = True
+    return tail
+
+
 def window_bounds(keep: np.ndarray, chunk_len: int) -> tuple[np.ndarray, np.ndarray]:
     """First step and length of the window of every kept step: up to ``chunk_len`` steps, never
     past the end of the run of kept steps it starts in."""

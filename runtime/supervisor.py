@@ -293,7 +293,10 @@ class TrainJob:
         encoder = EncoderConfig(target=SENTENCE_ENCODER, args={})
         policy = ModelConfig(
             target="limbic.policy.vla:VLAPolicy.load",
-            args={"path": str((self.out / CHECKPOINT).resolve()), "explore": cfg.mode == "rl"},
+            args={
+                "path": str((self.out / CHECKPOINT).resolve()),
+                "explore": cfg.mode == "rl" and cfg.explore,  # sampled actions while learning
+            },
             instruction_encoder=encoder,
         )
         critic = ModelConfig()

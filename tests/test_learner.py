@@ -405,6 +405,43 @@ def test_self_imitation_copies_rewarded_online_episodes_and_again_on_resume(tmp_
         again.close()
 
 
+def test_assisted_imitation_copies_the_finish_of_a_rewarded_intervention_episode(tmp_path):
+    """``imitate_assisted``: an upload a human stepped into, with task reward, also gives the
+    demonstrations its steps after the human's last hand-back; without reward it gives none; a
+    resumed learner rebuilds the same partitions from disk."""
+    cfg = learner_config(tmp_path, imitate_successes=True, imitate_assisted=True)
+    first = AsyncLearner(cfg, threading.Event())
+    try:
+        first.setup()
+        demo = first.replay.partitions["demo"]
+        demo_steps = demo.size
+        failed, won = online_upload(first, 0), online_upload(first, 1)
+        for up in (failed, won):
+            up.source = "intervention"
+            up.reward[:] = 0.0
+            up.intervention[:] = False
+            up.intervention[1] = True  # the human took step 1 and handed back
+        won.reward[-1] = 1.0
+        first.ingest(failed)
+        assert demo.size == demo_steps and first.assisted == 0
+        first.ingest(won)
+        t = len(won.action)
+        assert demo.size == demo_steps + t - 2 and first.assisted == 1
+        assert first.imitated == 0
+        sizes = {name: p.size for name, p in first.replay.partitions.items()}
+        first.checkpoint()
+    finally:
+        first.store.close()
+        first.close()
+    again = AsyncLearner(cfg, threading.Event())
+    try:
+        again.setup()
+        assert {name: p.size for name, p in again.replay.partitions.items()} == sizes
+    finally:
+        again.store.close()
+        again.close()
+
+
 def test_goal_moved_demo_copies_are_stored_as_their_own_episodes_with_the_demos_seed(tmp_path):
     cfg = learner_config(
         tmp_path, robot=robot_config(step_limit=5, task="pick_place"), demos=2, demo_goal_moves=1

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from limbic.launch.components import RobotConfig
+from limbic.launch.config import ConfigError
 from limbic.policy.rlpd import AgentConfig
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.learn import LearnConfig, Learner
@@ -278,6 +279,86 @@ def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(
             assert np.array_equal(demo.action[rows], online.action[: len(rows)])
     finally:
         learner.close()
+
+
+@pytest.mark.parametrize("assisted", [True, False])
+def test_assisted_imitation_copies_the_policys_steps_after_the_last_handback(tmp_path, assisted):
+    """``imitate_assisted``: in an online episode a human stepped into and that succeeded, the
+    steps after the human's last hand-back are copied to the demonstrations; the human's steps
+    stay interventions, the policy's earlier steps online only; an assisted failure copies none."""
+    from limbic.sim.envs import make_expert
+    from limbic.sim.expert import ExpertConfig
+
+    cfg = reach_config(
+        tmp_path, demos=1, bc_pretrain_steps=0, imitate_successes=True, imitate_assisted=assisted
+    )
+    learner = Learner(cfg)
+    try:
+        learner.collect_demos()
+        demo = learner.replay.partitions["demo"]
+        demo_steps = demo.size
+        expert = make_expert(learner.env, ExpertConfig(), seed=7)
+        ep = run_episode(
+            learner.env,
+            lambda _obs, _tokens, _lang: expert.act(),
+            learner.featurize,
+            learner.lang,
+            seed=9000,
+            split="train",
+            on_reset=expert.reset,
+        )
+        t = len(ep)
+        assert ep.success and t >= 4
+        ep.intervention = np.zeros(t, bool)
+        ep.intervention[1] = True  # the human took step 1; the policy went on from step 2
+        learner._store("online", ep)
+        copied = t - 2 if assisted else 0
+        assert demo.size == demo_steps + copied
+        assert learner.replay.partitions["intervention"].size == 1
+        assert learner.replay.partitions["online"].size == t - 1
+        assert learner.evaluate(0, 0.0).assisted == int(assisted)
+        assert learner.imitated == 0  # not a success the policy ran alone
+        if assisted:  # the copy starts at the step after the hand-back
+            rows = np.arange(demo_steps, demo.size)
+            np.testing.assert_array_equal(demo.action[rows[0]], ep.action[2])
+        ep.success = False  # an assisted failure teaches no one
+        learner._store("online", ep)
+        assert demo.size == demo_steps + copied
+    finally:
+        learner.close()
+    with pytest.raises(ConfigError, match="imitate_assisted"):
+        reach_config(tmp_path, imitate_assisted=True)
+
+
+@pytest.mark.parametrize("explore", [True, False])
+def test_online_episodes_sample_unless_explore_is_off(tmp_path, explore):
+    """``explore``: online episodes take sampled actions by default; with ``explore=false`` the
+    actor's mean, so an online episode plays exactly as the evaluation would on its seed."""
+    cfg = reach_config(
+        tmp_path,
+        demos=1,
+        bc_pretrain_steps=0,
+        online_episodes=1,
+        utd=0.01,
+        eval_every=100,
+        eval_episodes=1,
+        explore=explore,
+    )
+    learner = Learner(cfg)
+    asked: list[bool] = []
+    policy_action = learner.policy_action
+
+    def recording(deterministic: bool):
+        asked.append(deterministic)
+        return policy_action(deterministic)
+
+    learner.policy_action = recording
+    try:
+        learner.run()
+    finally:
+        learner.close()
+    # evaluations (before and after) are deterministic; the one online episode follows explore
+    assert asked == [True, not explore, True]
 
 
 def test_dart_demonstrations_record_the_experts_action_while_the_arm_executes_a_noisy_one(

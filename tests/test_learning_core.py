@@ -21,7 +21,7 @@ from limbic.policy.networks import (
     grid_coordinates,
     squashed_log_prob,
 )
-from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig
+from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig, after_last_handback
 
 
 def test_td_target_by_hand():
@@ -213,6 +213,13 @@ def test_shared_episode_files_human_steps_as_interventions():
     assert online.size == 9 and interv.size == 3
     with pytest.raises(ValueError, match="keep must be bool"):
         replay.add_shared_episode(np.zeros(5, bool), **ep)
+
+
+def test_after_last_handback_marks_the_policys_steps_once_the_human_is_done():
+    mask = after_last_handback(np.array([False, True, True, False, True, False, False]))
+    np.testing.assert_array_equal(mask, [False] * 5 + [True, True])
+    assert not after_last_handback(np.zeros(4, bool)).any()  # nobody stepped in: no tail
+    assert not after_last_handback(np.array([False, False, True])).any()  # the human finished
 
 
 def test_chunked_transitions_are_windows_with_n_step_returns():

@@ -115,6 +115,14 @@ def test_the_job_writes_a_config_per_process_that_each_entry_point_reads_back(tm
     assert all(a.server == serve.server.endpoint and a.learner == learner.endpoint for a in actors)
 
 
+def test_explore_false_serves_the_deterministic_mean_to_the_actors(tmp_path):
+    TrainJob(small_train_config(tmp_path, explore=False), threading.Event())
+    serve = load_or_compose(
+        "serve", ["--config", str(tmp_path / "run" / "configs" / "serve.yaml")], ServeConfig
+    )
+    assert serve.policy.args["explore"] is False
+
+
 @pytest.mark.slow
 def test_killing_the_learner_and_an_actor_loses_no_episode_and_training_resumes(tmp_path):
     cfg = small_train_config(tmp_path, online_episodes=10)
