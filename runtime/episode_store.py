@@ -77,9 +77,11 @@ class EpisodeStore:
         layout: DatasetLayout,
         use_videos: bool = True,
         repo_prefix: str = "limbic/learner",
+        vcodec: str = "h264",
     ):
         self.root = Path(root)
         self.layout, self.use_videos, self.repo_prefix = layout, use_videos, repo_prefix
+        self.vcodec = vcodec
         (self.root / "replay").mkdir(parents=True, exist_ok=True)
         self.index_path = self.root / "replay" / "index.jsonl"
         self.journal_path = self.root / "replay" / "journal.jsonl"
@@ -114,6 +116,7 @@ class EpisodeStore:
                 self.layout,
                 repo_id=f"{self.repo_prefix}_{source}",
                 use_videos=self.use_videos,
+                vcodec=self.vcodec,
                 resume=True,
                 parallel_encoding=False,
             )

@@ -78,7 +78,13 @@ class LearnerConfig(LearnConfig):
     resume: bool = True
     """Continue from ``out_dir``'s checkpoint and replay when there are some."""
     use_videos: bool = True
-    """Datasets store frames as AV1 video (else PNG images)."""
+    """Datasets store frames as video (``vcodec``; else PNG images)."""
+    vcodec: str = "h264"
+    """Video codec of the datasets (LeRobot's choices). Not LeRobot's default ``libsvtav1``: run
+    as root, the SVT-AV1 encoder makes its threads real-time (SCHED_FIFO 99), and each episode the
+    learner stores then pre-empts the control loops and the server on shared cores (every missed
+    tick of the actors fell within half a second of one). x264's threads keep the learner's
+    niceness."""
     max_message_bytes: int = 256 * 2**20
     """Largest episode message accepted."""
     nice: int = 10
@@ -98,6 +104,13 @@ class LearnerConfig(LearnConfig):
         require(self.checkpoint_every >= 1, "learner.checkpoint_every", "must be >= 1")
         require(bool(self.endpoint), "learner.endpoint", "must not be empty")
         require(self.max_message_bytes >= 2**20, "learner.max_message_bytes", "must be >= 1 MiB")
+        from lerobot.datasets.video_utils import VALID_VIDEO_CODECS
+
+        require(
+            self.vcodec in VALID_VIDEO_CODECS,
+            "learner.vcodec",
+            f"{self.vcodec!r} is not one of LeRobot's codecs {sorted(VALID_VIDEO_CODECS)}",
+        )
 
 
 @dataclass
@@ -426,12 +439,12 @@ class AsyncLearner(Learner):
         cfg = self.cfg
         store_root = self.out
         if cfg.resume and (self.out / CHECKPOINT).exists():
-            self.store = EpisodeStore(store_root, self.layout, cfg.use_videos)
+            self.store = EpisodeStore(store_root, self.layout, cfg.use_videos, vcodec=cfg.vcodec)
             self.phase = "resuming"
             self.restore()
             return
         EpisodeStore.wipe(store_root)  # a set-up cut short leaves nothing worth keeping
-        self.store = EpisodeStore(store_root, self.layout, cfg.use_videos)
+        self.store = EpisodeStore(store_root, self.layout, cfg.use_videos, vcodec=cfg.vcodec)
         self.phase = "demonstrations"
         self.write_status(force=True)
         self.collect_demos()

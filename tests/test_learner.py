@@ -13,6 +13,7 @@ from runtime_helpers import robot_config
 
 from limbic.data.reader import load_episodes
 from limbic.data.writer import read_limbic_episodes
+from limbic.launch.config import ConfigError
 from limbic.policy.rlpd import AgentConfig
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.codec import ErrorCode
@@ -333,6 +334,41 @@ def test_encoding_an_episode_video_leaves_the_thread_scheduling_alone(tmp_path):
         assert not {os.SCHED_FIFO, os.SCHED_RR} & set(_thread_policies())
     finally:
         ctx.destroy(linger=0)
+
+
+def test_the_learners_datasets_encode_video_without_real_time_threads(tmp_path):
+    """The learner's codec (``vcodec``, h264 by default) encodes on ordinary threads that keep the
+    learner's niceness, where SVT-AV1 (LeRobot's default), run as root, starts real-time ones
+    that pre-empt the actors' control loops while an episode is stored."""
+    from limbic.contracts import ActionSpec, Observation
+    from limbic.data.writer import DatasetLayout, EpisodeWriter
+
+    spec = ActionSpec("ee_delta", ("dx", "gripper"), np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    layout = DatasetLayout(("front", "wrist"), (128, 128), ("q",), spec, 10, "sim")
+    rng = np.random.default_rng(0)
+    seen: set[int] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            seen.update(_thread_policies())
+
+    vcodec = LearnerConfig.__dataclass_fields__["vcodec"].default
+    with EpisodeWriter(tmp_path / "d", layout, vcodec=vcodec, parallel_encoding=False) as writer:
+        for t in range(30):
+            images = {v: rng.integers(0, 255, (128, 128, 3), np.uint8) for v in layout.views}
+            obs = Observation(t, images, np.zeros(1, np.float32), "go", "e", t)
+            writer.add_step(obs, np.zeros(2, np.float32))
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            writer.save_episode()
+        finally:
+            done.set()
+            watcher.join()
+    assert seen and not {os.SCHED_FIFO, os.SCHED_RR} & seen
+    with pytest.raises(ConfigError, match="learner.vcodec"):
+        learner_config(tmp_path, vcodec="mjpeg")
 
 
 def _thread_policies() -> list[int]:
