@@ -70,7 +70,10 @@ class EpisodeWriter:
         durable: bool = True,
         resume: bool = False,
         parallel_encoding: bool = True,
+        encoder_threads: int | None = None,
     ):
+        """``encoder_threads``: threads of each video encode (``None``: the codec's own choice;
+        1 keeps a background writer's encoding on one core)."""
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         _quiet_encoders()
@@ -81,7 +84,9 @@ class EpisodeWriter:
             recover_cut_save(self.root)
         if resume and _saved_episodes(self.root) > 0:
             # Append to the episodes already there (a restarted learner or recorder).
-            self.dataset = LeRobotDataset(repo_id, root=self.root, vcodec=vcodec)
+            self.dataset = LeRobotDataset(
+                repo_id, root=self.root, vcodec=vcodec, encoder_threads=encoder_threads
+            )
             expected = layout.features(use_videos)
             have = {k: v for k, v in self.dataset.features.items() if k in expected}
             for key, feature in expected.items():
@@ -111,6 +116,7 @@ class EpisodeWriter:
                 robot_type=layout.robot_type,
                 use_videos=use_videos,
                 vcodec=vcodec,
+                encoder_threads=encoder_threads,
                 metadata_buffer_size=1,
             )
         self.durable = durable

@@ -117,6 +117,7 @@ class EpisodeStore:
                 repo_id=f"{self.repo_prefix}_{source}",
                 use_videos=self.use_videos,
                 vcodec=self.vcodec,
+                encoder_threads=1,  # one core at the learner's niceness, whatever the codec
                 resume=True,
                 parallel_encoding=False,
             )
