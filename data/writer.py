@@ -364,6 +364,7 @@ def _quiet_encoders() -> None:
 
     os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1: errors only
     av.logging.set_level(av.logging.ERROR)
+    av.logging.set_libav_level(av.logging.ERROR)  # FFmpeg's own callback too (x264's statistics)
     datasets.disable_progress_bars()
 
 

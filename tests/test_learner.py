@@ -371,6 +371,31 @@ def test_the_learners_datasets_encode_video_without_real_time_threads(tmp_path):
         learner_config(tmp_path, vcodec="mjpeg")
 
 
+def test_storing_episodes_keeps_the_encoders_statistics_out_of_the_log(tmp_path, capfd):
+    # LeRobot gives FFmpeg its default stderr logging back after each encode: x264 would then
+    # print a page of statistics per stored episode into the learner's log
+    from limbic.contracts import ActionSpec, Observation
+    from limbic.data.writer import DatasetLayout, EpisodeWriter
+
+    spec = ActionSpec("ee_delta", ("dx", "gripper"), np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    layout = DatasetLayout(("front",), (32, 32), ("q",), spec, 10, "sim")
+    with EpisodeWriter(tmp_path / "d", layout, vcodec="h264", parallel_encoding=False) as writer:
+        for _ in range(3):
+            for t in range(4):
+                obs = Observation(
+                    t,
+                    {"front": np.zeros((32, 32, 3), np.uint8)},
+                    np.zeros(1, np.float32),
+                    "go",
+                    "e",
+                    t,
+                )
+                writer.add_step(obs, np.zeros(2, np.float32))
+            writer.save_episode()
+        assert writer.episodes_saved == 3
+    assert "libx264" not in capfd.readouterr().err
+
+
 def _thread_policies() -> list[int]:
     out = []
     for tid in os.listdir("/proc/self/task"):
