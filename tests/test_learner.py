@@ -433,6 +433,19 @@ def test_an_intervention_episode_splits_into_the_humans_steps_and_the_policys(le
         again.close()
 
 
+def rebuilt_partitions(cfg: LearnerConfig) -> tuple[dict[str, int], int]:
+    """A resumed learner's replay partition sizes, and the demonstrations stored on disk."""
+    again = AsyncLearner(cfg, threading.Event())
+    try:
+        again.setup()
+        return {name: p.size for name, p in again.replay.partitions.items()}, again.store.count(
+            "demo"
+        )
+    finally:
+        again.store.close()
+        again.close()
+
+
 def test_self_imitation_copies_rewarded_online_episodes_and_again_on_resume(tmp_path):
     """``imitate_successes``: an online upload with task reward is also a demonstration to the
     BC term; one without is not; a resumed learner rebuilds the same partitions from disk."""
@@ -456,14 +469,9 @@ def test_self_imitation_copies_rewarded_online_episodes_and_again_on_resume(tmp_
     finally:
         first.store.close()
         first.close()
-    again = AsyncLearner(cfg, threading.Event())
-    try:
-        again.setup()
-        assert {name: p.size for name, p in again.replay.partitions.items()} == sizes
-        assert again.store.count("demo") == 2  # the copy lives in the replay, not on disk
-    finally:
-        again.store.close()
-        again.close()
+    rebuilt, stored_demos = rebuilt_partitions(cfg)
+    assert rebuilt == sizes
+    assert stored_demos == 2  # the copy lives in the replay, not on disk
 
 
 def test_assisted_imitation_copies_the_finish_of_a_rewarded_intervention_episode(tmp_path):
@@ -494,13 +502,7 @@ def test_assisted_imitation_copies_the_finish_of_a_rewarded_intervention_episode
     finally:
         first.store.close()
         first.close()
-    again = AsyncLearner(cfg, threading.Event())
-    try:
-        again.setup()
-        assert {name: p.size for name, p in again.replay.partitions.items()} == sizes
-    finally:
-        again.store.close()
-        again.close()
+    assert rebuilt_partitions(cfg)[0] == sizes
 
 
 def test_goal_moved_demo_copies_are_stored_as_their_own_episodes_with_the_demos_seed(tmp_path):

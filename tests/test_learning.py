@@ -231,12 +231,27 @@ def test_chunked_policy_executes_open_loop_and_learns_from_windows(tmp_path):
         PolicyConfig(chunk_len=2, execute=3)
 
 
+def expert_episode(learner: Learner, seed: int):
+    """An episode of the scripted expert in the learner's simulator (a success on reach)."""
+    from limbic.sim.envs import make_expert
+    from limbic.sim.expert import ExpertConfig
+
+    expert = make_expert(learner.env, ExpertConfig(), seed=7)
+    return run_episode(
+        learner.env,
+        lambda _obs, _tokens, _lang: expert.act(),
+        learner.featurize,
+        learner.lang,
+        seed=seed,
+        split="train",
+        on_reset=expert.reset,
+    )
+
+
 @pytest.mark.parametrize("imitate", [True, False])
 def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(tmp_path, imitate):
     """``imitate_successes``: an online episode that succeeded is in the online partition and,
     as human rows the BC term imitates, in the demonstration partition; a failure only online."""
-    from limbic.sim.envs import make_expert
-    from limbic.sim.expert import ExpertConfig
 
     cfg = reach_config(tmp_path, demos=2, bc_pretrain_steps=0, imitate_successes=imitate)
     learner = Learner(cfg)
@@ -244,18 +259,9 @@ def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(
         learner.collect_demos()
         demo, online = learner.replay.partitions["demo"], learner.replay.partitions["online"]
         demo_steps = demo.size
-        expert = make_expert(learner.env, ExpertConfig(), seed=7)
         hold = np.zeros(learner.env.action_spec.low.shape, np.float32)
         episodes = {
-            "success": run_episode(
-                learner.env,
-                lambda _obs, _tokens, _lang: expert.act(),
-                learner.featurize,
-                learner.lang,
-                seed=9000,
-                split="train",
-                on_reset=expert.reset,
-            ),
+            "success": expert_episode(learner, seed=9000),
             "failure": run_episode(
                 learner.env,
                 lambda _obs, _tokens, _lang: hold,
@@ -286,8 +292,6 @@ def test_assisted_imitation_copies_the_policys_steps_after_the_last_handback(tmp
     """``imitate_assisted``: in an online episode a human stepped into and that succeeded, the
     steps after the human's last hand-back are copied to the demonstrations; the human's steps
     stay interventions, the policy's earlier steps online only; an assisted failure copies none."""
-    from limbic.sim.envs import make_expert
-    from limbic.sim.expert import ExpertConfig
 
     cfg = reach_config(
         tmp_path, demos=1, bc_pretrain_steps=0, imitate_successes=True, imitate_assisted=assisted
@@ -297,16 +301,7 @@ def test_assisted_imitation_copies_the_policys_steps_after_the_last_handback(tmp
         learner.collect_demos()
         demo = learner.replay.partitions["demo"]
         demo_steps = demo.size
-        expert = make_expert(learner.env, ExpertConfig(), seed=7)
-        ep = run_episode(
-            learner.env,
-            lambda _obs, _tokens, _lang: expert.act(),
-            learner.featurize,
-            learner.lang,
-            seed=9000,
-            split="train",
-            on_reset=expert.reset,
-        )
+        ep = expert_episode(learner, seed=9000)
         t = len(ep)
         assert ep.success and t >= 4
         ep.intervention = np.zeros(t, bool)
