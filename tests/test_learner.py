@@ -396,6 +396,29 @@ def test_storing_episodes_keeps_the_encoders_statistics_out_of_the_log(tmp_path,
     assert "libx264" not in capfd.readouterr().err
 
 
+def test_a_dataset_recorded_in_av1_takes_h264_episodes_on_resume_and_reads_back(tmp_path):
+    # a learner resumed from a run made before `learner.vcodec` appends H.264 to AV1 episodes
+    from limbic.contracts import ActionSpec, Observation
+    from limbic.data.writer import DatasetLayout, EpisodeWriter
+
+    spec = ActionSpec("ee_delta", ("dx", "gripper"), np.array([-1.0, 0.0]), np.array([1.0, 1.0]))
+    layout = DatasetLayout(("front",), (32, 32), ("q",), spec, 10, "sim")
+    for vcodec in ("libsvtav1", "h264"):
+        with EpisodeWriter(
+            tmp_path / "d", layout, vcodec=vcodec, resume=True, parallel_encoding=False
+        ) as writer:
+            for t in range(5):
+                image = np.full((32, 32, 3), 40 * (t + 1), np.uint8)
+                obs = Observation(t, {"front": image}, np.zeros(1, np.float32), "go", "e", t)
+                writer.add_step(obs, np.zeros(2, np.float32))
+            writer.save_episode()
+    episodes = load_episodes(tmp_path / "d")
+    assert len(episodes) == 2
+    for ep in episodes:  # lossy codecs: within a few grey levels of 40, 80, ..., 200
+        means = ep.images["front"].reshape(5, -1).mean(axis=1)
+        np.testing.assert_allclose(means, 40.0 * np.arange(1, 6), atol=3.0)
+
+
 def _thread_policies() -> list[int]:
     out = []
     for tid in os.listdir("/proc/self/task"):
