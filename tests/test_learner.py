@@ -461,9 +461,8 @@ def rebuilt_partitions(cfg: LearnerConfig) -> tuple[dict[str, int], int]:
     again = AsyncLearner(cfg, threading.Event())
     try:
         again.setup()
-        return {name: p.size for name, p in again.replay.partitions.items()}, again.store.count(
-            "demo"
-        )
+        sizes = {name: p.size for name, p in again.replay.partitions.items()}
+        return sizes, again.store.count("demo")
     finally:
         again.store.close()
         again.close()

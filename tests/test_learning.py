@@ -252,7 +252,6 @@ def expert_episode(learner: Learner, seed: int):
 def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(tmp_path, imitate):
     """``imitate_successes``: an online episode that succeeded is in the online partition and,
     as human rows the BC term imitates, in the demonstration partition; a failure only online."""
-
     cfg = reach_config(tmp_path, demos=2, bc_pretrain_steps=0, imitate_successes=imitate)
     learner = Learner(cfg)
     try:
@@ -292,7 +291,6 @@ def test_assisted_imitation_copies_the_policys_steps_after_the_last_handback(tmp
     """``imitate_assisted``: in an online episode a human stepped into and that succeeded, the
     steps after the human's last hand-back are copied to the demonstrations; the human's steps
     stay interventions, the policy's earlier steps online only; an assisted failure copies none."""
-
     cfg = reach_config(
         tmp_path, demos=1, bc_pretrain_steps=0, imitate_successes=True, imitate_assisted=assisted
     )
