@@ -67,7 +67,7 @@ def _asynchronous(cfg: TrainConfig) -> None:
 
 
 def _in_process(cfg: TrainConfig) -> None:
-    from limbic.runtime.learn import learn
+    from limbic.runtime.learn import format_cells, learn
 
     learn_cfg = cfg.learn_config()
     try:
@@ -84,6 +84,8 @@ def _in_process(cfg: TrainConfig) -> None:
         f"{last.episodes} online episodes, {result.updates} updates, {result.minutes:.1f} min"
         + (f" on {result.world_size} data-parallel ranks" if result.world_size > 1 else "")
     )
+    if cells := format_cells(last.by_cell):
+        print(cells)
     print(
         f"checkpoint: {result.out_dir / 'policy.pt'}; curve: {result.out_dir / 'curve.png'}; videos: {result.out_dir}/eval_*.mp4"
     )

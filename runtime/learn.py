@@ -53,7 +53,7 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
 from limbic.sim.operator import ScriptedTakeover
-from limbic.sim.tasks import TASKS
+from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
 
 
@@ -226,6 +226,20 @@ class EvalResult:
     """Online successes copied to the demonstration partition so far (``imitate_successes``)."""
     assisted: int = 0
     """Assisted successes whose steps after the last hand-back were copied (``imitate_assisted``)."""
+    by_cell: dict[str, list[int]] = field(default_factory=dict)
+    """Successes and episodes by the work-area grid cell of the task's named object at reset:
+    ``{"i,j": [successes, episodes]}``, ``i`` along x away from the arm's base (empty where the
+    simulator does not say)."""
+
+
+def format_cells(by_cell: dict[str, list[int]]) -> str:
+    """:attr:`EvalResult.by_cell` as one line (empty when there is none)."""
+    if not by_cell:
+        return ""
+    parts = [f"({key.replace(',', ', ')}) {won}/{n}" for key, (won, n) in by_cell.items()]
+    return "by the named object's cell (i along x from the arm's base, j along y): " + ", ".join(
+        parts
+    )
 
 
 @dataclass
@@ -477,6 +491,7 @@ class Learner:
         d, gamma = self.dist, self.cfg.policy.agent.gamma
         wins = steps = shaped = 0.0
         recorded = 0
+        cells = np.zeros((GRID, GRID, 2))  # successes, episodes
         for i in range(d.rank, self.cfg.eval_episodes, d.world_size):
             keep = d.is_main and recorded < videos
             self._check_interrupted("evaluation")
@@ -491,6 +506,8 @@ class Learner:
             )
             wins += float(ep.success)
             steps += len(ep)
+            if ep.cell is not None:
+                cells[ep.cell] += (float(ep.success), 1.0)
             shaped += ep.shaped_return(gamma)
             if keep:
                 _write_video(
@@ -508,6 +525,7 @@ class Learner:
                 self.assisted,
             ]
         )
+        cells = np.asarray(d.sum(cells.ravel().tolist())).reshape(cells.shape)
         n = self.cfg.eval_episodes
         return EvalResult(
             episodes=episodes_done,
@@ -518,6 +536,10 @@ class Learner:
             human_share=human / online if online else 0.0,
             imitated=int(imitated),
             assisted=int(assisted),
+            by_cell={
+                f"{i},{j}": [int(cells[i, j, 0]), int(cells[i, j, 1])]
+                for i, j in zip(*np.nonzero(cells[..., 1]), strict=True)
+            },
         )
 
     def run(self) -> LearnResult:

@@ -53,6 +53,9 @@ class EpisodeRecord:
     """The seed the episode's env was reset with (None: not reseeded)."""
     goal_moved: bool = False
     """A counterfactual copy whose approach frames show the goal elsewhere (``demo_goal_moves``)."""
+    cell: tuple[int, int] | None = None
+    """The work-area grid cell of the task's named object at reset (None where the simulator
+    does not say, as gym-hil's does not)."""
 
     def __len__(self) -> int:
         return int(self.action.shape[0])
@@ -142,6 +145,7 @@ def run_episode(
     ``action`` itself, inside the bounds: the states show the drift, the actions the correction.
     """
     obs = env.reset(seed=seed, split=split)
+    cell = getattr(env, "layout_cell", None)
     if on_reset is not None:
         on_reset()
     if arbiter is not None:
@@ -215,4 +219,5 @@ def run_episode(
         env_action=np.stack(applied).astype(np.float32) if keep_observations else None,
         intervention=np.asarray(human, bool) if arbiter is not None else None,
         seed=seed,
+        cell=cell,
     )

@@ -37,7 +37,7 @@ from limbic.launch.compose import write_config
 from limbic.launch.config import require
 from limbic.runtime.actor import ActorConfig, ActorReport
 from limbic.runtime.backends import EncoderConfig, ModelConfig
-from limbic.runtime.learn import LearnConfig
+from limbic.runtime.learn import LearnConfig, format_cells
 from limbic.runtime.learner import CHECKPOINT, STATUS, LearnerConfig
 from limbic.runtime.outbox import OutboxConfig
 from limbic.runtime.server import ServeConfig, ServerConfig
@@ -488,6 +488,8 @@ def print_summary(cfg: TrainConfig, summary: TrainSummary) -> None:
             f"{cfg.eval_split}) after {curve[-1]['episodes']} online episodes, {s.get('updates', 0)} updates, "
             f"{summary.minutes:.1f} min"
         )
+        if cells := format_cells(curve[-1].get("by_cell") or {}):
+            print(cells)
     lag = s.get("weight_lag_s")
     rates = ", ".join(
         f"{a.actor_id} {a.achieved_hz:.2f} Hz (missed ticks {a.missed_ticks}, late actions {a.late_actions})"

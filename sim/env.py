@@ -325,6 +325,12 @@ class SimEnv(ObservingEnv):
         """Names of the state vector's components."""
         return (*self.arm.arm_joints, "gripper")
 
+    @property
+    def layout_cell(self) -> tuple[int, int] | None:
+        """The work-area grid cell the task's named object was placed in at the last reset
+        (``limbic.sim.tasks.GRID`` cells a side; None before the first reset)."""
+        return self.task.cell
+
     def goal_info(self) -> dict[str, Any]:
         """Privileged task state for scripted operators (never given to a learning policy)."""
         return self.task.goal_info(self.data)

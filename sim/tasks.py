@@ -83,6 +83,9 @@ class Task(abc.ABC):
         self.half = arm.cube_half_m
         self.instruction = ""
         self.colors: dict[str, str] = {}
+        self.cell: tuple[int, int] | None = None
+        """The grid cell of the work area (``GRID`` x ``GRID``; ``(i, j)``, ``i`` along x away
+        from the arm's base, ``j`` along y) the named object was placed in at the last reset."""
 
     # --- scene -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -116,6 +119,14 @@ class Task(abc.ABC):
         return None
 
     # --- helpers -----------------------------------------------------------------------
+    def cell_of(self, xy: np.ndarray) -> tuple[int, int]:
+        """The grid cell of the work area a table position ``(x, y)`` (m) lies in."""
+        cx, cy = self.arm.work_center_xy
+        hx, hy = self.arm.work_half_extent_xy
+        u = float(np.clip((xy[0] - cx + hx) / (2 * hx), 0.0, 1.0))
+        v = float(np.clip((xy[1] - cy + hy) / (2 * hy), 0.0, 1.0))
+        return _cell_of(u, v)
+
     def sample_xy(
         self,
         rng: np.random.Generator,
@@ -161,6 +172,7 @@ class Task(abc.ABC):
                 and second is not None
                 and np.linalg.norm(second - first) <= max_dist
             ):
+                self.cell = self.cell_of(first)
                 return first, second
         raise RuntimeError(
             f"{self.name}: no layout fits the work area with objects {min_dist:.3f} m apart"

@@ -8,9 +8,10 @@ from limbic.launch.components import RobotConfig
 from limbic.launch.config import ConfigError
 from limbic.policy.rlpd import AgentConfig
 from limbic.policy.vla import PolicyConfig, VLAPolicy
-from limbic.runtime.learn import LearnConfig, Learner
+from limbic.runtime.learn import EVAL_SEED, LearnConfig, Learner
 from limbic.runtime.rollout import run_episode
 from limbic.sim.env import SimConfig
+from limbic.sim.tasks import HELDOUT_CELLS
 
 SMALL_AGENT = AgentConfig(
     d_model=32, n_queries=2, feature_dim=128, hidden=128, n_q=2, q_subset=2, critic_warmup=0
@@ -282,6 +283,31 @@ def test_self_imitation_copies_only_the_policys_successes_to_the_demonstrations(
         if imitate:  # the copy is the episode itself, actions and all
             rows = np.arange(demo_steps, demo.size)
             assert np.array_equal(demo.action[rows], online.action[: len(rows)])
+    finally:
+        learner.close()
+
+
+def test_evaluation_counts_successes_by_the_named_objects_cell(tmp_path):
+    """The evaluation's ``by_cell`` holds every episode once, under the cell its layout put the
+    named object in (held-out cells only, on the held-out split), and the same successes as the
+    success rate."""
+    cfg = reach_config(
+        tmp_path, demos=2, bc_pretrain_steps=0, eval_episodes=6, eval_split="heldout"
+    )
+    learner = Learner(cfg)
+    try:
+        learner.collect_demos()
+        result = learner.evaluate(0, 0.0)
+        expected: dict[str, int] = {}
+        for i in range(cfg.eval_episodes):
+            learner.env.reset(seed=EVAL_SEED + i, split="heldout")
+            i_x, j_y = learner.env.layout_cell
+            expected[f"{i_x},{j_y}"] = expected.get(f"{i_x},{j_y}", 0) + 1
+        assert {key: n for key, (_, n) in result.by_cell.items()} == expected
+        assert all(tuple(map(int, key.split(","))) in HELDOUT_CELLS for key in result.by_cell)
+        won = sum(w for w, _ in result.by_cell.values())
+        assert won == round(result.success_rate * cfg.eval_episodes)
+        assert all(0 <= w <= n for w, n in result.by_cell.values())
     finally:
         learner.close()
 

@@ -13,7 +13,7 @@ from limbic.sim.expert import ExpertConfig, ExpertMode, ScriptedExpert
 from limbic.sim.gym_env import ENV_IDS, register_envs
 from limbic.sim.robot import SimRobot
 from limbic.sim.scene import CameraConfig
-from limbic.sim.tasks import HELDOUT_COLORS, TASKS, TRAIN_COLORS
+from limbic.sim.tasks import HELDOUT_CELLS, HELDOUT_COLORS, TASKS, TRAIN_COLORS
 
 ARMS = ("so101", "panda")
 
@@ -252,6 +252,26 @@ def test_heldout_split_uses_its_own_colours_and_phrasings(envs):
     assert train_instr <= set(env.task.phrasings.train)
     assert held_instr <= set(env.task.phrasings.heldout)
     env.reset(split="train")
+
+
+@pytest.mark.parametrize(("task", "key"), [("pick_place", "cube"), ("reach", "target")])
+def test_the_named_objects_cell_follows_its_position_and_the_split(envs, task, key):
+    """``layout_cell`` is the work-area cell the named object lies in: a held-out cell exactly
+    on the held-out split, and row 0 next to the arm's base."""
+    env = envs("so101", task)
+    cx, cy = env.arm.work_center_xy
+    hx, hy = env.arm.work_half_extent_xy
+    seen = set()
+    for seed in range(40):
+        for split in ("train", "heldout"):
+            env.reset(seed=seed, split=split)
+            x, y = env.goal_info()[key][:2]
+            i, j = env.layout_cell
+            assert cx - hx + i * hx / 2 <= x <= cx - hx + (i + 1) * hx / 2
+            assert cy - hy + j * hy / 2 <= y <= cy - hy + (j + 1) * hy / 2
+            assert ((i, j) in HELDOUT_CELLS) == (split == "heldout")
+            seen.add((i, j))
+    assert len(seen) >= 12  # the layouts spread over the grid
 
 
 def test_bad_action_is_rejected_with_the_component_named(envs):
