@@ -215,6 +215,53 @@ def test_expert_grasps_a_turned_cube_at_the_first_attempt(envs, task, body, yaw)
         assert len(phases) < 45
 
 
+class _OffsetExpert(ScriptedExpert):
+    """The scripted expert with its grasp point moved by ``offset`` (m, x and y)."""
+
+    offset = np.zeros(2)
+
+    def _grasp_point(self, cube, cube_yaw):
+        xy, z = super()._grasp_point(cube, cube_yaw)
+        return xy + self.offset, z
+
+
+@pytest.mark.parametrize("offset_mm", [-8.0, 8.0])
+def test_the_experts_grasp_holds_a_few_millimetres_off_along_the_jaws(envs, offset_mm):
+    """The SO-101's moving jaw slides the cube onto the fixed jaw, which sits on the base side of
+    the tool. The expert leaves a gap (``JAW_MARGIN_M``) that puts its grasp point inside the
+    window where a grasp holds, so a grasp 8 mm off along the jaws' axis, either way, still lifts
+    the cube at the first attempt (with a 1.5 mm gap, 4 mm further in landed the fixed jaw on the
+    cube). Layouts anywhere, one next to the arm's base among them."""
+    env = envs("so101", "pick_place")
+    expert = _OffsetExpert(env, seed=0)
+    expert.offset = np.array([offset_mm / 1000, 0.0])
+    for seed, split in [(7000, "train"), (7001, "train"), (7002, "train"), (3_000_005, "heldout")]:
+        env.reset(seed=seed, split=split)
+        expert.reset()
+        phases = []
+        while not phases or phases[-1] < 4:
+            env.step(expert.act())
+            phases.append(expert.phase)
+            assert len(phases) < 40, f"seed {seed}: the cube was not lifted"
+        assert phases == sorted(phases), f"seed {seed}: the expert went back for another grasp"
+
+
+def test_expert_stacks_a_cube_grasped_next_to_the_arms_base(envs):
+    """Closing slides a cube next to the base towards it, where the SO-101 cannot lift the tool
+    straight up to the stack's carry height; the expert lifts over the work area instead."""
+    env = envs("so101", "stack")
+    expert = ScriptedExpert(env, seed=0)
+    for seed in (23, 28):  # held-out layouts with the cube in the row next to the base
+        env.reset(seed=seed, split="heldout")
+        assert env.layout_cell[0] == 0
+        expert.reset()
+        for _ in range(env.step_limit):
+            r = env.step(expert.act())
+            if r.terminated or r.truncated:
+                break
+        assert r.success, f"seed {seed}: stuck in phase {expert.phase}"
+
+
 def test_expert_in_joint_space(envs):
     env = envs("so101", "pick_place", "joint_delta")
     expert = ScriptedExpert(env, seed=0)
