@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from limbic.runtime.ports import free_port
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -177,9 +178,7 @@ def synchronize(device: torch.device) -> None:
 
 def free_loopback_port() -> int:
     """A TCP port free on 127.0.0.1 now (for a group's ``MASTER_PORT`` on one machine)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port("127.0.0.1")
 
 
 def set_local_rank_env(rank: int, world: int, port: int) -> None:

@@ -21,7 +21,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from limbic.runtime.backends import EncoderConfig, ModelConfig
 from limbic.runtime.learn import LearnConfig, format_cells
 from limbic.runtime.learner import CHECKPOINT, STATUS, LearnerConfig
 from limbic.runtime.outbox import OutboxConfig
+from limbic.runtime.ports import free_port
 from limbic.runtime.server import ServeConfig, ServerConfig
 
 log = logging.getLogger(__name__)
@@ -144,13 +144,12 @@ class TrainSummary:
 
 
 def free_endpoint(endpoint: str) -> str:
-    """``endpoint`` with port 0 replaced by a free port of its host."""
+    """``endpoint`` with port 0 replaced by a free port of its host (outside the ephemeral
+    range, so no outgoing connection takes it before the child binds it)."""
     url = urlparse(endpoint)
     if url.scheme != "tcp" or url.port != 0:
         return endpoint
-    with socket.socket() as s:
-        s.bind((url.hostname, 0))
-        return f"tcp://{url.hostname}:{s.getsockname()[1]}"
+    return f"tcp://{url.hostname}:{free_port(url.hostname)}"
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
