@@ -143,13 +143,18 @@ class TrainSummary:
         return sum(rates) / len(rates) if rates else float("nan")
 
 
-def free_endpoint(endpoint: str) -> str:
+def free_endpoint(endpoint: str, chosen: set[str] | None = None) -> str:
     """``endpoint`` with port 0 replaced by a free port of its host (outside the ephemeral
-    range, so no outgoing connection takes it before the child binds it)."""
+    range, so no outgoing connection takes it before the child binds it), and not one of
+    ``chosen`` (endpoints picked before it and not bound yet), to which it is added."""
     url = urlparse(endpoint)
     if url.scheme != "tcp" or url.port != 0:
         return endpoint
-    return f"tcp://{url.hostname}:{free_port(url.hostname)}"
+    chosen = set() if chosen is None else chosen
+    while (picked := f"tcp://{url.hostname}:{free_port(url.hostname)}") in chosen:
+        pass
+    chosen.add(picked)
+    return picked
 
 
 def _die_with_parent() -> None:  # pragma: no cover (runs in the child before exec)
@@ -238,9 +243,10 @@ class TrainJob:
         self.logs = self.out / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         configs = self.out / "configs"
-        self.server_endpoint = free_endpoint(cfg.server.endpoint)
-        self.weights_endpoint = free_endpoint(cfg.server.weights_endpoint)
-        self.learner_endpoint = free_endpoint(cfg.endpoint)
+        chosen: set[str] = set()
+        self.server_endpoint = free_endpoint(cfg.server.endpoint, chosen)
+        self.weights_endpoint = free_endpoint(cfg.server.weights_endpoint, chosen)
+        self.learner_endpoint = free_endpoint(cfg.endpoint, chosen)
         self.learner_cfg = self._learner_config(cfg.resume)
         self.learner = Child(
             "learner",

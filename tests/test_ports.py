@@ -26,6 +26,9 @@ def test_free_ports_lie_outside_the_ephemeral_range_that_outgoing_connections_us
     host, port = free_endpoint("tcp://127.0.0.1:0").rsplit(":", 1)
     assert host == "tcp://127.0.0.1" and not low <= int(port) <= high
     assert free_endpoint("tcp://127.0.0.1:5555") == "tcp://127.0.0.1:5555"
+    chosen: set[str] = set()
+    picked = [free_endpoint("tcp://127.0.0.1:0", chosen) for _ in range(50)]
+    assert len(set(picked)) == 50 and chosen == set(picked)  # none handed out twice
 
 
 def test_a_taken_port_is_skipped_and_an_unreadable_range_means_linuxs_default(tmp_path):
