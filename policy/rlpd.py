@@ -190,7 +190,13 @@ class AgentConfig:
     actor_ema: float = 0.995
     """Decay of the exponential moving average of the actor (encoder and head) that acts, in
     online episodes, evaluation and serving; every actor step updates it. A closed-loop policy's
-    success swings widely between nearby weights; the average does not (0: the live actor acts)."""
+    success swings widely between nearby weights; the average does not (0: the live actor acts).
+    The decay is capped by a ramp (``actor_ema_ramp``) over the first steps."""
+    actor_ema_ramp: float = 10.0
+    """The average's decay at actor step ``n`` is ``min(actor_ema, (1 + n) / (ramp + n))``. While
+    the ramp is below ``actor_ema`` the average weighs step ``k`` about as ``k ** (ramp - 2)``:
+    it spans roughly the last ``1 / (ramp - 1)`` of the steps taken. With ramp 10 the cap
+    reaches 0.995 after about 1800 steps and 0.999 after about 9000."""
     bootstrap_from_bc: bool = False
     """Imitation-bootstrapped RL (IBRL): at the first RL update, keep a frozen copy of the acting
     actor as BC pre-training left it (the reference). From the end of the critic's warm-up on,
@@ -303,6 +309,11 @@ class AgentConfig:
             0.0 <= self.actor_ema < 1.0,
             "agent.actor_ema",
             f"must be in [0, 1), got {self.actor_ema}",
+        )
+        require(
+            self.actor_ema_ramp > 1.0,
+            "agent.actor_ema_ramp",
+            f"must be > 1, got {self.actor_ema_ramp}",
         )
 
     def entropy_target_per_dim(self) -> float:
@@ -560,10 +571,10 @@ class RLPDAgent(nn.Module):
     def _update_ema(self) -> None:
         """Move the acting copy towards the live actor (after every actor step).
 
-        The decay ramps up as ``(1 + n) / (10 + n)`` over the first steps, so a fresh average
+        The decay ramps up as ``(1 + n) / (ramp + n)`` over the first steps, so a fresh average
         follows the live actor instead of lingering at the initial weights."""
         n = int(self.ema_steps)
-        decay = min(self.cfg.actor_ema, (1 + n) / (10 + n))
+        decay = min(self.cfg.actor_ema, (1 + n) / (self.cfg.actor_ema_ramp + n))
         self.ema_steps += 1
         for ema, live in ((self.ema_encoder, self.actor_encoder), (self.ema_actor, self.actor)):
             for e, p in zip(ema.parameters(), live.parameters(), strict=True):

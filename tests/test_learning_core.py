@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from limbic.launch.config import ConfigError
 from limbic.policy.losses import (
     actor_loss,
     bc_loss,
@@ -323,6 +324,26 @@ def test_the_acting_actor_is_a_warmed_up_moving_average_of_the_live_one():
             off.actor_encoder(b["tokens"], b["state"], b["lang"]), deterministic=True
         )[0]
     assert torch.equal(off.act(b["tokens"], b["state"], b["lang"], deterministic=True), live_action)
+
+
+def test_the_average_ramp_sets_how_far_back_the_acting_actor_reaches():
+    agent = _agent(actor_ema=0.9999, actor_ema_ramp=4.0, token_noise=0.0, lang_dropout=0.0)
+    decays = []
+    for _ in range(30):
+        prev = _flat(agent.ema_encoder, agent.ema_actor)
+        n = int(agent.ema_steps)
+        agent.bc_update(_bc_batch())
+        live = _flat(agent.actor_encoder, agent.actor)
+        now = _flat(agent.ema_encoder, agent.ema_actor)
+        # now = d * prev + (1 - d) * live: solve for d on the components that moved
+        moved = (live - prev).abs() > 1e-4
+        d = ((now - live)[moved] / (prev - live)[moved]).median().item()
+        decays.append(d)
+        assert d == pytest.approx((1 + n) / (4 + n), abs=1e-3)
+    # a smaller ramp keeps more of the past: at the same step its decay is above ramp 10's
+    assert decays[5] > (1 + 5) / (10 + 5) + 0.2
+    with pytest.raises(ConfigError, match="actor_ema_ramp"):
+        _agent(actor_ema_ramp=1.0)
 
 
 def test_inverse_variance_bc_weights_follow_each_components_spread_in_the_human_rows():
