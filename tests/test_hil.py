@@ -247,5 +247,6 @@ def test_the_watched_preset_adds_the_mistakes_watcher_to_filtered_cloning():
     assert (cfg.takeover.rule, cfg.takeover.patience) == ("mistakes", 5)
     assert cfg.imitate_successes and cfg.policy.agent.value_weight == 0.0
     assert cfg.policy.chunk_len == plain.policy.chunk_len
+    assert (cfg.policy.agent.actor_ema, plain.policy.agent.actor_ema) == (0.999, 0.995)
     job = compose_train("algorithm=filtered_bc_watched")  # the async job hands it to the actors
     assert job.runtime == "async" and job.interventions and job.takeover == cfg.takeover
