@@ -22,8 +22,8 @@ cube size; scaled with the cube). Closing, the moving jaw slides the cube across
 the fixed jaw. Measured by moving the expert's grasp point along the jaws' axis (16 training
 layouts and 10 next to the arm's base): from a 1.5 mm gap, the cube was still lifted with the
 tool 40 mm further back (the fixed jaw farther off), and 2 mm further in (25 of 26), but seldom
-4 mm further in (3 of 26), where the fixed jaw lands on the cube. A 9.5 mm gap leaves room on both sides, so a grasp a few millimetres off
-either way still holds."""
+4 mm further in (3 of 26), where the fixed jaw lands on the cube. A 9.5 mm gap leaves room on
+both sides, so a grasp a few millimetres off either way still holds."""
 
 
 EMPTY_CLOSURE = 0.9
