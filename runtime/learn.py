@@ -50,6 +50,7 @@ from limbic.runtime.rollout import (
     run_episode,
 )
 from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations, sample_goal_xy
+from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
 from limbic.sim.operator import ScriptedTakeover
@@ -98,6 +99,15 @@ class LearnConfig:
     simulator only)."""
     online_episodes: int = 150
     """Online episodes of the learning policy."""
+    layout_focus: float = 0.0
+    """Layout curriculum (``limbic.sim.curriculum``): the share of online episodes whose
+    object cell is picked by the policy's recent failures there (a cell is picked with
+    probability proportional to its failure rate over its last ``layout_window`` episodes; an
+    episode counts as solved only when it succeeded with no human step). The rest, and all
+    with 0 (the default), take the task's own layout. Training cells only (limbic's own
+    simulator)."""
+    layout_window: int = 10
+    """Episodes per cell the layout curriculum remembers."""
     utd: float = 2.0
     """Gradient updates per environment step."""
     batch_size: int = 256
@@ -186,6 +196,22 @@ class LearnConfig:
             f"must be in [0, 1] (a fraction of the action bound), got {self.demo_noise}",
         )
         require(
+            0.0 <= self.layout_focus <= 1.0,
+            "learn.layout_focus",
+            f"must be in [0, 1] (a share of the online episodes), got {self.layout_focus}",
+        )
+        require(
+            self.layout_window >= 1,
+            "learn.layout_window",
+            f"must be >= 1, got {self.layout_window}",
+        )
+        if self.layout_focus:
+            require(
+                self.robot.sim.env == "limbic",
+                "learn.layout_focus",
+                f"needs limbic's own simulator (env=limbic), got env={self.robot.sim.env!r}",
+            )
+        require(
             self.online_episodes >= 0,
             "learn.online_episodes",
             f"must be >= 0, got {self.online_episodes}",
@@ -208,7 +234,7 @@ class StopRequestedError(RuntimeError):
 
 
 # Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
-DEMO_SEED, ONLINE_SEED, EVAL_SEED = 1_000_000, 2_000_000, 3_000_000
+DEMO_SEED, ONLINE_SEED, EVAL_SEED, LAYOUT_SEED = 1_000_000, 2_000_000, 3_000_000, 4_000_000
 
 
 @dataclass
@@ -322,6 +348,12 @@ class Learner:
             )
             if cfg.interventions
             else None
+        )
+        # ranks draw their own layouts, as they play their own episodes
+        self.curriculum = LayoutCurriculum(
+            cfg.layout_focus,
+            cfg.layout_window,
+            np.random.default_rng([LAYOUT_SEED, cfg.seed, self.dist.rank]),
         )
         self.played_steps = self.human_steps = 0
         self.imitated = 0  # online successes copied to the demonstration partition
@@ -569,6 +601,7 @@ class Learner:
             ep_i = first + d.rank
             steps = 0
             if ep_i <= online:  # the last round may leave some ranks without an episode
+                self.env.next_cell = self.curriculum.pick()
                 ep = run_episode(
                     self.env,
                     self.policy_action(not cfg.explore),
@@ -579,6 +612,7 @@ class Learner:
                     arbiter=self.arbiter,
                 )
                 self._store("online", ep)
+                self.curriculum.record(ep.cell, ep.solved_alone)
                 steps = len(ep)
                 self.played_steps += steps
                 if ep.intervention is not None:

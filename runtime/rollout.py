@@ -60,6 +60,11 @@ class EpisodeRecord:
     def __len__(self) -> int:
         return int(self.action.shape[0])
 
+    @property
+    def solved_alone(self) -> bool:
+        """Succeeded with no step taken by a human."""
+        return self.success and (self.intervention is None or not self.intervention.any())
+
     def shaped_return(self, gamma: float) -> float:
         """Undiscounted sum of ``r_task + gamma * Φ(s') - Φ(s)`` with Φ(terminal) = 0."""
         phi_next = self.phi[1:] * (1.0 - self.terminal)

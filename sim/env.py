@@ -256,6 +256,10 @@ class SimEnv(ObservingEnv):
         """Where the tool starts at the next reset (x, y in m, at the home height) instead of
         where the task puts it; used once, then cleared. The layout and the rest of the reset
         draw the same numbers either way (demonstrations from other start poses)."""
+        self.next_cell: tuple[int, int] | None = None
+        """The work-area cell to put the task's named object in at the next reset (a layout
+        curriculum's choice; it must lie on the split's side of the held-out cells); used once,
+        then cleared. None: the task draws the cell with the rest of the layout."""
 
     # --- set-up --------------------------------------------------------------------------
     def _solve_home(self) -> np.ndarray:
@@ -282,6 +286,7 @@ class SimEnv(ObservingEnv):
         mujoco.mj_resetData(m, d)
         if self.cfg.randomize:
             self._appearance.apply(rng)
+        self.task.next_cell, self.next_cell = self.next_cell, None
         self.instruction = self.task.reset(d, rng, self.split)
         q0 = self.q_home.copy()
         start = self.task.start_tool_pos(d, rng)

@@ -86,6 +86,10 @@ class Task(abc.ABC):
         self.cell: tuple[int, int] | None = None
         """The grid cell of the work area (``GRID`` x ``GRID``; ``(i, j)``, ``i`` along x away
         from the arm's base, ``j`` along y) the named object was placed in at the last reset."""
+        self.next_cell: tuple[int, int] | None = None
+        """The cell to put the named object in at the next reset (a layout curriculum's choice),
+        on the split's own side of the held-out cells; used once, then cleared. None: anywhere
+        on that side."""
 
     # --- scene -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -133,15 +137,20 @@ class Task(abc.ABC):
         heldout: bool,
         avoid: list[tuple[np.ndarray, float]] = (),
         margin: float = 0.0,
+        cell: tuple[int, int] | None = None,
     ) -> np.ndarray | None:
-        """A table position in the work area: in a held-out cell iff ``heldout``, clear of ``avoid``.
+        """A table position in the work area: in a held-out cell iff ``heldout``, clear of ``avoid``
+        (and inside ``cell`` when one is given).
 
         Returns None when no such position turns up (the caller re-draws the whole layout).
         """
         cx, cy = self.arm.work_center_xy
         hx, hy = self.arm.work_half_extent_xy
         for _ in range(500):
-            u, v = rng.uniform(0.0, 1.0, size=2)
+            if cell is None:
+                u, v = rng.uniform(0.0, 1.0, size=2)
+            else:
+                u, v = (np.asarray(cell, np.float64) + rng.uniform(0.0, 1.0, size=2)) / GRID
             if in_heldout_cell(u, v) != heldout:
                 continue
             xy = np.array([cx - hx + 2 * hx * u, cy - hy + 2 * hy * v])
@@ -164,8 +173,17 @@ class Task(abc.ABC):
         The second lands in training cells, ``min_dist``..``max_dist`` from the first.
         """
         heldout = split is Split.HELDOUT
+        cell, self.next_cell = self.next_cell, None
+        if cell is not None:
+            cell = (int(cell[0]), int(cell[1]))
+            if not all(0 <= k < GRID for k in cell) or (cell in HELDOUT_CELLS) != heldout:
+                raise ValueError(
+                    f"{self.name}: cell {list(cell)} is not a {split.value} cell of the "
+                    f"{GRID}x{GRID} work-area grid (held-out cells: "
+                    f"{sorted(map(list, HELDOUT_CELLS))})"
+                )
         for _ in range(1000):
-            first = self.sample_xy(rng, heldout, margin=margins[0])
+            first = self.sample_xy(rng, heldout, margin=margins[0], cell=cell)
             second = self.sample_xy(rng, False, avoid=[(first, min_dist)], margin=margins[1])
             if (
                 first is not None
@@ -174,8 +192,9 @@ class Task(abc.ABC):
             ):
                 self.cell = self.cell_of(first)
                 return first, second
+        where = f" with the first in cell {list(cell)}" if cell is not None else ""
         raise RuntimeError(
-            f"{self.name}: no layout fits the work area with objects {min_dist:.3f} m apart"
+            f"{self.name}: no layout fits the work area with objects {min_dist:.3f} m apart{where}"
         )
 
     def pick_colors(self, rng: np.random.Generator, split: Split, n: int) -> list[str]:

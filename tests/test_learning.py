@@ -10,7 +10,7 @@ from limbic.policy.rlpd import AgentConfig
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.learn import EVAL_SEED, LearnConfig, Learner
 from limbic.runtime.rollout import run_episode
-from limbic.sim.env import SimConfig
+from limbic.sim.env import HIL_PICK_CUBE, SimConfig
 from limbic.sim.tasks import HELDOUT_CELLS
 
 SMALL_AGENT = AgentConfig(
@@ -551,3 +551,36 @@ def test_demonstrations_can_start_the_tool_anywhere_over_the_work_area(tmp_path)
     np.testing.assert_allclose(spread[3], home[3], atol=1e-9)  # after the demonstrations
     with pytest.raises(ValueError, match="learn.demo_start_spread"):
         reach_config(tmp_path, demo_start_spread=1.5)
+
+
+def test_the_layout_curriculum_places_the_online_episodes_and_learns_how_they_went(tmp_path):
+    """``layout_focus=1``: every online episode's object lies in the cell the curriculum picked,
+    a training cell, and the curriculum hears back that cell and whether the policy solved it
+    alone; evaluation episodes draw no cell from it."""
+    cfg = reach_config(
+        tmp_path, demos=2, bc_pretrain_steps=0, online_episodes=5, eval_episodes=2, layout_focus=1.0
+    )
+    learner = Learner(cfg)
+    placed, heard = [], []
+    pick, record = learner.curriculum.pick, learner.curriculum.record
+
+    def watched_pick():
+        placed.append(pick())
+        return placed[-1]
+
+    def watched_record(cell, solved):
+        heard.append((cell, solved))
+        record(cell, solved)
+
+    learner.curriculum.pick, learner.curriculum.record = watched_pick, watched_record
+    try:
+        learner.run()
+    finally:
+        learner.close()
+    assert len(placed) == 5 and all(c is not None and c not in HELDOUT_CELLS for c in placed)
+    assert [cell for cell, _ in heard] == placed
+    with pytest.raises(ValueError, match="learn.layout_focus"):
+        reach_config(tmp_path, layout_focus=1.5)
+    with pytest.raises(ValueError, match="learn.layout_focus"):
+        hil = SimConfig(env=HIL_PICK_CUBE, arm="panda", task="pick_cube")
+        reach_config(tmp_path, robot=RobotConfig(sim=hil), layout_focus=0.5)

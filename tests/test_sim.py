@@ -321,6 +321,30 @@ def test_the_named_objects_cell_follows_its_position_and_the_split(envs, task, k
     assert len(seen) >= 12  # the layouts spread over the grid
 
 
+@pytest.mark.parametrize("task", ["pick_place", "stack", "reach"])
+def test_next_cell_puts_the_named_object_in_that_cell_once(envs, task):
+    """``next_cell`` places the named object in the cell asked for, on every training cell and
+    seed tried, for one reset only; a held-out cell on the training split is refused by name."""
+    env = envs("so101", task)
+    train_cells = [(i, j) for i in range(4) for j in range(4) if (i, j) not in HELDOUT_CELLS]
+    for k, cell in enumerate(train_cells):
+        for seed in (k, 100 + k):
+            env.next_cell = cell
+            env.reset(seed=seed, split="train")
+            assert env.layout_cell == cell
+    drawn = set()
+    for seed in range(20):  # cleared after use: the task draws again
+        env.reset(seed=seed, split="train")
+        drawn.add(env.layout_cell)
+    assert len(drawn) >= 6
+    env.next_cell = (0, 1)
+    with pytest.raises(ValueError, match=r"cell \[0, 1\] is not a train cell"):
+        env.reset(seed=0, split="train")
+    env.next_cell = (0, 1)
+    env.reset(seed=0, split="heldout")  # the held-out split may be placed there
+    assert env.layout_cell == (0, 1)
+
+
 def test_bad_action_is_rejected_with_the_component_named(envs):
     env = envs("so101", "reach")
     env.reset(seed=0)
