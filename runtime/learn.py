@@ -229,6 +229,15 @@ class LearnConfig:
         )
 
 
+def _cell_counts(cells: np.ndarray) -> dict[str, list[int]]:
+    """``float[GRID, GRID, 2]`` (successes, episodes) as ``{"i,j": [successes, episodes]}``,
+    cells with episodes only."""
+    return {
+        f"{i},{j}": [int(cells[i, j, 0]), int(cells[i, j, 1])]
+        for i, j in zip(*np.nonzero(cells[..., 1]), strict=True)
+    }
+
+
 class StopRequestedError(RuntimeError):
     """A stop was requested during a long phase (demonstrations, pre-training, evaluation)."""
 
@@ -256,6 +265,9 @@ class EvalResult:
     """Successes and episodes by the work-area grid cell of the task's named object at reset:
     ``{"i,j": [successes, episodes]}``, ``i`` along x away from the arm's base (empty where the
     simulator does not say)."""
+    online_by_cell: dict[str, list[int]] = field(default_factory=dict)
+    """The online episodes so far by the same cells: ``{"i,j": [solved alone, episodes]}``
+    (training cells; where the layout curriculum, ``layout_focus``, sent them)."""
 
 
 def format_cells(by_cell: dict[str, list[int]]) -> str:
@@ -355,6 +367,7 @@ class Learner:
             cfg.layout_window,
             np.random.default_rng([LAYOUT_SEED, cfg.seed, self.dist.rank]),
         )
+        self.online_cells = np.zeros((GRID, GRID, 2))  # per cell: solved alone, episodes
         self.played_steps = self.human_steps = 0
         self.imitated = 0  # online successes copied to the demonstration partition
         self.assisted = 0  # assisted successes whose tail was copied there (imitate_assisted)
@@ -558,6 +571,7 @@ class Learner:
             ]
         )
         cells = np.asarray(d.sum(cells.ravel().tolist())).reshape(cells.shape)
+        online_cells = np.asarray(d.sum(self.online_cells.ravel().tolist())).reshape(cells.shape)
         n = self.cfg.eval_episodes
         return EvalResult(
             episodes=episodes_done,
@@ -568,10 +582,8 @@ class Learner:
             human_share=human / online if online else 0.0,
             imitated=int(imitated),
             assisted=int(assisted),
-            by_cell={
-                f"{i},{j}": [int(cells[i, j, 0]), int(cells[i, j, 1])]
-                for i, j in zip(*np.nonzero(cells[..., 1]), strict=True)
-            },
+            by_cell=_cell_counts(cells),
+            online_by_cell=_cell_counts(online_cells),
         )
 
     def run(self) -> LearnResult:
@@ -613,6 +625,8 @@ class Learner:
                 )
                 self._store("online", ep)
                 self.curriculum.record(ep.cell, ep.solved_alone)
+                if ep.cell is not None:
+                    self.online_cells[ep.cell] += (float(ep.solved_alone), 1.0)
                 steps = len(ep)
                 self.played_steps += steps
                 if ep.intervention is not None:

@@ -574,11 +574,17 @@ def test_the_layout_curriculum_places_the_online_episodes_and_learns_how_they_we
 
     learner.curriculum.pick, learner.curriculum.record = watched_pick, watched_record
     try:
-        learner.run()
+        result = learner.run()
     finally:
         learner.close()
     assert len(placed) == 5 and all(c is not None and c not in HELDOUT_CELLS for c in placed)
     assert [cell for cell, _ in heard] == placed
+    expected: dict[str, list[int]] = {}  # the curve counts them by cell too
+    for (i, j), solved in heard:
+        won, n = expected.get(f"{i},{j}", [0, 0])
+        expected[f"{i},{j}"] = [won + int(solved), n + 1]
+    assert result.curve[-1].online_by_cell == expected
+    assert result.curve[0].online_by_cell == {}
     with pytest.raises(ValueError, match="learn.layout_focus"):
         reach_config(tmp_path, layout_focus=1.5)
     with pytest.raises(ValueError, match="learn.layout_focus"):
