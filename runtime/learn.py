@@ -185,11 +185,7 @@ class LearnConfig:
             f"must be in [0, 1] (a fraction of the work area), got {self.demo_start_spread}",
         )
         if self.demo_start_spread:
-            require(
-                self.robot.sim.env == "limbic",
-                "learn.demo_start_spread",
-                f"needs limbic's own simulator (env=limbic), got env={self.robot.sim.env!r}",
-            )
+            self._require_own_simulator("learn.demo_start_spread")
         require(
             0.0 <= self.demo_noise <= 1.0,
             "learn.demo_noise",
@@ -206,11 +202,7 @@ class LearnConfig:
             f"must be >= 1, got {self.layout_window}",
         )
         if self.layout_focus:
-            require(
-                self.robot.sim.env == "limbic",
-                "learn.layout_focus",
-                f"needs limbic's own simulator (env=limbic), got env={self.robot.sim.env!r}",
-            )
+            self._require_own_simulator("learn.layout_focus")
         require(
             self.online_episodes >= 0,
             "learn.online_episodes",
@@ -226,6 +218,13 @@ class LearnConfig:
         )
         require(
             self.device in DEVICES, "learn.device", f"{self.device!r} is not one of {list(DEVICES)}"
+        )
+
+    def _require_own_simulator(self, name: str) -> None:
+        require(
+            self.robot.sim.env == "limbic",
+            name,
+            f"needs limbic's own simulator (env=limbic), got env={self.robot.sim.env!r}",
         )
 
 
