@@ -114,6 +114,12 @@ class TrainConfig(LearnerConfig):
             f"expected async or inprocess, got {self.runtime!r}",
         )
         require(self.actors >= 1, "actors", f"must be >= 1, got {self.actors}")
+        require(
+            self.runtime == "inprocess" or not self.layout_focus,
+            "layout_focus",
+            "the layout curriculum places the in-process loop's episodes only; "
+            "use runtime=inprocess or layout_focus=0",
+        )
         require(self.max_restarts >= 0, "max_restarts", "must be >= 0")
 
     def learn_config(self) -> LearnConfig:

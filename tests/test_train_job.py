@@ -123,6 +123,12 @@ def test_explore_false_serves_the_deterministic_mean_to_the_actors(tmp_path):
     assert serve.policy.args["explore"] is False
 
 
+def test_the_job_refuses_a_layout_curriculum_its_actors_would_not_follow(tmp_path):
+    with pytest.raises(ValueError, match="layout_focus.*runtime=inprocess"):
+        small_train_config(tmp_path, layout_focus=0.5)
+    assert small_train_config(tmp_path, layout_focus=0.5, runtime="inprocess").layout_focus == 0.5
+
+
 @pytest.mark.slow
 def test_killing_the_learner_and_an_actor_loses_no_episode_and_training_resumes(tmp_path):
     cfg = small_train_config(tmp_path, online_episodes=10)
