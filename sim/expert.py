@@ -301,7 +301,13 @@ class ScriptedExpert:
         """Whether :meth:`mistake` knows this task (the pick-and-place family)."""
         return self.env.task.name in ("pick_place", "stack")
 
-    def mistake(self, action: np.ndarray, patience: int, anticipate: bool = False) -> str | None:
+    def mistake(
+        self,
+        action: np.ndarray,
+        patience: int,
+        anticipate: bool = False,
+        stall_near: bool = False,
+    ) -> str | None:
         """What a human watching the arm would stop now, given the action about to run, or None.
 
         It judges outcomes a person can see, not style: the arm may take its own path to the
@@ -313,7 +319,9 @@ class ScriptedExpert:
         that with no progress towards either while still far from it: stalled. With
         ``anticipate`` it also stops a grasp before it happens: the jaws, still open, commanded
         shut out of reach of the cube (more than ``REACH`` half-widths of a cube off the grasp
-        point across, or one above it). Pick and place, stack.
+        point across, or one above it). With ``stall_near`` a stall before the grasp counts
+        near the cube as well, progress being measured to the grasp point in 3-D (an arm
+        hovering beside the cube, or above it without coming down). Pick and place, stack.
         """
         require(
             self.judges_mistakes,
@@ -344,20 +352,23 @@ class ScriptedExpert:
                 if dist > REACH * self.half or tool[2] > grasp_z + self.half:
                     return self._judged("closing out of reach")
             away, stalled = "moving away from the cube", "stalled away from the cube"
+            if stall_near:
+                dist_3d = float(np.hypot(dist, max(0.0, tool[2] - grasp_z)))
         slack = 0.001 * self.scale
         far = dist > 2 * self.half
         self._watch_streak = (
             self._watch_streak + 1 if far and dist > self._watch_prev + slack else 0
         )
         self._watch_prev = dist
-        if dist < self._watch_best - slack:
-            self._watch_best, self._watch_idle = dist, 0
+        progress = dist_3d if stall_near and not held else dist
+        if progress < self._watch_best - slack:
+            self._watch_best, self._watch_idle = progress, 0
         else:
             self._watch_idle += 1
         if self._watch_streak >= patience:
             return self._judged(away)
-        if far and self._watch_idle >= STALL_PATIENCE * patience:
-            return self._judged(stalled)
+        if (far or (stall_near and not held)) and self._watch_idle >= STALL_PATIENCE * patience:
+            return self._judged(stalled if far else "stalled beside the cube")
         return None
 
     def _judged(self, reason: str) -> str:

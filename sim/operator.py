@@ -108,7 +108,9 @@ class ScriptedTakeover(InterventionArbiter):
             self.left -= 1
             return self.expert.act(), True
         if self.cfg.rule == "mistakes":
-            reason = self.expert.mistake(policy_action, self.cfg.patience, self.cfg.anticipate)
+            reason = self.expert.mistake(
+                policy_action, self.cfg.patience, self.cfg.anticipate, self.cfg.stall_near
+            )
             if reason is None:
                 return policy_action, False
             self._take_over(reason)

@@ -78,6 +78,10 @@ class TakeoverConfig:
     closed while they are open and out of reach of the cube (``limbic.sim.expert.REACH``), as a
     person sees the gripper start to close in the wrong place. The correction then comes on the
     state where the mistake starts, not after it."""
+    stall_near: bool = False
+    """``mistakes`` only: an arm that makes no progress towards the cube's grasp point (in 3-D)
+    for ``STALL_PATIENCE`` times ``patience`` ticks is stalled near the cube too, not only far
+    from it, as a person steps in when the gripper hovers beside the cube without closing in."""
 
     def __post_init__(self) -> None:
         require(
@@ -88,6 +92,11 @@ class TakeoverConfig:
         require(
             not self.anticipate or self.rule == "mistakes",
             "takeover.anticipate",
+            f"needs takeover.rule=mistakes, got {self.rule!r}",
+        )
+        require(
+            not self.stall_near or self.rule == "mistakes",
+            "takeover.stall_near",
             f"needs takeover.rule=mistakes, got {self.rule!r}",
         )
         require(self.threshold > 0, "takeover.threshold", f"must be > 0, got {self.threshold}")

@@ -214,6 +214,55 @@ def test_an_anticipating_watcher_stops_a_grasp_out_of_reach_before_the_jaws_shut
         env.close()
 
 
+def test_a_watcher_that_minds_stalls_near_the_cube_stops_a_hovering_arm():
+    """An arm that hovers 3 cm above a point 12 mm beside the grasp point, jaws open, makes no
+    progress but is never far from the cube: the plain ``mistakes`` watcher leaves it there for
+    the whole episode; with ``takeover.stall_near`` it takes the arm after ``STALL_PATIENCE``
+    times ``patience`` ticks without progress, and finishes the task."""
+    from limbic.sim.env import SimConfig
+    from limbic.sim.envs import make_expert, make_sim_env
+    from limbic.sim.expert import STALL_PATIENCE, ExpertConfig
+
+    env = make_sim_env(SimConfig(arm="so101", task="pick_place"))
+    try:
+        spec, grip = env.action_spec, env.action_spec.names.index("gripper")
+        watcher = make_expert(env, ExpertConfig(), seed=0)
+
+        def hover(_t):
+            cube, yaw, *_ = watcher._pick_place_goal()
+            grasp_xy, grasp_z = watcher._grasp_point(cube, yaw)
+            target = np.array([grasp_xy[0], grasp_xy[1] + 0.012, grasp_z + 0.03])
+            tool = env.controller.tool_pose(env.data)[0]
+            action = np.zeros(spec.low.shape, np.float32)
+            action[:3] = target - tool
+            action[grip] = spec.low[grip]
+            return np.clip(action, spec.low, spec.high)
+
+        for stall_near in (False, True):
+            cfg = TakeoverConfig(rule="mistakes", patience=3, hold=200, stall_near=stall_near)
+            arb = ScriptedTakeover(watcher, spec, cfg)
+            obs = env.reset(seed=0, split="train")
+            arb.on_episode_start(obs)
+            taken_at = None
+            for t in range(env.step_limit):
+                action, by_human = arb.choose(obs, hover(t))
+                if by_human and taken_at is None:
+                    taken_at = t
+                result = env.step(action)
+                obs = result.observation
+                if result.terminated or result.truncated:
+                    break
+            if not stall_near:
+                assert taken_at is None and not result.success and dict(arb.reasons) == {}
+            else:
+                assert dict(arb.reasons) == {"stalled beside the cube": 1} and result.success
+                assert STALL_PATIENCE * 3 <= taken_at < 40  # it got there, then idled
+        with pytest.raises(ConfigError, match="takeover.stall_near"):
+            TakeoverConfig(rule="gap", stall_near=True)
+    finally:
+        env.close()
+
+
 def test_anticipating_needs_the_mistakes_rule():
     with pytest.raises(ConfigError, match="takeover.anticipate"):
         TakeoverConfig(rule="gap", anticipate=True)
