@@ -90,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hil arm, mistakes rule: also stop jaws starting to close out of reach of the cube",
     )
     p.add_argument(
+        "--takeover-stall-near",
+        action="store_true",
+        help="hil arm, mistakes rule: also stop an arm making no progress near the cube",
+    )
+    p.add_argument(
         "--arms",
         nargs="+",
         default=["bc", "sparse", "shaped"],
@@ -109,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             rule=args.takeover_rule,
             patience=args.takeover_patience,
             anticipate=args.takeover_anticipate,
+            stall_near=args.takeover_stall_near,
         )
         if args.value_weight is not None:
             agent = dataclasses.replace(policy.agent, value_weight=args.value_weight)
