@@ -341,6 +341,7 @@ class ScriptedExpert:
             if not closing and dist > 3 * self.half:
                 return self._judged("let go away from the goal")
             away, stalled = "carrying away from the goal", "stalled away from the goal"
+            progress, watch_near = dist, False
         else:
             if closed and self.env.controller.gripper_closure(self.env.data) > EMPTY_CLOSURE:
                 return self._judged("jaws shut on nothing")
@@ -352,22 +353,22 @@ class ScriptedExpert:
                 if dist > REACH * self.half or tool[2] > grasp_z + self.half:
                     return self._judged("closing out of reach")
             away, stalled = "moving away from the cube", "stalled away from the cube"
-            if stall_near:
-                dist_3d = float(np.hypot(dist, max(0.0, tool[2] - grasp_z)))
+            # near the cube, coming down is progress too
+            progress = float(np.hypot(dist, max(0.0, tool[2] - grasp_z))) if stall_near else dist
+            watch_near = stall_near
         slack = 0.001 * self.scale
         far = dist > 2 * self.half
         self._watch_streak = (
             self._watch_streak + 1 if far and dist > self._watch_prev + slack else 0
         )
         self._watch_prev = dist
-        progress = dist_3d if stall_near and not held else dist
         if progress < self._watch_best - slack:
             self._watch_best, self._watch_idle = progress, 0
         else:
             self._watch_idle += 1
         if self._watch_streak >= patience:
             return self._judged(away)
-        if (far or (stall_near and not held)) and self._watch_idle >= STALL_PATIENCE * patience:
+        if (far or watch_near) and self._watch_idle >= STALL_PATIENCE * patience:
             return self._judged(stalled if far else "stalled beside the cube")
         return None
 
