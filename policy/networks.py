@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from torch import nn
 
+from limbic.policy.losses import bc_loss
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 POSITIONS = ("learned", "grid", "both")
 """How the encoder places tokens (``AgentConfig.position``)."""
@@ -281,6 +283,164 @@ class TanhGaussianActor(nn.Module):
         mean, std = self.distribution(feature)
         a = action.clamp(-1.0 + eps, 1.0 - eps)
         return squashed_log_prob(torch.atanh(a), mean, std)
+
+    @property
+    def noise_dim(self) -> int:
+        """Standard normal numbers one sampled action takes (``forward``'s ``noise`` width)."""
+        return self.action_dim * self.chunk_len
+
+    def imitation(
+        self,
+        feature: torch.Tensor,
+        action: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The behaviour-cloning loss on ``action`` (``[B, chunk_len * action_dim]``, the
+        human's) and the exploration standard deviations the ``bc_std`` anchor regresses.
+
+        Here: the squared error of the deterministic action (the squashed mean)."""
+        mean, std = self.distribution(feature)
+        return bc_loss(torch.tanh(mean), action, mask, weights), std
+
+
+class MixtureTanhGaussianActor(TanhGaussianActor):
+    """Feature -> a mixture of ``components`` squashed Gaussians over the whole action chunk.
+
+    Imitation fits the mixture's density to the human actions (each component a diagonal
+    Gaussian around its squashed mean, with widths of its own), so where similar observations
+    were followed by different actions (a demonstration, a copied success and a watcher's
+    correction of nearby states) the components keep them apart instead of averaging them
+    into a motion no one made. Acting picks a component (the most probable one when
+    deterministic) and samples around its mean with the exploration standard deviation,
+    which the ``bc_std`` anchor holds as for the single Gaussian.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        action_dim: int,
+        chunk_len: int = 1,
+        hidden: int = 256,
+        components: int = 4,
+    ):
+        nn.Module.__init__(self)
+        if components < 2:
+            raise ValueError(f"components: a mixture needs 2 or more, got {components}")
+        self.action_dim, self.chunk_len, self.k = action_dim, chunk_len, components
+        size = action_dim * chunk_len
+        # per component: mean, exploration log-std, imitation log-width; then the K logits
+        self.net = mlp(feature_dim, hidden, components * (3 * size + 1))
+
+    @property
+    def noise_dim(self) -> int:
+        """The action's standard normal numbers, plus one that picks the component."""
+        return self.action_dim * self.chunk_len + 1
+
+    def components(
+        self, feature: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Pre-squash means, exploration stds, imitation widths (``[B, K, A]`` each, ``A`` the
+        flattened chunk) and component log-weights ``[B, K]``."""
+        b, size = feature.shape[0], self.action_dim * self.chunk_len
+        out = self.net(feature)
+        logits = out[:, : self.k]
+        mean, log_std, log_width = out[:, self.k :].view(b, self.k, 3, size).unbind(2)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
+        lo, hi = MIXTURE_LOG_WIDTH
+        log_width = lo + 0.5 * (hi - lo) * (torch.tanh(log_width) + 1.0)
+        return mean, log_std.exp(), log_width.exp(), logits.log_softmax(-1)
+
+    def distribution(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most probable component's pre-squash mean and standard deviation, ``[B, A]``."""
+        mean, std, _, log_w = self.components(feature)
+        return self._pick(mean, log_w.argmax(-1)), self._pick(std, log_w.argmax(-1))
+
+    @staticmethod
+    def _pick(x: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        """Row ``b``'s component ``k[b]`` of ``x`` ``[B, K, A]`` (a gather, so graphs export)."""
+        return x.gather(1, k.view(-1, 1, 1).expand(-1, 1, x.shape[-1])).squeeze(1)
+
+    def forward(
+        self,
+        feature: torch.Tensor,
+        deterministic: bool = False,
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """As the single Gaussian's; ``noise`` is ``[B, A + 1]``: its last column, through the
+        normal CDF, picks the component in proportion to its weight."""
+        mean, std, _, log_w = self.components(feature)
+        if deterministic:
+            picked = self._pick(mean, log_w.argmax(-1))
+            return torch.tanh(picked), torch.zeros(mean.shape[0], device=mean.device)
+        shape = (mean.shape[0], self.noise_dim)
+        if noise is None:
+            where = generator.device if generator is not None else mean.device
+            noise = torch.randn(shape, generator=generator, device=where, dtype=mean.dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise: expected shape {shape}, got {tuple(noise.shape)}")
+        noise = noise.to(mean.device)
+        # inverse-CDF draw of the component from one normal number
+        uniform = 0.5 * (1.0 + torch.erf(noise[:, -1:] / math.sqrt(2.0)))
+        k = (log_w.exp().cumsum(-1) < uniform).sum(-1).clamp(max=self.k - 1)
+        u = self._pick(mean, k) + self._pick(std, k) * noise[:, :-1]
+        return torch.tanh(u), self._log_prob_u(u, mean, std, log_w)
+
+    def _log_prob_u(
+        self, u: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, log_w: torch.Tensor
+    ) -> torch.Tensor:
+        """log pi(tanh(u)) under the mixture of the exploration Gaussians."""
+        u_k = u.unsqueeze(1)
+        gauss = -0.5 * ((u_k - mean) / std) ** 2 - torch.log(std) - 0.5 * math.log(2 * math.pi)
+        jac = 2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))
+        return torch.logsumexp(log_w + gauss.sum(-1), dim=-1) - jac.sum(-1)
+
+    def log_prob(
+        self, feature: torch.Tensor, action: torch.Tensor, eps: float = 1e-4
+    ) -> torch.Tensor:
+        mean, std, _, log_w = self.components(feature)
+        u = torch.atanh(action.clamp(-1.0 + eps, 1.0 - eps))
+        return self._log_prob_u(u, mean, std, log_w)
+
+    def imitation(
+        self,
+        feature: torch.Tensor,
+        action: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mixture's negative log-likelihood of the human actions (each component a diagonal
+        Gaussian of its own widths around its squashed mean; ``weights`` scale each component
+        of the action's log-density), and every component's exploration stds."""
+        mean, std, width, log_w = self.components(feature)
+        nll = mixture_nll(torch.tanh(mean), width, log_w, action, weights)
+        if mask is None:
+            return nll.mean(), std
+        mask = mask.float()
+        return (nll * mask).sum() / mask.sum().clamp_min(1.0), std
+
+
+MIXTURE_LOG_WIDTH = (math.log(0.02), math.log(1.0))
+"""Range of a mixture component's imitation width (normalised action units): the lower bound
+keeps a component from collapsing onto one recorded action."""
+
+
+def mixture_nll(
+    means: torch.Tensor,
+    widths: torch.Tensor,
+    log_weights: torch.Tensor,
+    action: torch.Tensor,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``-log sum_k w_k N(action; means_k, widths_k^2)`` per row, ``[B]``: ``means`` and
+    ``widths`` are ``[B, K, A]``, ``log_weights`` ``[B, K]``, ``action`` ``[B, A]``; ``weights``
+    (``[A]``) scale each component's log-density term."""
+    z = (action.unsqueeze(1) - means) / widths
+    per_dim = -0.5 * z**2 - torch.log(widths) - 0.5 * math.log(2 * math.pi)
+    if weights is not None:
+        per_dim = per_dim * weights
+    return -torch.logsumexp(log_weights + per_dim.sum(-1), dim=-1)
 
 
 def squashed_log_prob(u: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:

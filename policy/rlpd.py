@@ -38,7 +38,6 @@ from limbic.contracts import ActionSpec
 from limbic.launch.config import require
 from limbic.policy.losses import (
     actor_loss,
-    bc_loss,
     critic_loss,
     polyak_update,
     td_target,
@@ -48,6 +47,7 @@ from limbic.policy.networks import (
     POOLINGS,
     POSITIONS,
     WAYPOINT_SOURCES,
+    MixtureTanhGaussianActor,
     ObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
@@ -167,6 +167,12 @@ class AgentConfig:
     divided by its variance in the human rows (a running estimate, kept with the weights), the
     weights then scaled to mean 1, so a component the demonstrations move little (pick-and-
     place's x: a third of y's spread) weighs as much as one they move a lot."""
+    head_components: int = 1
+    """Components of the action head. 1: one tanh-Gaussian over the chunk, imitation its mean's
+    squared error. 2 or more: a mixture of tanh-Gaussians whose imitation loss is the mixture's
+    negative log-likelihood of the human actions, so differing actions after similar
+    observations stay apart instead of being averaged (``MixtureTanhGaussianActor``);
+    deterministic acting takes the most probable component's mean."""
     bc_std: float = 0.1
     """The exploration noise: BC pre-training and every actor step regress the actor's
     (pre-squash) standard deviation to this, so online episodes explore around the demonstrated
@@ -293,6 +299,11 @@ class AgentConfig:
             self.target_entropy_per_dim is None or math.isfinite(self.target_entropy_per_dim),
             "agent.target_entropy_per_dim",
             f"must be a finite number or null, got {self.target_entropy_per_dim}",
+        )
+        require(
+            self.head_components >= 1,
+            "agent.head_components",
+            f"must be >= 1, got {self.head_components}",
         )
         require(self.bc_std >= 0, "agent.bc_std", f"must be >= 0, got {self.bc_std}")
         require(
@@ -423,9 +434,18 @@ class RLPDAgent(nn.Module):
             )
 
         self.actor_encoder = encoder()
-        self.actor = TanhGaussianActor(
-            self.actor_encoder.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
-        )
+        if cfg.head_components > 1:
+            self.actor: TanhGaussianActor = MixtureTanhGaussianActor(
+                self.actor_encoder.feature_dim,
+                shape.action_dim,
+                shape.chunk_len,
+                cfg.hidden,
+                cfg.head_components,
+            )
+        else:
+            self.actor = TanhGaussianActor(
+                self.actor_encoder.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
+            )
         # the acting copy: a moving average of the actor (the live one when actor_ema is 0)
         self.ema_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)
         self.ema_actor = copy.deepcopy(self.actor).requires_grad_(False)
@@ -584,8 +604,8 @@ class RLPDAgent(nn.Module):
 
     # --- learning ------------------------------------------------------------------------------
     def _noise(self, rows: int, device: torch.device) -> torch.Tensor:
-        """Standard normal sampling noise ``[rows, action_size]`` for this rank's rows."""
-        return self._randn((rows, self.action_size), device)
+        """Standard normal sampling noise ``[rows, actor.noise_dim]`` for this rank's rows."""
+        return self._randn((rows, self.actor.noise_dim), device)
 
     def _randn(
         self, shape: tuple[int, ...], device: torch.device, uniform: bool = False
@@ -809,8 +829,7 @@ class RLPDAgent(nn.Module):
         feature = self.actor_encoder(
             b["tokens"], b["state"], b["lang"], b.get("view_mask"), b.get("waypoint_tokens")
         )
-        mean, std = self.actor.distribution(feature)
-        imitation = bc_loss(torch.tanh(mean), b["action"], b["human"], self._bc_weights(b))
+        imitation, std = self.actor.imitation(feature, b["action"], b["human"], self._bc_weights(b))
         metrics = {"bc_loss": float(imitation.detach())}
         loss = bc_weight * imitation
         if self.cfg.waypoint_weight > 0:

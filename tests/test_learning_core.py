@@ -16,10 +16,12 @@ from limbic.policy.losses import (
     temperature_loss,
 )
 from limbic.policy.networks import (
+    MixtureTanhGaussianActor,
     ObservationEncoder,
     QEnsemble,
     TanhGaussianActor,
     grid_coordinates,
+    mixture_nll,
     squashed_log_prob,
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig, after_last_handback
@@ -1013,3 +1015,82 @@ def test_a_token_localiser_learns_the_waypoint_on_its_own_inputs_and_feeds_the_a
         AgentConfig(waypoint_source="pixels")
     with pytest.raises(ValueError, match="agent.waypoint_token_noise"):
         AgentConfig(waypoint_token_noise=-0.5)
+
+
+def test_mixture_nll_by_hand():
+    means = torch.tensor([[[0.2, -0.4], [-0.5, 0.1]]])  # [B=1, K=2, A=2]
+    widths = torch.tensor([[[0.3, 0.5], [0.2, 0.4]]])
+    log_w = torch.tensor([[0.7, 0.3]]).log()
+    action = torch.tensor([[0.1, -0.2]])
+    mix = torch.distributions.MixtureSameFamily(
+        torch.distributions.Categorical(probs=log_w.exp()),
+        torch.distributions.Independent(torch.distributions.Normal(means, widths), 1),
+    )
+    torch.testing.assert_close(mixture_nll(means, widths, log_w, action), -mix.log_prob(action))
+    # per-component weights scale each component's log-density term
+    weights = torch.tensor([2.0, 0.5])
+    z = (action.unsqueeze(1) - means) / widths
+    logn = -0.5 * z**2 - widths.log() - 0.5 * math.log(2 * math.pi)
+    expected = -torch.logsumexp(log_w + (logn * weights).sum(-1), -1)
+    torch.testing.assert_close(mixture_nll(means, widths, log_w, action, weights), expected)
+
+
+def test_mixture_actor_samples_in_bounds_scores_its_samples_and_acts_on_its_likeliest_mode():
+    torch.manual_seed(0)
+    actor = MixtureTanhGaussianActor(
+        feature_dim=8, action_dim=3, chunk_len=2, hidden=16, components=3
+    )
+    feature = torch.randn(5, 8)
+    action, logp = actor(feature)
+    assert action.shape == (5, 6) and logp.shape == (5,) and action.abs().max() < 1.0
+    torch.testing.assert_close(actor.log_prob(feature, action), logp, atol=2e-3, rtol=1e-3)
+    assert actor.noise_dim == 7
+    with pytest.raises(ValueError, match="noise: expected shape"):
+        actor(feature, noise=torch.zeros(5, 6))
+    mean, _, _, log_w = actor.components(feature)
+    det, _ = actor(feature, deterministic=True)
+    best = log_w.argmax(-1)
+    torch.testing.assert_close(det, torch.tanh(mean[torch.arange(5), best]))
+    # the last noise number picks the component through the weights' cumulative sum
+    noise = torch.zeros(5, 7)
+    noise[:, -1] = 8.0  # CDF ~1: the last component
+    sampled, _ = actor(feature, noise=noise)
+    torch.testing.assert_close(sampled, torch.tanh(mean[:, -1]))
+    noise[:, -1] = -8.0  # CDF ~0: the first
+    torch.testing.assert_close(actor(feature, noise=noise)[0], torch.tanh(mean[:, 0]))
+    with pytest.raises(ValueError, match="2 or more"):
+        MixtureTanhGaussianActor(8, 3, components=1)
+
+
+def test_a_mixture_head_keeps_two_demonstrated_motions_apart_where_one_gaussian_averages_them():
+    """The same observation followed by +0.6 in half the human rows and -0.6 in the other half:
+    the single Gaussian's imitation (squared error) acts near their mean, 0, a motion no one
+    made; the mixture acts on one of the two, and its exploration noise keeps the anchor."""
+    quiet = dict(token_noise=0.0, lang_dropout=0.0, lang_noise=0.0, state_dropout=0.0)
+    batch = _bc_batch(64)
+    for key in ("tokens", "state", "lang"):
+        batch[key] = batch[key][:1].expand_as(batch[key]).clone()
+    sign = torch.where(torch.arange(64) % 2 == 0, 1.0, -1.0)
+    batch["action"] = 0.6 * sign.unsqueeze(-1).expand(64, 2).clone()
+    acted = {}
+    for k in (1, 3):
+        agent = _agent(head_components=k, actor_ema=0.0, **quiet)
+        assert isinstance(agent.actor, MixtureTanhGaussianActor) == (k > 1)
+        for _ in range(400):
+            agent.bc_update({key: v.clone() for key, v in batch.items()})
+        acted[k] = agent.act(batch["tokens"][:1], batch["state"][:1], batch["lang"][:1], True)[0]
+        if k > 1:
+            feature = agent.actor_encoder(
+                batch["tokens"][:1], batch["state"][:1], batch["lang"][:1]
+            )
+            std = agent.actor.components(feature)[1]
+            assert std.mean().item() == pytest.approx(0.1, rel=0.15)
+            noise = agent._noise(4, torch.device("cpu"))
+            assert noise.shape == (4, 3)  # the RL steps draw the component's number too
+    assert acted[1].abs().max() < 0.15
+    torch.testing.assert_close(acted[3].abs(), torch.full((2,), 0.6), atol=0.05, rtol=0)
+    # the actor-critic runs on it too: sampled next actions, the value and entropy terms
+    metrics = _agent(head_components=3, critic_warmup=0).update(_rl_batch())
+    assert math.isfinite(metrics["actor_loss"]) and math.isfinite(metrics["critic_loss"])
+    with pytest.raises(ConfigError, match="agent.head_components"):
+        _agent(head_components=0)
