@@ -139,6 +139,18 @@ class LearnConfig:
     """Online episodes sample the actor's actions (exploration); false: they take its mean, the
     action evaluation takes, so the policy's own successes and a human's takeovers come from the
     very behaviour being evaluated (as DAgger's learner acts)."""
+    online_goal_moves: int = 0
+    """Counterfactual copies of the online episodes the BC term learns from (pick_place only,
+    limbic's own simulator, in-process runtime): for each success the policy ran alone and
+    that ``imitate_successes`` copies, and for each episode a watcher stepped into, this many
+    copies whose frames before the cube is first lifted show the bowl at a place drawn
+    anywhere in the work area (``limbic.sim.counterfactual``, ``until="lift"``). A copy keeps
+    only those approach steps (the rest would repeat the episode's own rows): a success's go
+    to the demonstration partition, a watcher's steps among them to the intervention
+    partition. The layout sampler keeps the bowl clear of the cube, so in the layouts the
+    online episodes are played on, as in the demonstrations', the bowl's place predicts the
+    cube's; the policy's successes and the watcher's corrections would teach that shortcut
+    again. 0 (the default): none."""
     imitate_assisted: bool = False
     """With ``imitate_successes``: in an online episode a human stepped into and that succeeded,
     the policy's own steps after the human's last hand-back go to the demonstration partition
@@ -170,15 +182,24 @@ class LearnConfig:
             "learn.demo_goal_moves",
             f"must be >= 0, got {self.demo_goal_moves}",
         )
-        if self.demo_goal_moves:
-            sim = self.robot.sim
-            task = TASKS.get(sim.task) if sim.env == "limbic" else None
-            require(
-                task is not None and task.goal_mocap is not None,
-                "learn.demo_goal_moves",
-                f"needs a task whose goal can move (pick_place); got env={sim.env!r} "
-                f"task={sim.task!r}",
-            )
+        require(
+            self.online_goal_moves >= 0,
+            "learn.online_goal_moves",
+            f"must be >= 0, got {self.online_goal_moves}",
+        )
+        for name, moves in (
+            ("learn.demo_goal_moves", self.demo_goal_moves),
+            ("learn.online_goal_moves", self.online_goal_moves),
+        ):
+            if moves:
+                sim = self.robot.sim
+                task = TASKS.get(sim.task) if sim.env == "limbic" else None
+                require(
+                    task is not None and task.goal_mocap is not None,
+                    name,
+                    f"needs a task whose goal can move (pick_place); got env={sim.env!r} "
+                    f"task={sim.task!r}",
+                )
         require(
             0.0 <= self.demo_start_spread <= 1.0,
             "learn.demo_start_spread",
@@ -367,6 +388,8 @@ class Learner:
             np.random.default_rng([LAYOUT_SEED, cfg.seed, self.dist.rank]),
         )
         self.online_cells = np.zeros((GRID, GRID, 2))  # per cell: solved alone, episodes
+        self.goal_rng = np.random.default_rng([ONLINE_SEED, cfg.seed, self.dist.rank, 1])
+        self.goal_moved = 0  # online_goal_moves copies stored
         self.played_steps = self.human_steps = 0
         self.imitated = 0  # online successes copied to the demonstration partition
         self.assisted = 0  # assisted successes whose tail was copied there (imitate_assisted)
@@ -411,17 +434,40 @@ class Learner:
         return {k: torch.from_numpy(v).to(self.device) for k, v in b.items()}
 
     # --- phases -------------------------------------------------------------------------------
+    def _store_goal_moved(self, ep: EpisodeRecord, recorder: ApproachRecorder) -> None:
+        """The ``online_goal_moves`` copies of an online episode the BC term learns from (a
+        success copied to the demonstrations, or one with a watcher's steps): their approach
+        steps only, to the demonstration or (the watcher's) the intervention partition."""
+        watched = ep.intervention is not None and ep.intervention.any()
+        if not (watched or (ep.success and self.cfg.imitate_successes)):
+            return
+        recorder.finish()
+        approach = np.arange(len(ep)) < min(recorder.approach_frames, len(ep))
+        keep = approach & ep.intervention if watched else approach
+        if not keep.any():
+            return
+        embedding = self.lang(ep.instruction)[0].cpu().numpy()
+        lang_id = self.replay.instruction_id(ep.instruction, embedding)
+        for _ in range(self.cfg.online_goal_moves):
+            copy = self._goal_moved_copy(ep, recorder, self.goal_rng)
+            source = "intervention" if watched else "demo"
+            self.replay.add_episode(source, keep=keep, **copy.replay_arrays(lang_id))
+            self.goal_moved += 1
+
     def _goal_moved_copy(
         self, ep: EpisodeRecord, recorder: ApproachRecorder, rng: np.random.Generator
     ) -> EpisodeRecord:
-        """``ep`` with its approach frames rendered with the goal elsewhere (``demo_goal_moves``)."""
+        """``ep`` with its approach frames rendered with the goal elsewhere (``demo_goal_moves``,
+        ``online_goal_moves``)."""
         moved = goal_moved_observations(self.env, recorder, sample_goal_xy(self.env, rng))
         n = len(moved)
-        tokens, backbone = ep.tokens.copy(), ep.backbone_tokens.copy()
+        tokens = ep.tokens.copy()
+        backbone = None if ep.backbone_tokens is None else ep.backbone_tokens.copy()
         for t, o in enumerate(moved):
             compact, _, full = self.featurize(o)
             tokens[t] = replay_tokens(self.policy, o, compact)
-            backbone[t] = full[0].cpu().numpy().astype(np.float16)
+            if backbone is not None:
+                backbone[t] = full[0].cpu().numpy().astype(np.float16)
         observations = (
             [*moved, *ep.observations[n:]] if ep.observations else []
         )  # the dataset copy shows what the policy was trained on
@@ -613,9 +659,14 @@ class Learner:
             steps = 0
             if ep_i <= online:  # the last round may leave some ranks without an episode
                 self.env.next_cell = self.curriculum.pick()
+                act = self.policy_action(not cfg.explore)
+                recorder = None
+                if cfg.online_goal_moves:
+                    recorder = ApproachRecorder(self.env, until="lift")
+                    act = recorder.wrap(act)
                 ep = run_episode(
                     self.env,
-                    self.policy_action(not cfg.explore),
+                    act,
                     self.featurize,
                     self.lang,
                     seed=ONLINE_SEED + ep_i,
@@ -623,6 +674,8 @@ class Learner:
                     arbiter=self.arbiter,
                 )
                 self._store("online", ep)
+                if recorder is not None:
+                    self._store_goal_moved(ep, recorder)
                 self.curriculum.record(ep.cell, ep.solved_alone)
                 if ep.cell is not None:
                     self.online_cells[ep.cell] += (float(ep.solved_alone), 1.0)

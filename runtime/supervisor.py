@@ -120,6 +120,12 @@ class TrainConfig(LearnerConfig):
             "the layout curriculum places the in-process loop's episodes only; "
             "use runtime=inprocess or layout_focus=0",
         )
+        require(
+            self.runtime == "inprocess" or not self.online_goal_moves,
+            "online_goal_moves",
+            "re-rendering an online episode needs the simulator that played it, which only the "
+            "in-process loop keeps; use runtime=inprocess or online_goal_moves=0",
+        )
         require(self.max_restarts >= 0, "max_restarts", "must be >= 0")
 
     def learn_config(self) -> LearnConfig:

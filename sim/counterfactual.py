@@ -42,24 +42,57 @@ def goal_body(env) -> str:
     return name
 
 
+APPROACH_ENDS = ("close", "lift")
+"""Where an episode's approach ends (``ApproachRecorder``'s ``until``)."""
+
+
 class ApproachRecorder:
-    """Wraps an action source: keeps the sim state before each action and where the grasp starts.
+    """Wraps an action source: keeps the sim state before each action and where the approach
+    ends.
+
+    ``until="close"`` (a demonstrator's episode): the approach ends with the first action that
+    closes the gripper. ``until="lift"`` (an episode a policy played, perhaps with a watcher's
+    corrections, whose first close may grasp air and be followed by another approach): it ends
+    before the first frame with the object (pick-and-place's cube) raised ``lift_m`` above
+    where it lay, and an episode that never lifts it is approach throughout; until the object
+    is carried, where the goal is cannot matter to what anyone should do.
 
     ``recorder.wrap(act)`` returns an action source to record with; after the episode call
     :meth:`finish` once, with the env still at its last state.
     """
 
-    def __init__(self, env, gripper_index: int = -1, closed_above: float = 0.5):
+    def __init__(
+        self,
+        env,
+        gripper_index: int = -1,
+        closed_above: float = 0.5,
+        until: str = "close",
+        lift_m: float = 0.01,
+    ):
+        if until not in APPROACH_ENDS:
+            raise ValueError(f"until: expected one of {APPROACH_ENDS}, got {until!r}")
+        if until == "lift":
+            goal_body(env)  # a task with a movable goal, hence an object to carry to it
         self.env = env
         self.gripper_index, self.closed_above = gripper_index, closed_above
+        self.until, self.lift_m = until, lift_m
         self.states: list[np.ndarray] = []
         self.grasp_step: int | None = None
         """The first step whose action closes the gripper (None: it never did)."""
+        self.lift_frame: int | None = None
+        """``until="lift"``: the first frame with the object raised (None: never)."""
+        self._rest_z: float | None = None
 
     def _snapshot(self) -> np.ndarray:
         model, data = self.env.model, self.env.data
         out = np.empty(mujoco.mj_stateSize(model, _STATE))
         mujoco.mj_getState(model, data, out, _STATE)
+        if self.until == "lift" and self.lift_frame is None:
+            z = float(self.env.goal_info()["cube"][2])
+            if self._rest_z is None:
+                self._rest_z = z
+            elif z > self._rest_z + self.lift_m:
+                self.lift_frame = len(self.states)
         return out
 
     def wrap(self, act: Callable) -> Callable:
@@ -78,7 +111,10 @@ class ApproachRecorder:
 
     @property
     def approach_frames(self) -> int:
-        """Frames before the object is held: up to and including the one the grasp acts on."""
+        """Frames of the approach: up to and including the one the first close acts on
+        (``until="close"``), or those before the object is first raised (``until="lift"``)."""
+        if self.until == "lift":
+            return self.lift_frame if self.lift_frame is not None else len(self.states)
         last = self.grasp_step if self.grasp_step is not None else len(self.states) - 1
         return last + 1
 
