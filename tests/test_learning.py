@@ -590,3 +590,88 @@ def test_the_layout_curriculum_places_the_online_episodes_and_learns_how_they_we
     with pytest.raises(ValueError, match="learn.layout_focus"):
         hil = SimConfig(env=HIL_PICK_CUBE, arm="panda", task="pick_cube")
         reach_config(tmp_path, robot=RobotConfig(sim=hil), layout_focus=0.5)
+
+
+def test_online_goal_moved_copies_cover_the_approach_before_the_lift(tmp_path):
+    """``online_goal_moves``: an online episode the BC term learns from is recorded with the
+    simulator's states; its copies show the bowl elsewhere in every frame before the cube is
+    lifted and keep only those steps, a success's in the demonstrations, a watcher's steps in
+    the interventions; a failure nobody corrected gets none."""
+    import mujoco
+
+    from limbic.sim.counterfactual import ApproachRecorder
+    from limbic.sim.envs import make_expert
+    from limbic.sim.expert import ExpertConfig
+    from limbic.sim.scene import CameraConfig
+
+    cfg = reach_config(
+        tmp_path,
+        robot=RobotConfig(
+            sim=SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
+        ),
+        policy=PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64)),
+        demos=1,
+        imitate_successes=True,
+        online_goal_moves=2,
+    )
+    learner = Learner(cfg)
+    try:
+        learner.collect_demos()
+        demo = learner.replay.partitions["demo"]
+        interv = learner.replay.partitions["intervention"]
+        expert = make_expert(learner.env, ExpertConfig(), seed=7)
+
+        def recorded(act, seed):
+            recorder = ApproachRecorder(learner.env, until="lift")
+            ep = run_episode(
+                learner.env,
+                recorder.wrap(act),
+                learner.featurize,
+                learner.lang,
+                seed=seed,
+                split="train",
+                on_reset=expert.reset,
+            )
+            return ep, recorder
+
+        ep, recorder = recorded(lambda _o, _t, _l: expert.act(), 9000)
+        assert ep.success
+        cube_z = []
+        for state in recorder.states:  # the recorded states, replayed: where the cube was
+            mujoco.mj_setState(
+                learner.env.model, learner.env.data, state, mujoco.mjtState.mjSTATE_INTEGRATION
+            )
+            mujoco.mj_forward(learner.env.model, learner.env.data)
+            cube_z.append(learner.env.goal_info()["cube"][2])
+        lift = recorder.lift_frame
+        grasp = int(np.argmax(ep.action[:, -1] > 0))
+        assert grasp < lift < len(ep)  # the approach runs past the close, up to the lift
+        assert max(cube_z[:lift]) < cube_z[0] + 0.01 <= cube_z[lift]
+        before = demo.size
+        learner._store("online", ep)
+        learner._store_goal_moved(ep, recorder)
+        assert demo.size == before + len(ep) + 2 * lift  # the copy, then two approaches
+        assert learner.goal_moved == 2 and interv.size == 0
+        copied = np.arange(before + len(ep), demo.size)
+        np.testing.assert_array_equal(demo.action[copied[:lift]], ep.action[:lift])
+        original = demo.tokens[demo.obs[np.arange(before, before + lift)]]
+        moved = demo.tokens[demo.obs[copied[:lift]]]
+        assert all(not np.array_equal(a, b) for a, b in zip(original, moved, strict=True))
+
+        # a failure the policy ran alone: no copy
+        hold = np.zeros(learner.env.action_spec.low.shape, np.float32)
+        ep, recorder = recorded(lambda _o, _t, _l: hold, 9001)
+        assert not ep.success and recorder.lift_frame is None
+        before = demo.size
+        learner._store_goal_moved(ep, recorder)
+        assert demo.size == before and learner.goal_moved == 2
+        # the same failure with a watcher's steps in it: their copies go to the interventions
+        ep.intervention = np.arange(len(ep)) % 3 == 0
+        learner._store_goal_moved(ep, recorder)
+        assert interv.size == 2 * int(ep.intervention.sum()) and demo.size == before
+    finally:
+        learner.close()
+    with pytest.raises(Exception, match="online_goal_moves"):
+        reach_config(tmp_path, online_goal_moves=1)
+    with pytest.raises(ValueError, match="until"):
+        ApproachRecorder(None, until="drop")

@@ -129,6 +129,14 @@ def test_the_job_refuses_a_layout_curriculum_its_actors_would_not_follow(tmp_pat
     assert small_train_config(tmp_path, layout_focus=0.5, runtime="inprocess").layout_focus == 0.5
 
 
+def test_the_job_refuses_online_goal_moves_its_learner_could_not_render(tmp_path):
+    pick = robot_config(step_limit=6, task="pick_place")
+    with pytest.raises(ValueError, match="online_goal_moves.*runtime=inprocess"):
+        small_train_config(tmp_path, robot=pick, online_goal_moves=2)
+    job = small_train_config(tmp_path, robot=pick, online_goal_moves=2, runtime="inprocess")
+    assert job.online_goal_moves == 2
+
+
 @pytest.mark.slow
 def test_killing_the_learner_and_an_actor_loses_no_episode_and_training_resumes(tmp_path):
     cfg = small_train_config(tmp_path, online_episodes=10)
