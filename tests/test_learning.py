@@ -38,6 +38,15 @@ def reach_config(tmp_path, **kw) -> LearnConfig:
     return LearnConfig(**base)
 
 
+def pick_place_config(tmp_path, **kw) -> LearnConfig:
+    """``reach_config`` on pick-and-place, with 64x64 views."""
+    from limbic.sim.scene import CameraConfig
+
+    sim = SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
+    policy = PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64))
+    return reach_config(tmp_path, robot=RobotConfig(sim=sim), policy=policy, **kw)
+
+
 def demo_action_error(learner: Learner) -> float:
     """Mean squared error of the deterministic policy on the stored demonstration actions."""
     p = learner.replay.partitions["demo"]
@@ -463,17 +472,8 @@ def test_the_demonstrations_expert_is_configurable(tmp_path):
 
 
 def test_goal_moved_demo_copies_keep_the_actions_and_change_only_the_approach(tmp_path):
-    from limbic.sim.scene import CameraConfig
 
-    cfg = reach_config(
-        tmp_path,
-        robot=RobotConfig(
-            sim=SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
-        ),
-        policy=PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64)),
-        demos=2,
-        demo_goal_moves=2,
-    )
+    cfg = pick_place_config(tmp_path, demos=2, demo_goal_moves=2)
     learner = Learner(cfg)
     stored = []
     store = learner._store
@@ -507,18 +507,9 @@ def test_demonstrations_can_start_the_tool_anywhere_over_the_work_area(tmp_path)
     """``demo_start_spread``: each demonstration's tool starts over its own point of the work
     area, on the same layouts as without it; the demonstrations still succeed, and the episodes
     after them start where the task puts the tool."""
-    from limbic.sim.scene import CameraConfig
 
     def demos(spread: float):
-        cfg = reach_config(
-            tmp_path / str(spread),
-            robot=RobotConfig(
-                sim=SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
-            ),
-            policy=PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64)),
-            demos=3,
-            demo_start_spread=spread,
-        )
+        cfg = pick_place_config(tmp_path / str(spread), demos=3, demo_start_spread=spread)
         learner = Learner(cfg)
         env, starts, layouts = learner.env, [], []
         reset = env.reset
@@ -602,18 +593,8 @@ def test_online_goal_moved_copies_cover_the_approach_before_the_lift(tmp_path):
     from limbic.sim.counterfactual import ApproachRecorder
     from limbic.sim.envs import make_expert
     from limbic.sim.expert import ExpertConfig
-    from limbic.sim.scene import CameraConfig
 
-    cfg = reach_config(
-        tmp_path,
-        robot=RobotConfig(
-            sim=SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
-        ),
-        policy=PolicyConfig(agent=SMALL_AGENT, image_hw=(64, 64)),
-        demos=1,
-        imitate_successes=True,
-        online_goal_moves=2,
-    )
+    cfg = pick_place_config(tmp_path, demos=1, imitate_successes=True, online_goal_moves=2)
     learner = Learner(cfg)
     try:
         learner.collect_demos()
