@@ -411,9 +411,13 @@ class Learner:
             self._lang_cache[text] = self.language([text]).to(self.device)
         return self._lang_cache[text]
 
+    def _lang_id(self, instruction: str) -> int:
+        """The replay's id of ``instruction`` (its embedding stored once)."""
+        embedding = self.lang(instruction)[0].cpu().numpy()
+        return self.replay.instruction_id(instruction, embedding)
+
     def _store(self, source: str, ep: EpisodeRecord) -> None:
-        embedding = self.lang(ep.instruction)[0].cpu().numpy()
-        lang_id = self.replay.instruction_id(ep.instruction, embedding)
+        lang_id = self._lang_id(ep.instruction)
         if source == "online" and ep.intervention is not None and ep.intervention.any():
             self.replay.add_shared_episode(ep.intervention, **ep.replay_arrays(lang_id))
             if ep.success and self.cfg.imitate_successes and self.cfg.imitate_assisted:
@@ -446,8 +450,7 @@ class Learner:
         keep = approach & ep.intervention if watched else approach
         if not keep.any():
             return
-        embedding = self.lang(ep.instruction)[0].cpu().numpy()
-        lang_id = self.replay.instruction_id(ep.instruction, embedding)
+        lang_id = self._lang_id(ep.instruction)
         for _ in range(self.cfg.online_goal_moves):
             copy = self._goal_moved_copy(ep, recorder, self.goal_rng)
             source = "intervention" if watched else "demo"
