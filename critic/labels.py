@@ -70,6 +70,10 @@ class PairSamplingConfig:
     """Frames before this fraction are not done (label 0); frames in between are unlabelled."""
     still_threshold: float = 1.0
     """Mean absolute pixel difference (0-255 units) under which two frames show no visible change."""
+    stored_progress: bool = True
+    """Label with the recording's true task progress where it stores one (``task_progress``:
+    simulated recordings); false: the time-based progress of successes, and no progress
+    labels for failures, as for recordings without it (an ablation)."""
 
     def __post_init__(self) -> None:
         require(
@@ -135,10 +139,11 @@ def apply_hop(phi_a: np.ndarray | float, c: np.ndarray | float) -> np.ndarray:
     return np.where(c >= 0, phi_a + c * (1.0 - phi_a), phi_a * (1.0 + c)).astype(np.float32)
 
 
-def episode_progress(episode: EpisodeArrays) -> np.ndarray | None:
-    """``Φ_t`` for every frame (see the module docstring), or None for a failure without it."""
+def episode_progress(episode: EpisodeArrays, stored: bool = True) -> np.ndarray | None:
+    """``Φ_t`` for every frame (see the module docstring), or None for a failure without it
+    (``stored=False`` ignores a recorded progress)."""
     n = len(episode)
-    stored = episode.metadata.get(PROGRESS_KEY)
+    stored = episode.metadata.get(PROGRESS_KEY) if stored else None
     if stored is not None:
         phi = np.asarray(stored, dtype=np.float32)
         if phi.shape != (n,) or not np.all(np.isfinite(phi)) or phi.min() < 0 or phi.max() > 1:
@@ -254,7 +259,7 @@ class PairSampler:
             for text in self.instructions
         ]
         """Per instruction index: indices of other tasks' instructions (a mismatch draws one)."""
-        self.phi = [episode_progress(e) for e in episodes]
+        self.phi = [episode_progress(e, config.stored_progress) for e in episodes]
         dl = [done_labels(e, config.done_after, config.not_done_before) for e in episodes]
         self.done = [d[0] for d in dl]
         self.done_mask = [d[1] for d in dl]

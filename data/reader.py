@@ -24,14 +24,11 @@ from limbic.data.schema import (
     REWARD,
     STATE,
     SUCCESS,
+    TASK_PROGRESS,
     EpisodeArrays,
 )
 from limbic.data.writer import read_limbic_episodes
 
-TASK_PROGRESS = "task_progress"
-"""Optional per-frame float32 feature with the task's true progress in [0, 1] (simulation
-can provide it); when present it lands in ``EpisodeArrays.metadata["progress"]``, where the
-critic's labels use it instead of the time-based progress of successful episodes."""
 
 
 def parse_split(spec: str) -> list[int]:

@@ -21,6 +21,11 @@ DONE = "next.done"
 INTERVENTION = "intervention"
 POLICY_VERSION = "policy_version"
 CAPTURE_TIME = "observation.timestamp_ns"
+TASK_PROGRESS = "task_progress"
+"""Optional per-frame float32 feature with the task's true progress in [0, 1] (simulation
+can provide it); when present it lands in ``EpisodeArrays.metadata["progress"]``, where the
+critic's labels use it instead of the time-based progress of successful episodes (and where a
+failure gets progress labels at all)."""
 """Capture time of the state sample, int64 nanoseconds (LeRobot's ``timestamp`` is episode-relative seconds)."""
 
 
@@ -35,8 +40,10 @@ def dataset_features(
     state_names: list[str] | tuple[str, ...],
     action_names: list[str] | tuple[str, ...],
     use_videos: bool = True,
+    task_progress: bool = False,
 ) -> dict[str, dict[str, Any]]:
-    """LeRobot feature dict for an arm with ``views`` cameras of ``image_hw`` pixels."""
+    """LeRobot feature dict for an arm with ``views`` cameras of ``image_hw`` pixels (and the
+    task's true progress per frame with ``task_progress``)."""
     h, w = image_hw
     image_dtype = "video" if use_videos else "image"
     features: dict[str, dict[str, Any]] = {}
@@ -58,6 +65,8 @@ def dataset_features(
     features[INTERVENTION] = {"dtype": "bool", "shape": (1,), "names": None}
     features[POLICY_VERSION] = {"dtype": "int64", "shape": (1,), "names": None}
     features[CAPTURE_TIME] = {"dtype": "int64", "shape": (1,), "names": None}
+    if task_progress:
+        features[TASK_PROGRESS] = {"dtype": "float32", "shape": (1,), "names": None}
     return features
 
 

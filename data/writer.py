@@ -48,11 +48,19 @@ class DatasetLayout:
     action_spec: ActionSpec
     fps: int
     robot_type: str
+    task_progress: bool = False
+    """Every frame also stores the task's true progress (``schema.TASK_PROGRESS``; a simulator
+    knows it, a physical arm does not)."""
 
     def features(self, use_videos: bool) -> dict[str, dict[str, Any]]:
         """The LeRobot feature dict of this layout."""
         return schema.dataset_features(
-            self.views, self.image_hw, self.state_names, self.action_spec.names, use_videos
+            self.views,
+            self.image_hw,
+            self.state_names,
+            self.action_spec.names,
+            use_videos,
+            self.task_progress,
         )
 
 
@@ -144,8 +152,11 @@ class EpisodeWriter:
         done: bool = False,
         intervention: bool = False,
         policy_version: int = -1,
+        task_progress: float | None = None,
     ) -> None:
-        """Add one frame: the observation, the action taken from it, and what followed."""
+        """Add one frame: the observation, the action taken from it, and what followed
+        (``task_progress``: the observed state's true progress, which a layout with
+        ``task_progress`` needs on every frame and any other refuses)."""
         lay = self.layout
         obs.validate(views=lay.views, state_dim=len(lay.state_names), image_hw=lay.image_hw)
         action = np.asarray(action, dtype=np.float32)
@@ -162,6 +173,17 @@ class EpisodeWriter:
         frame[schema.INTERVENTION] = np.array([intervention], dtype=bool)
         frame[schema.POLICY_VERSION] = np.array([policy_version], dtype=np.int64)
         frame[schema.CAPTURE_TIME] = np.array([obs.timestamp_ns], dtype=np.int64)
+        if lay.task_progress != (task_progress is not None):
+            raise ContractError(
+                "task_progress",
+                "this dataset stores the task's progress on every frame; none was given"
+                if lay.task_progress
+                else "this dataset has no task_progress feature",
+            )
+        if task_progress is not None:
+            if not (np.isfinite(task_progress) and 0.0 <= task_progress <= 1.0):
+                raise ContractError("task_progress", f"must be in [0, 1], got {task_progress}")
+            frame[schema.TASK_PROGRESS] = np.array([task_progress], dtype=np.float32)
         frame["task"] = obs.instruction
         self.dataset.add_frame(frame)
         self._frames += 1

@@ -49,6 +49,9 @@ class RecordConfig:
     """Show a progress bar."""
     settle_steps: int = 0
     """Steps the operator goes on after the task succeeds (0: the episode ends on success)."""
+    task_progress: bool = True
+    """Store the task's true progress on every frame (``task_progress``: simulated tasks only;
+    the progress critic's labels use it, so failed episodes teach how far they got)."""
     settle_share: float = 0.0
     """Settle for the fewest steps that make the last ``settle_share`` of the episode show the
     finished task (at least ``settle_steps``); 0.05 matches the critic's done labels (the last
@@ -84,6 +87,8 @@ def record(cfg: RecordConfig):
                 action_spec=env.action_spec,
                 fps=int(env.cfg.control_hz),
                 robot_type=robot.robot_type,
+                task_progress=cfg.task_progress
+                and bool(getattr(getattr(env, "task", None), "stage_weights", ())),
             )
             writer = EpisodeWriter(
                 cfg.dataset.root,

@@ -21,7 +21,7 @@ from limbic.sim.arms import ArmSpec, get_arm
 from limbic.sim.control import ActionConfig, Controller, make_action_spec
 from limbic.sim.kinematics import ArmKinematics
 from limbic.sim.scene import FRONT_CAMERA, AppearanceJitter, CameraConfig, build_scene_spec
-from limbic.sim.tasks import TASKS, Split, Task, make_task
+from limbic.sim.tasks import TASKS, Split, Task, make_task, task_progress
 
 HOME_HEIGHT_M = {"so101": 0.09, "panda": 0.25}
 
@@ -252,6 +252,7 @@ class SimEnv(ObservingEnv):
         self.episode_id = ""
         self.t = 0
         self._last_obs: Observation | None = None
+        self._stage_start: np.ndarray | None = None
         self.next_start_xy: tuple[float, float] | None = None
         """Where the tool starts at the next reset (x, y in m, at the home height) instead of
         where the task puts it; used once, then cleared. The layout and the rest of the reset
@@ -301,6 +302,7 @@ class SimEnv(ObservingEnv):
         mujoco.mj_forward(m, d)
         self.episode_id = rng.bytes(8).hex()
         self.t = 0
+        self._stage_start = self._stage_distances()
         self._last_obs = self._observe()
         return self._last_obs
 
@@ -318,6 +320,25 @@ class SimEnv(ObservingEnv):
     def success(self) -> bool:
         """The task's success predicate on the current state."""
         return self.task.success(self.data)
+
+    def _stage_distances(self) -> np.ndarray | None:
+        try:
+            return self.task.stage_distances(self.data)
+        except NotImplementedError:
+            return None
+
+    def task_progress(self) -> float | None:
+        """The episode's true progress now, in [0, 1] (``limbic.sim.tasks.task_progress``:
+        1 on success, at most ``SHORT_OF_SUCCESS`` short of it); None for a task without stage distances.
+        Privileged: for recordings that train the progress critic, never for a policy."""
+        if self._stage_start is None:
+            return None
+        return task_progress(
+            self.task.stage_distances(self.data),
+            self._stage_start,
+            self.task.stage_weights,
+            self.task.success(self.data),
+        )
 
     # --- observing ---------------------------------------------------------------------------
     def state(self) -> np.ndarray:

@@ -103,3 +103,9 @@ class SimRobot(Robot):
         """The task's success predicate on the current state."""
         self._require_connected()
         return self.env.success()
+
+    def task_progress(self) -> float | None:
+        """The episode's true progress now, in [0, 1] (None where the task does not define
+        it); recordings store it for the progress critic."""
+        self._require_connected()
+        return self.env.task_progress()

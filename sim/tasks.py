@@ -118,6 +118,27 @@ class Task(abc.ABC):
     def goal_info(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         """Privileged object and goal poses, for the scripted expert only."""
 
+    stage_weights: tuple[float, ...] = ()
+    """Share of the task's progress each stage of :meth:`stage_distances` carries (sum 1)."""
+
+    def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
+        """Per stage of the task, how far the scene is from completing it (m; 0: complete).
+
+        With the distances at an episode's first frame, :func:`task_progress` turns these into
+        the episode's true progress, which a recording stores for the progress critic's labels
+        (``critic/labels.py``): a failure then teaches how far it got, not only "not done".
+        """
+        raise NotImplementedError(f"task {self.name!r} has no stage distances")
+
+    def _held(self, data: mujoco.MjData, body: str, rest_z: float) -> float:
+        """A grasp stage's distance: 0 while the cube is off the table in the arm's grip, else
+        how far it still is from being so (its height below ``rest_z`` plus 5 mm, floored at
+        1 mm, so a cube on the table is never "held")."""
+        lifted = self.body_pos(data, body)[2] - rest_z
+        if lifted > 0.005 * self.scale and self.touches_arm(data, body):
+            return 0.0
+        return max(0.005 * self.scale - lifted, 0.001 * self.scale)
+
     def start_tool_pos(self, data: mujoco.MjData, rng: np.random.Generator) -> np.ndarray | None:
         """Where the tool starts this episode (called after :meth:`reset`); None: the home pose."""
         return None
@@ -302,6 +323,14 @@ class ReachTask(Task):
     def goal_info(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         return {"target": data.mocap_pos[self.model.body("target").mocapid[0]].copy()}
 
+    stage_weights = (1.0,)
+
+    def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
+        """The tool's distance to the named ball (the distractor does not count)."""
+        tool = data.site_xpos[self.site_id]
+        target = data.mocap_pos[self.model.body("target").mocapid[0]]
+        return np.array([np.linalg.norm(tool - target)])
+
 
 class PushTask(Task):
     """Push the cube onto a coloured square on the table, without lifting it."""
@@ -344,6 +373,15 @@ class PushTask(Task):
             "cube": self.body_pos(data, "cube"),
             "zone": data.mocap_pos[self.model.body("zone").mocapid[0]].copy(),
         }
+
+    stage_weights = (0.2, 0.8)
+
+    def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
+        """The tool's distance to the cube, then the cube's distance to the square (on the table)."""
+        tool = data.site_xpos[self.model.site(self.arm.tool_site).id]
+        cube = self.body_pos(data, "cube")
+        zone = data.mocap_pos[self.model.body("zone").mocapid[0]]
+        return np.array([np.linalg.norm(tool - cube), np.linalg.norm(cube[:2] - zone[:2])])
 
 
 class PickPlaceTask(Task):
@@ -392,6 +430,25 @@ class PickPlaceTask(Task):
             "drop_height": np.array(self.wall_h + 2.2 * self.half),
         }
 
+    stage_weights = (0.3, 0.2, 0.5)
+
+    def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
+        """The tool's distance to the cube, the grasp (0 while the cube is held off the table;
+        a cube resting in the bowl counts as placed, so letting go there loses nothing), and the
+        cube's distance to where it rests in the bowl (0 once it does)."""
+        tool = data.site_xpos[self.model.site(self.arm.tool_site).id]
+        cube = self.body_pos(data, "cube")
+        bowl = data.mocap_pos[self.model.body("bowl").mocapid[0]]
+        in_bowl = bool(
+            np.all(np.abs(cube[:2] - bowl[:2]) < self.inner_half)
+            and cube[2] < self.wall_h + self.half
+        )
+        rest = np.array([bowl[0], bowl[1], self.half])
+        place = 0.0 if in_bowl else float(np.linalg.norm(cube - rest))
+        held = 0.0 if in_bowl else self._held(data, "cube", self.half)
+        reach = 0.0 if in_bowl or held == 0.0 else float(np.linalg.norm(tool - cube))
+        return np.array([reach, held, place])
+
 
 class StackTask(Task):
     """Stack the first named cube on the second and let go."""
@@ -433,6 +490,44 @@ class StackTask(Task):
             "base": self.body_pos(data, "cube_b"),
             "base_yaw": np.array(self.cube_yaw(data, "cube_b")),
         }
+
+    stage_weights = (0.3, 0.2, 0.5)
+
+    def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
+        """The tool's distance to the first cube, the grasp (0 while it is held off the table,
+        or resting on the second cube), and its distance to its place on top of the second."""
+        tool = data.site_xpos[self.model.site(self.arm.tool_site).id]
+        a, b = self.body_pos(data, "cube_a"), self.body_pos(data, "cube_b")
+        on_top = np.array([b[0], b[1], b[2] + 2 * self.half])
+        placed = bool(
+            np.linalg.norm(a[:2] - b[:2]) < self.half and 1.7 * self.half < a[2] - b[2] < 2.3 * self.half
+        )
+        held = 0.0 if placed else self._held(data, "cube_a", self.half)
+        reach = 0.0 if placed or held == 0.0 else float(np.linalg.norm(tool - a))
+        return np.array([reach, held, float(np.linalg.norm(a - on_top))])
+
+
+SHORT_OF_SUCCESS = 0.9
+"""The most true progress a state short of success is given."""
+
+
+def task_progress(
+    distances: np.ndarray, start: np.ndarray, weights: tuple[float, ...], success: bool
+) -> float:
+    """An episode's true progress in [0, 1] from its stage distances now and at its first frame.
+
+    Each stage counts ``1 − d / d_start`` (clipped to [0, 1]) of its weight; the tasks report
+    an earlier stage as done while a later one holds (a held cube needs no more approach), and
+    as undone again when it is lost (a cube dropped beside the bowl must be grasped anew).
+    Success is 1 and anything short of it at most :data:`SHORT_OF_SUCCESS`, so a near miss
+    never looks finished (nor counts among the critic's goal frames, from 0.95 on).
+    """
+    if success:
+        return 1.0
+    d = np.asarray(distances, np.float64)
+    d0 = np.maximum(np.asarray(start, np.float64), 1e-6)
+    done = np.clip(1.0 - d / d0, 0.0, 1.0)
+    return float(min(np.dot(weights, done), SHORT_OF_SUCCESS))
 
 
 TASKS: dict[str, type[Task]] = {t.name: t for t in (ReachTask, PushTask, PickPlaceTask, StackTask)}

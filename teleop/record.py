@@ -82,6 +82,9 @@ def record_episodes(
         raise TypeError(
             f"{type(robot).__name__} cannot frame episodes (start_episode/instruction/success)"
         )
+    with_progress = writer.layout.task_progress
+    if with_progress and not callable(getattr(robot, "task_progress", None)):
+        raise TypeError(f"{type(robot).__name__} cannot tell the task's progress (task_progress)")
     summary = RecordSummary(0, 0, 0, writer.root)
     bar = tqdm(total=episodes, desc="recording", unit="ep", disable=not progress)
     try:
@@ -99,6 +102,8 @@ def record_episodes(
                 # room for the longest settling: success on the last step
                 most = _settle_for(robot.step_limit, settle_steps, settle_share)
                 for t in range(robot.step_limit + most):
+                    # the true progress of the state this frame shows
+                    progress = robot.task_progress() if with_progress else None
                     action = operator.get_action(obs)
                     sent = robot.send_action(action)
                     success = robot.success()
@@ -116,6 +121,7 @@ def record_episodes(
                         success=success,
                         done=done,
                         intervention=operator.is_intervening,
+                        task_progress=progress,
                     )
                     steps += 1
                     obs = robot.get_observation()

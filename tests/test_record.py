@@ -147,6 +147,82 @@ def test_settle_share_makes_the_done_labels_the_finished_frames(tmp_path, task):
         RecordConfig(settle_share=0.5)
 
 
+def test_simulated_recordings_store_the_true_progress_of_every_frame(tmp_path):
+    """A simulated recording stores the task's true progress per frame: it reads back as the
+    critic's progress labels, starts at 0, is 1 on the frames that show the task done and stays
+    short of that on a failure; ``task_progress=false`` records without the feature."""
+    from limbic.critic.labels import episode_progress
+    from limbic.data.reader import load_episodes
+    from limbic.sim.tasks import SHORT_OF_SUCCESS
+
+    def run(root: Path, expert: ExpertConfig, **extra):
+        record(
+            RecordConfig(
+                robot=RobotConfig(sim=SimConfig(arm="so101", task="pick_place")),
+                operator=OperatorConfig(expert=expert),
+                dataset=DatasetConfig(root=str(root), use_videos=False),
+                episodes=1,
+                seed=7,
+                progress=False,
+                settle_steps=3,
+                **extra,
+            )
+        )
+        return load_episodes(root)
+
+    (ok,) = run(tmp_path / "ok", ExpertConfig())
+    phi = ok.metadata["progress"]
+    assert ok.succeeded and phi.shape == (len(ok),) and phi[0] == 0.0
+    # frame t shows the state before action t; success[t] is the state after it
+    shown_done = np.append(False, ok.success[:-1])
+    assert np.all(phi[shown_done] == 1.0) and np.all(phi[~shown_done] <= SHORT_OF_SUCCESS)
+    assert phi[np.argmax(shown_done) - 1] > 0.7  # the approach, grasp and carry all count
+    np.testing.assert_array_equal(episode_progress(ok), phi)
+
+    (failed,) = run(tmp_path / "failed", ExpertConfig(p_fail=1.0))
+    assert not failed.succeeded
+    phi = failed.metadata["progress"]
+    assert 0.2 < phi.max() <= SHORT_OF_SUCCESS  # it got somewhere, never to the end
+    assert episode_progress(failed) is not None  # a failure now has progress labels
+    assert episode_progress(failed, stored=False) is None  # the ablation ignores them
+
+    (plain,) = run(tmp_path / "plain", ExpertConfig(), task_progress=False)
+    assert "progress" not in plain.metadata
+
+
+def test_a_progress_dataset_refuses_frames_without_it(tmp_path):
+    """A layout with ``task_progress`` needs it on every frame, in [0, 1]; one without refuses it."""
+    from limbic.contracts import ContractError
+    from limbic.sim.env import SimEnv
+
+    env = SimEnv(SimConfig(task="reach"))
+    try:
+        obs = env.reset(seed=0)
+        layout = DatasetLayout(
+            views=env.views,
+            image_hw=env.cfg.camera.image_hw,
+            state_names=env.state_names,
+            action_spec=env.action_spec,
+            fps=10,
+            robot_type="sim_so101",
+            task_progress=True,
+        )
+        action = np.zeros(env.action_spec.dim, np.float32)
+        with EpisodeWriter(tmp_path / "p", layout, use_videos=False) as writer:
+            with pytest.raises(ContractError, match="task_progress"):
+                writer.add_step(obs, action)
+            with pytest.raises(ContractError, match=r"task_progress.*\[0, 1\]"):
+                writer.add_step(obs, action, task_progress=1.5)
+            writer.add_step(obs, action, task_progress=0.25)
+            writer.save_episode()
+        plain = DatasetLayout(**{**layout.__dict__, "task_progress": False})
+        with EpisodeWriter(tmp_path / "q", plain, use_videos=False) as writer:
+            with pytest.raises(ContractError, match="no task_progress"):
+                writer.add_step(obs, action, task_progress=0.25)
+    finally:
+        env.close()
+
+
 def test_recorded_actions_match_what_was_sent(tmp_path):
     """Frames decode back to what the robot saw and did (video is lossy; state/action are exact)."""
     from limbic.sim.operator import ScriptedOperator

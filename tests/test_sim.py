@@ -13,7 +13,14 @@ from limbic.sim.expert import ExpertConfig, ExpertMode, ScriptedExpert
 from limbic.sim.gym_env import ENV_IDS, register_envs
 from limbic.sim.robot import SimRobot
 from limbic.sim.scene import CameraConfig
-from limbic.sim.tasks import HELDOUT_CELLS, HELDOUT_COLORS, TASKS, TRAIN_COLORS
+from limbic.sim.tasks import (
+    HELDOUT_CELLS,
+    HELDOUT_COLORS,
+    SHORT_OF_SUCCESS,
+    TASKS,
+    TRAIN_COLORS,
+    task_progress,
+)
 
 ARMS = ("so101", "panda")
 
@@ -181,12 +188,57 @@ def test_expert_solves_every_task(envs, arm, task):
     for seed in range(4):
         env.reset(seed=seed)
         expert.reset()
+        progress = [env.task_progress()]
         for _ in range(env.step_limit):
             r = env.step(expert.act())
+            progress.append(env.task_progress())
             if r.terminated or r.truncated:
                 break
         wins += int(r.success)
+        # the true progress the recordings store: 0 at the start, 1 on success, short of it before
+        assert progress[0] == 0.0 and progress[-1] == 1.0
+        assert max(progress[:-1]) <= SHORT_OF_SUCCESS
+        assert np.mean(np.diff(progress) >= -0.02) > 0.8  # the expert rarely loses ground
     assert wins == 4
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_a_failed_or_abandoned_episode_ends_short_of_the_true_progress_of_success(envs, task):
+    """The failure modes of the noisy operator (the wrong goal, giving up part-way) get partial
+    true progress: more than the start somewhere, never the 1 of success."""
+    env = envs("so101", task)
+    for cfg in (ExpertConfig(p_fail=1.0), ExpertConfig(p_partial=1.0)):
+        expert = ScriptedExpert(env, cfg, seed=1)
+        reached = []
+        for seed in range(3):
+            env.reset(seed=20 + seed)
+            expert.reset()
+            progress = [env.task_progress()]
+            for _ in range(env.step_limit):
+                r = env.step(expert.act())
+                progress.append(env.task_progress())
+                if r.terminated or r.truncated:
+                    break
+            if r.success:  # a partial episode may give up after its last phase
+                continue
+            assert max(progress) <= SHORT_OF_SUCCESS
+            reached.append(max(progress))
+        if cfg.p_fail:  # (a partial push may give up only after its last phase, and succeed)
+            assert reached and max(reached) > 0.0, task
+
+
+def test_task_progress_weighs_the_stages_and_keeps_success_apart():
+    """``task_progress`` on hand-computed stages: each stage's share of its start distance
+    covered, weighted; success is 1 whatever the distances; short of it, at most
+    ``SHORT_OF_SUCCESS``; a stage further than at the start counts 0, not less."""
+    w = (0.3, 0.2, 0.5)
+    start = np.array([0.10, 0.005, 0.08])
+    assert task_progress(start, start, w, False) == 0.0
+    assert task_progress(np.array([0.05, 0.005, 0.08]), start, w, False) == pytest.approx(0.15)
+    assert task_progress(np.array([0.0, 0.0, 0.04]), start, w, False) == pytest.approx(0.75)
+    assert task_progress(np.array([0.2, 0.01, 0.2]), start, w, False) == 0.0
+    assert task_progress(np.zeros(3), start, w, False) == SHORT_OF_SUCCESS
+    assert task_progress(start, start, w, True) == 1.0
 
 
 @pytest.mark.parametrize(("task", "body"), [("pick_place", "cube"), ("stack", "cube_a")])
