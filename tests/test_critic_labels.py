@@ -77,6 +77,25 @@ def test_episode_progress_sources() -> None:
     )
     with pytest.raises(ValueError, match=r"metadata\['progress'\]"):
         episode_progress(_episode(5, progress=[0.0, 2.0, 0, 0, 0]))
+    # the ablation ignores a stored progress: time for a success, nothing for a failure
+    assert episode_progress(_episode(5, success=False, progress=stored), stored=False) is None
+    np.testing.assert_allclose(
+        episode_progress(_episode(5, progress=stored), stored=False), [0, 0.25, 0.5, 0.75, 1.0]
+    )
+
+
+def test_a_failure_with_stored_progress_gets_progress_labels_unless_told_not_to() -> None:
+    episodes = [_episode(20, instruction="push red", index=i) for i in range(3)]
+    episodes.append(
+        _episode(15, success=False, instruction="push red", index=3, progress=np.linspace(0, 0.6, 15))
+    )
+    rng = np.random.default_rng(0)
+    for stored in (True, False):
+        cfg = PairSamplingConfig(mismatch_fraction=0.0, goal_anchor_fraction=0.0, stored_progress=stored)
+        batch = PairSampler(episodes, cfg, seed=0).sample(256, rng)
+        failure = batch.episode_b == 3
+        assert failure.any()
+        assert bool(batch.progress_mask[failure].any()) == stored
 
 
 def test_done_labels_last_5_and_first_80_percent() -> None:
