@@ -21,7 +21,12 @@ import torch
 
 from limbic.critic import metrics as critic_metrics
 from limbic.critic.features import FrameTokens, episode_images, episode_tokens
-from limbic.critic.labels import done_labels, episode_progress, other_task_instructions
+from limbic.critic.labels import (
+    PROGRESS_KEY,
+    done_labels,
+    episode_progress,
+    other_task_instructions,
+)
 from limbic.critic.model import ProgressCritic
 from limbic.critic.value import ValueConfig, ValueCurves, value_curves
 from limbic.data.schema import EpisodeArrays
@@ -191,6 +196,18 @@ def compute_metrics(
         "episodes": float(len(episodes)),
         "successes": float(len(succ)),
     }
+    # The recording's own true progress (``task_progress``), scored as if it were the value: what
+    # a critic that predicted it exactly would get (NaN where episodes do not store it).
+    stored = [e.metadata.get(PROGRESS_KEY) for e in episodes]
+    if all(p is not None for p in stored):
+        out["voc_true_progress"] = critic_metrics.value_order_correlation(
+            [np.asarray(p) for e, p in zip(episodes, stored, strict=True) if e.succeeded]
+        )
+        out["cls_acc_true_progress"] = critic_metrics.classification_accuracy(
+            [np.asarray(p) for p in stored], [e.succeeded for e in episodes]
+        )
+    else:
+        out["voc_true_progress"] = out["cls_acc_true_progress"] = float("nan")
     return out
 
 

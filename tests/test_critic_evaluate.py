@@ -39,6 +39,21 @@ def test_evaluate_writes_metrics_json_and_a_curve_per_episode(tmp_path: Path) ->
     ]
 
 
+def test_the_recordings_own_true_progress_is_scored_as_a_reference(tmp_path: Path) -> None:
+    """Where every episode stores its true progress, the metrics also score it as if it were the
+    value (what a critic predicting it exactly would get); where some do not, NaN."""
+    episodes = make_episodes(4, seed=0, hw=32, fail_fraction=0.5)
+    config = CriticEvalConfig(plots=False)
+    partial = evaluate_critic(_critic(), episodes, tmp_path / "a", config=config)
+    assert np.isnan(partial["voc_true_progress"])  # the successes store none here
+    for e in episodes:
+        if e.succeeded:  # time-based, as a successful recording of a steady expert would be
+            e.metadata["progress"] = np.linspace(0, 1, len(e), dtype=np.float32)
+    full = evaluate_critic(_critic(), episodes, tmp_path / "b", config=config)
+    assert full["voc_true_progress"] == 1.0
+    assert full["cls_acc_true_progress"] == 1.0  # successes end at 1, the failures far short
+
+
 def test_scores_cover_every_frame_reversal_and_wrong_instruction() -> None:
     episodes = make_episodes(4, seed=1, hw=32)
     config = CriticEvalConfig(goal_references=2, mismatch_pairs=6, plots=False)
