@@ -178,6 +178,20 @@ def test_controller_drives_tool_to_target_within_5mm(envs, arm):
     assert np.linalg.norm(tool - target) < 0.005
 
 
+def _episode_with_progress(env: SimEnv, expert: ScriptedExpert, seed: int):
+    """Run the expert for one episode; its last step's result and the true progress of every
+    state, the first included."""
+    env.reset(seed=seed)
+    expert.reset()
+    progress = [env.task_progress()]
+    for _ in range(env.step_limit):
+        r = env.step(expert.act())
+        progress.append(env.task_progress())
+        if r.terminated or r.truncated:
+            break
+    return r, progress
+
+
 @pytest.mark.parametrize("arm", ARMS)
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_expert_solves_every_task(envs, arm, task):
@@ -186,14 +200,7 @@ def test_expert_solves_every_task(envs, arm, task):
     expert = ScriptedExpert(env, seed=0)
     wins = 0
     for seed in range(4):
-        env.reset(seed=seed)
-        expert.reset()
-        progress = [env.task_progress()]
-        for _ in range(env.step_limit):
-            r = env.step(expert.act())
-            progress.append(env.task_progress())
-            if r.terminated or r.truncated:
-                break
+        r, progress = _episode_with_progress(env, expert, seed)
         wins += int(r.success)
         # the true progress the recordings store: 0 at the start, 1 on success, short of it before
         assert progress[0] == 0.0 and progress[-1] == 1.0
@@ -211,14 +218,7 @@ def test_a_failed_or_abandoned_episode_ends_short_of_the_true_progress_of_succes
         expert = ScriptedExpert(env, cfg, seed=1)
         reached = []
         for seed in range(3):
-            env.reset(seed=20 + seed)
-            expert.reset()
-            progress = [env.task_progress()]
-            for _ in range(env.step_limit):
-                r = env.step(expert.act())
-                progress.append(env.task_progress())
-                if r.terminated or r.truncated:
-                    break
+            r, progress = _episode_with_progress(env, expert, 20 + seed)
             if r.success:  # a partial episode may give up after its last phase
                 continue
             assert max(progress) <= SHORT_OF_SUCCESS
