@@ -49,9 +49,11 @@ class RecordConfig:
     """Show a progress bar."""
     settle_steps: int = 0
     """Steps the operator goes on after the task succeeds (0: the episode ends on success)."""
-    task_progress: bool = True
-    """Store the task's true progress on every frame (``task_progress``: simulated tasks only;
-    the progress critic's labels use it, so failed episodes teach how far they got)."""
+    task_progress: bool = False
+    """Store the task's true progress on every frame (``task_progress``: simulated tasks only).
+    The progress critic's labels use it where present (``critic.pairs.stored_progress``), so
+    failed episodes teach how far they got; measured worse than the time-based labels so far
+    (critic/README.md), hence off."""
     settle_share: float = 0.0
     """Settle for the fewest steps that make the last ``settle_share`` of the episode show the
     finished task (at least ``settle_steps``); 0.05 matches the critic's done labels (the last

@@ -148,9 +148,9 @@ def test_settle_share_makes_the_done_labels_the_finished_frames(tmp_path, task):
 
 
 def test_simulated_recordings_store_the_true_progress_of_every_frame(tmp_path):
-    """A simulated recording stores the task's true progress per frame: it reads back as the
-    critic's progress labels, starts at 0, is 1 on the frames that show the task done and stays
-    short of that on a failure; ``task_progress=false`` records without the feature."""
+    """With ``task_progress=true`` a simulated recording stores the task's true progress per
+    frame: it reads back as the critic's progress labels, starts at 0, is 1 on the frames that
+    show the task done and stays short of that on a failure; by default there is no feature."""
     from limbic.critic.labels import episode_progress
     from limbic.data.reader import load_episodes
     from limbic.sim.tasks import SHORT_OF_SUCCESS
@@ -165,7 +165,7 @@ def test_simulated_recordings_store_the_true_progress_of_every_frame(tmp_path):
                 seed=7,
                 progress=False,
                 settle_steps=3,
-                **extra,
+                **{"task_progress": True, **extra},
             )
         )
         return load_episodes(root)
@@ -186,7 +186,7 @@ def test_simulated_recordings_store_the_true_progress_of_every_frame(tmp_path):
     assert episode_progress(failed) is not None  # a failure now has progress labels
     assert episode_progress(failed, stored=False) is None  # the ablation ignores them
 
-    (plain,) = run(tmp_path / "plain", ExpertConfig(), task_progress=False)
+    (plain,) = run(tmp_path / "plain", ExpertConfig(), task_progress=RecordConfig.task_progress)
     assert "progress" not in plain.metadata
 
 
