@@ -271,7 +271,8 @@ def evaluate_critic(
     """Score ``episodes``, write ``metrics.json`` and ``curves/episode_*.png`` under ``out_dir``; return the metrics.
 
     The returned dict has the overall metrics at the top level, ``per_task`` (metrics per
-    instruction) and ``per_episode`` (outcome, VOC, final value, predicted success).
+    instruction) and ``per_episode`` (its place in ``episodes``, outcome, VOC, final value,
+    predicted success); the curve of the episode at place ``i`` is ``curves/{i:04d}_episode_{index:06d}.png``.
     """
     if not episodes:
         raise ValueError("episodes: expected at least one episode to evaluate")
@@ -294,6 +295,7 @@ def evaluate_critic(
     }
     result["per_episode"] = [
         {
+            "position": i,
             "episode_index": e.episode_index,
             "instruction": e.instruction,
             "succeeded": e.succeeded,
@@ -301,11 +303,13 @@ def evaluate_critic(
             "final_value": float(s.curves.fused[-1]),
             "predicted_success": critic_metrics.predict_success(s.curves.fused),
         }
-        for e, s in zip(episodes, scores, strict=True)
+        for i, (e, s) in enumerate(zip(episodes, scores, strict=True))
     ]
     if config.plots:
+        # named by the episode's place in the evaluated list as well: episodes from several
+        # datasets share indices, and one curve must not overwrite another
         (out / "curves").mkdir(exist_ok=True)
-        for e, s in zip(episodes, scores, strict=True):
-            plot_episode(out / "curves" / f"episode_{e.episode_index:06d}.png", e, s)
+        for i, (e, s) in enumerate(zip(episodes, scores, strict=True)):
+            plot_episode(out / "curves" / f"{i:04d}_episode_{e.episode_index:06d}.png", e, s)
     (out / "metrics.json").write_text(json.dumps(_json_safe(result), indent=2))
     return result

@@ -29,6 +29,10 @@ def test_evaluate_writes_metrics_json_and_a_curve_per_episode(tmp_path: Path) ->
     assert sorted(saved["per_task"]) == sorted({e.instruction for e in episodes})
     assert [e["episode_index"] for e in saved["per_episode"]] == [0, 1, 2, 3]
     assert len(list((tmp_path / "curves").glob("*.png"))) == 4
+    # two datasets number their episodes from 0 alike: every episode still gets its own curve
+    twice = evaluate_critic(_critic(), episodes + episodes, tmp_path / "twice")
+    assert [e["position"] for e in twice["per_episode"]] == list(range(8))
+    assert len(list((tmp_path / "twice" / "curves").glob("*.png"))) == 8
     line = summary_line(metrics)
     assert [kv.split("=")[0] for kv in line.split()] == [
         "voc",
