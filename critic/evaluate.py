@@ -268,7 +268,7 @@ def evaluate_critic(
     references: list[EpisodeArrays] | None = None,
     config: CriticEvalConfig | None = None,
 ) -> dict[str, Any]:
-    """Score ``episodes``, write ``metrics.json`` and ``curves/episode_*.png`` under ``out_dir``; return the metrics.
+    """Score ``episodes``, write ``metrics.json`` and ``curves/*_episode_*.png`` under ``out_dir``; return the metrics.
 
     The returned dict has the overall metrics at the top level, ``per_task`` (metrics per
     instruction) and ``per_episode`` (its place in ``episodes``, outcome, VOC, final value,
