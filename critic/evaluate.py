@@ -26,6 +26,7 @@ from limbic.critic.labels import (
     done_labels,
     episode_progress,
     other_task_instructions,
+    task_of,
 )
 from limbic.critic.model import ProgressCritic
 from limbic.critic.value import ValueConfig, ValueCurves, value_curves
@@ -41,6 +42,10 @@ class CriticEvalConfig:
     """Value fusion settings."""
     goal_references: int = 3
     """Reference goal frames (other successful episodes, same instruction) for the backward value."""
+    reference_match: str = "instruction"
+    """Which references an episode's backward value may use: ``instruction`` (successes of the
+    same instruction only) or ``task`` (those, else successes of the same task under another
+    phrasing or colour, so a held-out instruction gets a backward value too)."""
     mismatch_pairs: int = 8
     """Pairs per episode scored under a wrong instruction."""
     done_threshold: float | None = None
@@ -54,6 +59,11 @@ class CriticEvalConfig:
             self.goal_references >= 0,
             "eval.goal_references",
             f"expected >= 0, got {self.goal_references}",
+        )
+        require(
+            self.reference_match in ("instruction", "task"),
+            "eval.reference_match",
+            f"expected instruction or task, got {self.reference_match!r}",
         )
         require(
             self.mismatch_pairs >= 2,
@@ -80,18 +90,25 @@ class EpisodeScore:
 class GoalReferences:
     """Goal frames of reference demonstrations, encoded once per reference episode."""
 
-    def __init__(self, critic: ProgressCritic, pool: list[EpisodeArrays], k: int):
-        self.critic, self.pool, self.k = critic, pool, k
+    def __init__(
+        self, critic: ProgressCritic, pool: list[EpisodeArrays], k: int, match: str = "instruction"
+    ):
+        self.critic, self.pool, self.k, self.match = critic, pool, k, match
         self._tokens: dict[int, torch.Tensor] = {}
+
+    def candidates(self, episode: EpisodeArrays) -> list[EpisodeArrays]:
+        """Other successes of the episode's instruction; with ``match="task"``, where there are
+        none, other successes of its task."""
+        others = [r for r in self.pool if r is not episode and r.succeeded]
+        refs = [r for r in others if r.instruction == episode.instruction]
+        if not refs and self.match == "task":
+            refs = [r for r in others if task_of(r) == task_of(episode)]
+        return refs
 
     @torch.no_grad()
     def for_episode(self, episode: EpisodeArrays) -> torch.Tensor | None:
-        """Tokens ``[R, V, N, C]`` of up to ``k`` goal frames of other successes of the same instruction."""
-        refs = [
-            r
-            for r in self.pool
-            if r is not episode and r.succeeded and r.instruction == episode.instruction
-        ]
+        """Tokens ``[R, V, N, C]`` of up to ``k`` goal frames of :meth:`candidates`."""
+        refs = self.candidates(episode)
         if self.k == 0 or not refs:
             return None
         picks = np.linspace(0, len(refs) - 1, min(self.k, len(refs))).round().astype(int)
@@ -129,7 +146,7 @@ def score_episodes(
     episode is encoded at a time)."""
     config = config or CriticEvalConfig()
     pool = references if references is not None else episodes
-    goals = GoalReferences(critic, pool, config.goal_references)
+    goals = GoalReferences(critic, pool, config.goal_references, config.reference_match)
     instructions = sorted({e.instruction for e in episodes} | {e.instruction for e in pool})
     others = other_task_instructions([*episodes, *pool])
     lang_all = critic.encode_instructions(instructions)

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from synthetic_episodes import make_episodes
 
 from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic, score_episodes, summary_line
 from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.launch.config import ConfigError
 
 torch.set_num_threads(1)
 
@@ -72,3 +74,25 @@ def test_scores_cover_every_frame_reversal_and_wrong_instruction() -> None:
     # a lone episode has no reference goal (its own goal is never used) and no wrong instruction
     (alone,) = score_episodes(_critic(), episodes[:1], config=config)
     assert alone.curves.backward is None and alone.mismatch_progress.size == 0
+
+
+def test_a_new_phrasing_borrows_goal_references_of_its_task_when_asked() -> None:
+    """An instruction no reference shares gets no backward value by default; with
+    ``reference_match=task`` it takes the goals of other successes of the same task, never one
+    of another task."""
+    episodes = make_episodes(4, seed=1, hw=32)
+    for e in episodes:
+        e.metadata["task"] = "push"
+    episodes[0].instruction = "shove it over there"  # a phrasing no other episode has
+    plain = CriticEvalConfig(goal_references=2, plots=False)
+    (lone, *_) = score_episodes(_critic(), episodes, config=plain)
+    assert lone.curves.backward is None
+    by_task = CriticEvalConfig(goal_references=2, plots=False, reference_match="task")
+    (borrowed, *_) = score_episodes(_critic(), episodes, config=by_task)
+    assert borrowed.curves.backward is not None and borrowed.curves.backward.shape == (len(episodes[0]),)
+    for e in episodes[1:]:
+        e.metadata["task"] = "stack"
+    (other_task, *_) = score_episodes(_critic(), episodes, config=by_task)
+    assert other_task.curves.backward is None
+    with pytest.raises(ConfigError, match="eval.reference_match"):
+        CriticEvalConfig(reference_match="colour")
