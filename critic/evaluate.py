@@ -42,10 +42,10 @@ class CriticEvalConfig:
     """Value fusion settings."""
     goal_references: int = 3
     """Reference goal frames (other successful episodes, same instruction) for the backward value."""
-    reference_match: str = "instruction"
+    reference_match: str = "task"
     """Which references an episode's backward value may use: ``instruction`` (successes of the
     same instruction only) or ``task`` (those, else successes of the same task under another
-    phrasing or colour, so a held-out instruction gets a backward value too)."""
+    phrasing or colour, so a held-out instruction gets a backward value too; critic/README.md)."""
     mismatch_pairs: int = 8
     """Pairs per episode scored under a wrong instruction."""
     done_threshold: float | None = None

@@ -77,17 +77,17 @@ def test_scores_cover_every_frame_reversal_and_wrong_instruction() -> None:
 
 
 def test_a_new_phrasing_borrows_goal_references_of_its_task_when_asked() -> None:
-    """An instruction no reference shares gets no backward value by default; with
-    ``reference_match=task`` it takes the goals of other successes of the same task, never one
-    of another task."""
+    """An instruction no reference shares gets no backward value under
+    ``reference_match=instruction``; under ``task`` (the default) it takes the goals of other
+    successes of the same task, never one of another task."""
     episodes = make_episodes(4, seed=1, hw=32)
     for e in episodes:
         e.metadata["task"] = "push"
     episodes[0].instruction = "shove it over there"  # a phrasing no other episode has
-    plain = CriticEvalConfig(goal_references=2, plots=False)
+    plain = CriticEvalConfig(goal_references=2, plots=False, reference_match="instruction")
     (lone, *_) = score_episodes(_critic(), episodes, config=plain)
     assert lone.curves.backward is None
-    by_task = CriticEvalConfig(goal_references=2, plots=False, reference_match="task")
+    by_task = CriticEvalConfig(goal_references=2, plots=False)
     (borrowed, *_) = score_episodes(_critic(), episodes, config=by_task)
     assert borrowed.curves.backward is not None and borrowed.curves.backward.shape == (len(episodes[0]),)
     for e in episodes[1:]:
