@@ -89,8 +89,7 @@ def record(cfg: RecordConfig):
                 action_spec=env.action_spec,
                 fps=int(env.cfg.control_hz),
                 robot_type=robot.robot_type,
-                task_progress=cfg.task_progress
-                and bool(getattr(getattr(env, "task", None), "stage_weights", ())),
+                task_progress=cfg.task_progress and bool(env.task.stage_weights),
             )
             writer = EpisodeWriter(
                 cfg.dataset.root,

@@ -302,7 +302,9 @@ class SimEnv(ObservingEnv):
         mujoco.mj_forward(m, d)
         self.episode_id = rng.bytes(8).hex()
         self.t = 0
-        self._stage_start = self._stage_distances()
+        self._stage_start = (
+            self.task.stage_distances(self.data) if self.task.stage_weights else None
+        )
         self._last_obs = self._observe()
         return self._last_obs
 
@@ -320,12 +322,6 @@ class SimEnv(ObservingEnv):
     def success(self) -> bool:
         """The task's success predicate on the current state."""
         return self.task.success(self.data)
-
-    def _stage_distances(self) -> np.ndarray | None:
-        try:
-            return self.task.stage_distances(self.data)
-        except NotImplementedError:
-            return None
 
     def task_progress(self) -> float | None:
         """The episode's true progress now, in [0, 1] (``limbic.sim.tasks.task_progress``:

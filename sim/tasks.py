@@ -104,6 +104,7 @@ class Task(abc.ABC):
         self.arm_geoms = frozenset(
             int(g) for g in np.flatnonzero(model.body_rootid[model.geom_bodyid] == arm_root)
         )
+        self.site_id = model.site(self.arm.tool_site).id
 
     # --- episode -----------------------------------------------------------------------
     @abc.abstractmethod
@@ -283,7 +284,6 @@ class ReachTask(Task):
     def bind(self, model: mujoco.MjModel) -> None:
         super().bind(model)
         self.tolerance_m = 0.02 * self.scale
-        self.site_id = model.site(self.arm.tool_site).id
 
     def _height(self, rng: np.random.Generator) -> float:
         lo = 0.03 * self.scale
@@ -378,7 +378,7 @@ class PushTask(Task):
 
     def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
         """The tool's distance to the cube, then the cube's distance to the square (on the table)."""
-        tool = data.site_xpos[self.model.site(self.arm.tool_site).id]
+        tool = data.site_xpos[self.site_id]
         cube = self.body_pos(data, "cube")
         zone = data.mocap_pos[self.model.body("zone").mocapid[0]]
         return np.array([np.linalg.norm(tool - cube), np.linalg.norm(cube[:2] - zone[:2])])
@@ -419,8 +419,12 @@ class PickPlaceTask(Task):
     def success(self, data: mujoco.MjData) -> bool:
         cube = self.body_pos(data, "cube")
         bowl = data.mocap_pos[self.model.body("bowl").mocapid[0]]
+        return self._in_bowl(cube, bowl) and not self.touches_arm(data, "cube")
+
+    def _in_bowl(self, cube: np.ndarray, bowl: np.ndarray) -> bool:
+        """The cube inside the bowl's walls and below their rim."""
         inside = bool(np.all(np.abs(cube[:2] - bowl[:2]) < self.inner_half))
-        return inside and cube[2] < self.wall_h + self.half and not self.touches_arm(data, "cube")
+        return inside and cube[2] < self.wall_h + self.half
 
     def goal_info(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         return {
@@ -436,13 +440,10 @@ class PickPlaceTask(Task):
         """The tool's distance to the cube, the grasp (0 while the cube is held off the table;
         a cube resting in the bowl counts as placed, so letting go there loses nothing), and the
         cube's distance to where it rests in the bowl (0 once it does)."""
-        tool = data.site_xpos[self.model.site(self.arm.tool_site).id]
+        tool = data.site_xpos[self.site_id]
         cube = self.body_pos(data, "cube")
         bowl = data.mocap_pos[self.model.body("bowl").mocapid[0]]
-        in_bowl = bool(
-            np.all(np.abs(cube[:2] - bowl[:2]) < self.inner_half)
-            and cube[2] < self.wall_h + self.half
-        )
+        in_bowl = self._in_bowl(cube, bowl)
         rest = np.array([bowl[0], bowl[1], self.half])
         place = 0.0 if in_bowl else float(np.linalg.norm(cube - rest))
         held = 0.0 if in_bowl else self._held(data, "cube", self.half)
@@ -478,10 +479,13 @@ class StackTask(Task):
 
     def success(self, data: mujoco.MjData) -> bool:
         a, b = self.body_pos(data, "cube_a"), self.body_pos(data, "cube_b")
-        aligned = np.linalg.norm(a[:2] - b[:2]) < self.half
-        on_top = 1.7 * self.half < a[2] - b[2] < 2.3 * self.half
         b_on_table = b[2] < 1.3 * self.half
-        return bool(aligned and on_top and b_on_table and not self.touches_arm(data, "cube_a"))
+        return bool(self._on_top(a, b) and b_on_table and not self.touches_arm(data, "cube_a"))
+
+    def _on_top(self, a: np.ndarray, b: np.ndarray) -> bool:
+        """Cube ``a`` over ``b`` and resting on it."""
+        aligned = np.linalg.norm(a[:2] - b[:2]) < self.half
+        return bool(aligned and 1.7 * self.half < a[2] - b[2] < 2.3 * self.half)
 
     def goal_info(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         return {
@@ -496,12 +500,10 @@ class StackTask(Task):
     def stage_distances(self, data: mujoco.MjData) -> np.ndarray:
         """The tool's distance to the first cube, the grasp (0 while it is held off the table,
         or resting on the second cube), and its distance to its place on top of the second."""
-        tool = data.site_xpos[self.model.site(self.arm.tool_site).id]
+        tool = data.site_xpos[self.site_id]
         a, b = self.body_pos(data, "cube_a"), self.body_pos(data, "cube_b")
         on_top = np.array([b[0], b[1], b[2] + 2 * self.half])
-        placed = bool(
-            np.linalg.norm(a[:2] - b[:2]) < self.half and 1.7 * self.half < a[2] - b[2] < 2.3 * self.half
-        )
+        placed = self._on_top(a, b)
         held = 0.0 if placed else self._held(data, "cube_a", self.half)
         reach = 0.0 if placed or held == 0.0 else float(np.linalg.norm(tool - a))
         return np.array([reach, held, float(np.linalg.norm(a - on_top))])

@@ -1,5 +1,6 @@
 """Recording: LeRobotDataset round trip, interruption safety, CLI errors."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -215,7 +216,7 @@ def test_a_progress_dataset_refuses_frames_without_it(tmp_path):
                 writer.add_step(obs, action, task_progress=1.5)
             writer.add_step(obs, action, task_progress=0.25)
             writer.save_episode()
-        plain = DatasetLayout(**{**layout.__dict__, "task_progress": False})
+        plain = dataclasses.replace(layout, task_progress=False)
         with EpisodeWriter(tmp_path / "q", plain, use_videos=False) as writer:
             with pytest.raises(ContractError, match="no task_progress"):
                 writer.add_step(obs, action, task_progress=0.25)
