@@ -26,6 +26,7 @@ from limbic.critic.labels import (
     done_labels,
     episode_progress,
     other_task_instructions,
+    task_end,
     task_of,
 )
 from limbic.critic.model import ProgressCritic
@@ -48,6 +49,11 @@ class CriticEvalConfig:
     phrasing or colour, so a held-out instruction gets a backward value too; critic/README.md)."""
     mismatch_pairs: int = 8
     """Pairs per episode scored under a wrong instruction."""
+    finish_at_success: bool = True
+    """Score the task up to the first frame that shows it finished (``labels.finished_frame``):
+    VOC and VROC over the frames up to it (a recorder's settle frames after it show a finished
+    task that time does not advance), done labels from it on. False: over the whole recording,
+    done labels from 95 % of it. ``voc_episode`` in the metrics is always the whole recording's."""
     done_threshold: float | None = None
     """Done probability from which a frame counts as done; None: the critic's own, calibrated
     on validation episodes when it was trained (0.5 for a critic that never was)."""
@@ -83,6 +89,9 @@ class EpisodeScore:
 
     curves: ValueCurves
     reversed_fused: np.ndarray
+    """Fused value along the time-reversed task: frames ``end, end − 1, …, 0``."""
+    end: int
+    """The task's last frame (``labels.task_end``): VOC and VROC are taken over ``0 … end``."""
     mismatch_progress: np.ndarray
     """Progress on ``mismatch_pairs`` pairs under another task's instruction (empty with one task)."""
 
@@ -156,7 +165,11 @@ def score_episodes(
         lang = lang_all[instructions.index(ep.instruction)]
         goal = goals.for_episode(ep)
         curves = value_curves(critic, toks, lang, goal, config.value, present)
-        rev = value_curves(critic, toks.flip(0), lang, goal, config.value, present.flip(0))
+        end = task_end(ep, config.finish_at_success)
+        span = slice(0, end + 1)
+        rev = value_curves(
+            critic, toks[span].flip(0), lang, goal, config.value, present[span].flip(0)
+        )
         mism = np.zeros(0, dtype=np.float32)
         if others[ep.instruction]:  # another task's instruction, a different one per episode
             wrong_text = others[ep.instruction][i % len(others[ep.instruction])]
@@ -171,18 +184,22 @@ def score_episodes(
                 toks[b].to(lang_d.device), lang_d, present[b].to(lang_d.device)
             )
             mism = critic.pair_head(z_a, z_b, lang_d).cpu().numpy()
-        scores.append(EpisodeScore(curves, rev.fused, mism))
+        scores.append(EpisodeScore(curves, rev.fused, end, mism))
     return scores
 
 
 def compute_metrics(
-    episodes: list[EpisodeArrays], scores: list[EpisodeScore], done_threshold: float = 0.5
+    episodes: list[EpisodeArrays],
+    scores: list[EpisodeScore],
+    done_threshold: float = 0.5,
+    finish_at_success: bool = True,
 ) -> dict[str, float]:
-    """All metrics of :mod:`limbic.critic.metrics` over the given episodes."""
+    """All metrics of :mod:`limbic.critic.metrics` over the given episodes (VOC and VROC over
+    each success's task frames ``0 … end``; ``finish_at_success``: see :class:`CriticEvalConfig`)."""
     succ = [s for e, s in zip(episodes, scores, strict=True) if e.succeeded]
-    voc = critic_metrics.value_order_correlation([s.curves.fused for s in succ])
+    voc = critic_metrics.value_order_correlation([s.curves.fused[: s.end + 1] for s in succ])
     vroc = critic_metrics.value_order_correlation([s.reversed_fused for s in succ])
-    labels = [done_labels(e) for e in episodes]
+    labels = [done_labels(e, finish_at_success=finish_at_success) for e in episodes]
     precision, recall, f1 = critic_metrics.done_precision_recall_f1(
         np.concatenate([s.curves.done_prob for s in scores]),
         np.concatenate([lab for lab, _ in labels]),
@@ -193,12 +210,15 @@ def compute_metrics(
         "voc": voc,
         "vroc": vroc,
         "voc_f1": critic_metrics.voc_f1(voc, vroc) if succ else float("nan"),
+        "voc_episode": critic_metrics.value_order_correlation([s.curves.fused for s in succ]),
         "voc_incremental": critic_metrics.value_order_correlation(
-            [s.curves.incremental for s in succ]
+            [s.curves.incremental[: s.end + 1] for s in succ]
         ),
-        "voc_forward": critic_metrics.value_order_correlation([s.curves.forward for s in succ]),
+        "voc_forward": critic_metrics.value_order_correlation(
+            [s.curves.forward[: s.end + 1] for s in succ]
+        ),
         "voc_backward": critic_metrics.value_order_correlation(
-            [s.curves.backward for s in succ if s.curves.backward is not None]
+            [s.curves.backward[: s.end + 1] for s in succ if s.curves.backward is not None]
         ),
         "negative_rate": critic_metrics.negative_rate([s.curves.hops for s in succ]),
         "mismatch": critic_metrics.mismatch_score(
@@ -218,7 +238,11 @@ def compute_metrics(
     stored = [e.metadata.get(PROGRESS_KEY) for e in episodes]
     if all(p is not None for p in stored):
         out["voc_true_progress"] = critic_metrics.value_order_correlation(
-            [np.asarray(p) for e, p in zip(episodes, stored, strict=True) if e.succeeded]
+            [
+                np.asarray(p)[: s.end + 1]
+                for e, s, p in zip(episodes, scores, stored, strict=True)
+                if e.succeeded
+            ]
         )
         out["cls_acc_true_progress"] = critic_metrics.classification_accuracy(
             [np.asarray(p) for p in stored], [e.succeeded for e in episodes]
@@ -266,7 +290,9 @@ def plot_episode(path: Path, episode: EpisodeArrays, score: EpisodeScore) -> Non
         ax.plot(t, c.backward, lw=1, color="C3", alpha=0.8, label="backward")
     ax.plot(t, c.done_prob, ":", lw=1.5, color="C4", label="done prob")
     outcome = "success" if episode.succeeded else "failure"
-    voc = critic_metrics.spearman(c.fused, t)
+    voc = critic_metrics.spearman(c.fused[: score.end + 1], t[: score.end + 1])
+    if score.end < len(episode) - 1:
+        ax.axvline(score.end, color="0.6", lw=1, ls="-.", label="task finished")
     ax.set_title(
         f"ep {episode.episode_index} ({outcome}) VOC={voc:.2f}\n{episode.instruction}", fontsize=9
     )
@@ -298,7 +324,9 @@ def evaluate_critic(
     out.mkdir(parents=True, exist_ok=True)
     scores = score_episodes(critic, episodes, references=references, config=config)
     threshold = critic.done_threshold if config.done_threshold is None else config.done_threshold
-    result: dict[str, Any] = compute_metrics(episodes, scores, threshold)
+    result: dict[str, Any] = compute_metrics(
+        episodes, scores, threshold, config.finish_at_success
+    )
     result["done_threshold"] = threshold
     result["per_task"] = {
         task: compute_metrics(
@@ -307,6 +335,7 @@ def evaluate_critic(
                 strict=True,
             ),
             threshold,
+            config.finish_at_success,
         )  # type: ignore[arg-type]
         for task in sorted({e.instruction for e in episodes})
     }
@@ -316,7 +345,7 @@ def evaluate_critic(
             "episode_index": e.episode_index,
             "instruction": e.instruction,
             "succeeded": e.succeeded,
-            "voc": critic_metrics.spearman(s.curves.fused, np.arange(len(e))),
+            "voc": critic_metrics.spearman(s.curves.fused[: s.end + 1], np.arange(s.end + 1)),
             "final_value": float(s.curves.fused[-1]),
             "predicted_success": critic_metrics.predict_success(s.curves.fused),
         }

@@ -2,9 +2,12 @@
 
 Progress of a frame. ``Φ_t`` is the episode's true task progress when the recorder stored
 one (``metadata["progress"]``, ``float32[T]`` in ``[0, 1]``); otherwise, for a successful
-episode of ``T`` frames, ``Φ_t = t / (T - 1)`` (the first frame 0, the last 1 — DESIGN.md's
-``t / T`` with ``T`` the index of the last frame). A failed episode without stored progress
-has no progress labels; it still teaches "not done".
+episode, ``Φ_t = min(t / s, 1)`` with ``s`` the first frame that shows the task finished
+(:func:`finished_frame`): DESIGN.md's ``t / T`` over the demonstration itself, and 1 on the
+frames after it (a recorder's settle steps: the arm letting go and backing off), which show
+a finished task however long they last. Where no frame shows it (the episode ends on the
+step that succeeds), ``s = T − 1``: the first frame 0, the last 1. A failed episode without
+stored progress has no progress labels; it still teaches "not done".
 
 Pair label (DESIGN.md), from ``Φ_a`` to ``Φ_b``:
 
@@ -14,9 +17,11 @@ Pair label (DESIGN.md), from ``Φ_a`` to ``Φ_b``:
   ``mismatch_fraction`` of the pairs) and between frames with no visible change (same
   still segment, see :func:`still_segments`).
 
-Done label of a frame of a successful episode: 1 from 95 % of the episode on (the last
-frame always), 0 before 80 %, unlabelled in between; every frame of a failed episode: 0;
-under a mismatched instruction: 0.
+Done label of a frame of a successful episode: 1 from 95 % of the way to ``s`` on (so every
+frame from ``s`` on, and the last frame always), 0 before 80 %, unlabelled in between; every
+frame of a failed episode: 0; under a mismatched instruction: 0. ``finish_at_success=False``
+measures both over the whole recording instead (``s = T − 1``, the rule before settle steps
+were labelled as finished).
 
 Balancing. Pairs drawn uniformly over frames pile up at small time gaps and at progress
 near 0. :class:`PairSampler` estimates once how often each (progress bin, time-gap bin)
@@ -70,6 +75,10 @@ class PairSamplingConfig:
     """Frames before this fraction are not done (label 0); frames in between are unlabelled."""
     still_threshold: float = 1.0
     """Mean absolute pixel difference (0-255 units) under which two frames show no visible change."""
+    finish_at_success: bool = True
+    """Time-based progress and done labels reach 1 on the first frame that shows the task
+    finished (:func:`finished_frame`), so settle frames after it are finished and done; false:
+    over the whole recording (``t / (T − 1)``, done from 95 % of it)."""
     stored_progress: bool = True
     """Label with the recording's true task progress where it stores one (``task_progress``:
     simulated recordings); false: the time-based progress of successes, and no progress
@@ -139,9 +148,33 @@ def apply_hop(phi_a: np.ndarray | float, c: np.ndarray | float) -> np.ndarray:
     return np.where(c >= 0, phi_a + c * (1.0 - phi_a), phi_a * (1.0 + c)).astype(np.float32)
 
 
-def episode_progress(episode: EpisodeArrays, stored: bool = True) -> np.ndarray | None:
+def finished_frame(episode: EpisodeArrays) -> int | None:
+    """The first frame of a successful episode that shows the task finished, or None.
+
+    A step's ``success`` flag judges the state its action led to, which the *next* frame shows
+    (the recorder's convention), so this is one past the first step whose flag is set. None for
+    a failure, for a success without per-step flags, and where the episode ends on that step.
+    """
+    if not episode.succeeded:
+        return None
+    hits = np.flatnonzero(np.asarray(episode.success, dtype=bool))
+    if len(hits) == 0 or hits[0] + 1 >= len(episode):
+        return None
+    return int(hits[0]) + 1
+
+
+def task_end(episode: EpisodeArrays, finish_at_success: bool = True) -> int:
+    """The frame at which time-based progress reaches 1: :func:`finished_frame` when there is one
+    (and ``finish_at_success``), else the last frame."""
+    end = finished_frame(episode) if finish_at_success else None
+    return max(len(episode) - 1, 1) if end is None else end
+
+
+def episode_progress(
+    episode: EpisodeArrays, stored: bool = True, finish_at_success: bool = True
+) -> np.ndarray | None:
     """``Φ_t`` for every frame (see the module docstring), or None for a failure without it
-    (``stored=False`` ignores a recorded progress)."""
+    (``stored=False`` ignores a recorded progress; ``finish_at_success``: see :func:`task_end`)."""
     n = len(episode)
     stored = episode.metadata.get(PROGRESS_KEY) if stored else None
     if stored is not None:
@@ -153,18 +186,23 @@ def episode_progress(episode: EpisodeArrays, stored: bool = True) -> np.ndarray 
             )
         return phi
     if episode.succeeded:
-        return (np.arange(n, dtype=np.float32) / max(n - 1, 1)).astype(np.float32)
+        end = task_end(episode, finish_at_success)
+        return np.minimum(np.arange(n, dtype=np.float32) / end, 1.0).astype(np.float32)
     return None
 
 
 def done_labels(
-    episode: EpisodeArrays, done_after: float = 0.95, not_done_before: float = 0.8
+    episode: EpisodeArrays,
+    done_after: float = 0.95,
+    not_done_before: float = 0.8,
+    finish_at_success: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(label float32[T], labelled bool[T])``: done past ``done_after`` of a success, 0 before ``not_done_before``."""
+    """``(label float32[T], labelled bool[T])``: done past ``done_after`` of the way to the
+    success's :func:`task_end`, 0 before ``not_done_before``."""
     n = len(episode)
     if not episode.succeeded:
         return np.zeros(n, dtype=np.float32), np.ones(n, dtype=bool)
-    frac = np.arange(n) / max(n - 1, 1)
+    frac = np.arange(n) / task_end(episode, finish_at_success)
     label = (frac >= done_after - 1e-9).astype(np.float32)
     label[-1] = 1.0
     labelled = (label == 1.0) | (frac < not_done_before)
@@ -259,8 +297,13 @@ class PairSampler:
             for text in self.instructions
         ]
         """Per instruction index: indices of other tasks' instructions (a mismatch draws one)."""
-        self.phi = [episode_progress(e, config.stored_progress) for e in episodes]
-        dl = [done_labels(e, config.done_after, config.not_done_before) for e in episodes]
+        self.phi = [
+            episode_progress(e, config.stored_progress, config.finish_at_success) for e in episodes
+        ]
+        dl = [
+            done_labels(e, config.done_after, config.not_done_before, config.finish_at_success)
+            for e in episodes
+        ]
         self.done = [d[0] for d in dl]
         self.done_mask = [d[1] for d in dl]
         self.segments = [still_segments(e.images, config.still_threshold) for e in episodes]

@@ -335,7 +335,9 @@ def validate(
     """Score the validation episodes; with ``calibrate_done``, first fit the critic's done threshold."""
     scores = score_episodes(critic, episodes, tokens, config=config.eval)
     if config.calibrate_done:
-        labels = [done_labels(e) for e in episodes]
+        labels = [
+            done_labels(e, finish_at_success=config.eval.finish_at_success) for e in episodes
+        ]
         critic.done_threshold, _ = best_done_threshold(
             np.concatenate([s.curves.done_prob for s in scores]),
             np.concatenate([lab for lab, _ in labels]),
@@ -343,7 +345,9 @@ def validate(
         )
     elif config.eval.done_threshold is not None:
         critic.done_threshold = config.eval.done_threshold
-    metrics = compute_metrics(episodes, scores, critic.done_threshold)
+    metrics = compute_metrics(
+        episodes, scores, critic.done_threshold, config.eval.finish_at_success
+    )
     metrics["done_threshold"] = critic.done_threshold
     return metrics
 

@@ -10,8 +10,16 @@ import pytest
 import torch
 from synthetic_episodes import make_episodes
 
-from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic, score_episodes, summary_line
+from limbic.critic.evaluate import (
+    CriticEvalConfig,
+    EpisodeScore,
+    compute_metrics,
+    evaluate_critic,
+    score_episodes,
+    summary_line,
+)
 from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.critic.value import ValueCurves
 from limbic.launch.config import ConfigError
 
 torch.set_num_threads(1)
@@ -96,3 +104,36 @@ def test_a_new_phrasing_borrows_goal_references_of_its_task_when_asked() -> None
     assert other_task.curves.backward is None
     with pytest.raises(ConfigError, match="eval.reference_match"):
         CriticEvalConfig(reference_match="colour")
+
+
+def _settle(episode, first_success_step: int) -> None:
+    """Flag success from ``first_success_step`` on, as the recorder's settle steps do."""
+    episode.success[:] = False
+    episode.success[first_success_step:] = True
+
+
+def test_voc_and_vroc_cover_the_task_up_to_its_finished_frame() -> None:
+    """Frames after the task is finished show it unchanged: VOC is taken over the frames up to
+    the first one that shows it finished, and the reversal runs over those frames alone; the
+    whole recording's VOC is ``voc_episode``."""
+    episodes = make_episodes(2, seed=1, hw=32)
+    n = len(episodes[0])
+    _settle(episodes[0], n // 2 - 1)  # finished on frame n // 2, then settling
+    end = n // 2
+    scores = score_episodes(_critic(), episodes, config=CriticEvalConfig(plots=False))
+    assert scores[0].end == end and scores[0].reversed_fused.shape == (end + 1,)
+    assert scores[1].end == len(episodes[1]) - 1  # ends on its successful step: the whole episode
+    whole = score_episodes(
+        _critic(), episodes, config=CriticEvalConfig(plots=False, finish_at_success=False)
+    )
+    assert whole[0].end == n - 1 and whole[0].reversed_fused.shape == (n,)
+
+    # A value that rises to the finished frame, then wobbles on the finished task.
+    rising = np.linspace(0, 1, end + 1)
+    plateau = 1.0 - 0.05 * (np.arange(n - end - 1) % 2)
+    fused = np.concatenate([rising, plateau]).astype(np.float32)
+    curves = ValueCurves(fused, fused, None, fused, np.diff(fused), np.zeros(n, np.float32))
+    score = EpisodeScore(curves, rising[::-1].astype(np.float32), end, np.zeros(0, np.float32))
+    metrics = compute_metrics(episodes[:1], [score])
+    assert metrics["voc"] == pytest.approx(1.0) and metrics["vroc"] == pytest.approx(-1.0)
+    assert metrics["voc_episode"] < 0.95

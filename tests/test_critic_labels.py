@@ -13,8 +13,10 @@ from limbic.critic.labels import (
     apply_hop,
     done_labels,
     episode_progress,
+    finished_frame,
     hop_progress,
     still_segments,
+    task_end,
 )
 from limbic.data.schema import EpisodeArrays
 from limbic.launch.config import ConfigError
@@ -106,6 +108,63 @@ def test_done_labels_last_5_and_first_80_percent() -> None:
     assert not label.any() and labelled.all()
     label, _ = done_labels(_episode(4))
     assert label[-1] == 1.0  # the last frame of a success is always done
+
+
+def _settled(n: int, first_success_step: int, **kw) -> EpisodeArrays:
+    """A success whose flag is set from ``first_success_step`` on: the recorder's settle steps
+    follow it up to frame ``n − 1``."""
+    episode = _episode(n, **kw)
+    episode.success[:] = False
+    episode.success[first_success_step:] = True
+    return episode
+
+
+def test_the_finished_frame_is_the_one_after_the_first_successful_step() -> None:
+    # a step's flag judges the state its action led to, which the next frame shows
+    assert finished_frame(_settled(12, 3)) == 4
+    assert task_end(_settled(12, 3)) == 4
+    assert task_end(_settled(12, 3), finish_at_success=False) == 11
+    # the episode ends on the step that succeeds: no frame shows the finished task
+    assert finished_frame(_episode(12)) is None and task_end(_episode(12)) == 11
+    assert finished_frame(_episode(12, success=False)) is None
+
+
+def test_settle_frames_after_the_finished_frame_are_progress_one_and_done() -> None:
+    """A success that settles for 7 frames after frame 4 shows it finished: time-based progress
+    reaches 1 on frame 4 and stays there, and every frame from 4 on is done, where the rule over
+    the whole recording would call most of them in progress and not done."""
+    episode = _settled(12, 3)
+    np.testing.assert_allclose(episode_progress(episode), [0, 0.25, 0.5, 0.75] + [1.0] * 8)
+    label, labelled = done_labels(episode)
+    np.testing.assert_array_equal(np.flatnonzero(label), range(4, 12))
+    assert labelled.all()  # frame 3 is at 75 % of the way to frame 4: not done
+    # over the whole recording instead
+    np.testing.assert_allclose(
+        episode_progress(episode, finish_at_success=False), np.arange(12) / 11, rtol=1e-6
+    )
+    label, labelled = done_labels(episode, finish_at_success=False)
+    np.testing.assert_array_equal(np.flatnonzero(label), [11])
+    np.testing.assert_array_equal(np.flatnonzero(~labelled), [9, 10])
+    # a stored true progress is the label either way
+    stored = np.linspace(0, 1, 12)
+    episode.metadata["progress"] = stored
+    np.testing.assert_allclose(episode_progress(episode), stored, rtol=1e-6)
+
+
+def test_sampled_pairs_among_settle_frames_are_zero_and_they_are_goal_frames() -> None:
+    episodes = [_settled(12, 3, instruction="push red", index=i) for i in range(3)]
+    for finish in (True, False):
+        cfg = PairSamplingConfig(
+            mismatch_fraction=0.0, goal_anchor_fraction=0.0, finish_at_success=finish
+        )
+        sampler = PairSampler(episodes, cfg, seed=0)
+        batch = sampler.sample(512, np.random.default_rng(0))
+        settled = (batch.frame_a >= 4) & (batch.frame_b >= 4)
+        assert settled.any()
+        assert np.all(batch.progress[settled] == 0.0) == finish
+        assert np.all(batch.done[batch.frame_b >= 4] == 1.0) == finish
+        goal_frames = sorted({t for _, t in sampler.goal_frames[0]})
+        assert goal_frames == (list(range(4, 12)) if finish else [11])
 
 
 def test_still_segments_group_frames_without_visible_change() -> None:
