@@ -310,8 +310,9 @@ def evaluate_critic(
     out_dir: str | Path,
     references: list[EpisodeArrays] | None = None,
     config: CriticEvalConfig | None = None,
+    tokens: FrameTokens | None = None,
 ) -> dict[str, Any]:
-    """Score ``episodes``, write ``metrics.json`` and ``curves/*_episode_*.png`` under ``out_dir``; return the metrics.
+    """Score ``episodes`` (``tokens``: their precomputed frame tokens, if any), write ``metrics.json`` and ``curves/*_episode_*.png`` under ``out_dir``; return the metrics.
 
     The returned dict has the overall metrics at the top level, ``per_task`` (metrics per
     instruction) and ``per_episode`` (its place in ``episodes``, outcome, VOC, final value,
@@ -322,7 +323,7 @@ def evaluate_critic(
     config = config or CriticEvalConfig()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    scores = score_episodes(critic, episodes, references=references, config=config)
+    scores = score_episodes(critic, episodes, tokens, references=references, config=config)
     threshold = critic.done_threshold if config.done_threshold is None else config.done_threshold
     result: dict[str, Any] = compute_metrics(
         episodes, scores, threshold, config.finish_at_success

@@ -4,9 +4,19 @@ With a frozen backbone a frame's tokens never change, so they are computed once 
 and every training pair that uses the frame indexes them; only the small language-
 conditioned head runs per pair. With a trainable backbone the tokens are recomputed from
 the images for every batch (with gradients).
+
+Given a ``cache_dir``, the tokens of each episode are also kept on disk, one file per episode
+named by a digest of everything they depend on (the backbone and its weights, the views, the
+image size, the cache dtype and the episode's frames), so another run on the same recordings
+(a new head, other labels, a resume) reads them instead of running the backbone again.
 """
 
 from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,6 +70,59 @@ def episode_tokens(
     return torch.cat(chunks), torch.from_numpy(present)
 
 
+def backbone_digest(critic: ProgressCritic) -> str:
+    """Hex digest of what a frame's tokens depend on besides the frame: the backbone's name and
+    weights, the critic's views and image size."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"{critic.backbone.name}|{list(critic.views)}|{list(critic.image_hw)}".encode())
+    for key, value in sorted(critic.backbone.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class TokenStore:
+    """Per-episode backbone tokens on disk (see the module docstring); tensors only, loaded with
+    ``weights_only``. A file that cannot be read is recomputed and rewritten, with a warning."""
+
+    def __init__(self, root: str | Path, critic: ProgressCritic, cache_dtype: str):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.critic = critic
+        self.dtype = CACHE_DTYPES[cache_dtype]
+        self.prefix = f"{backbone_digest(critic)}|{cache_dtype}"
+        self.hits = self.misses = 0
+
+    def path(self, episode: EpisodeArrays) -> Path:
+        h = hashlib.blake2b(self.prefix.encode(), digest_size=20)
+        for view in sorted(episode.images):
+            frames = np.ascontiguousarray(episode.images[view])
+            h.update(f"{view}|{frames.dtype}|{frames.shape}".encode())
+            h.update(frames.tobytes())
+        return self.root / f"{h.hexdigest()}.pt"
+
+    def tokens(self, episode: EpisodeArrays) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(tokens [T, V, N, C] in the cache dtype, present bool[T, V])`` of an episode."""
+        path = self.path(episode)
+        if path.is_file():
+            try:
+                saved = torch.load(path, map_location="cpu", weights_only=True)
+                toks, present = saved["tokens"], saved["present"]
+                if toks.shape[0] == len(episode) and toks.dtype == self.dtype:
+                    self.hits += 1
+                    return toks, present
+                raise ValueError(f"shape {tuple(toks.shape)}, dtype {toks.dtype}")
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
+                warnings.warn(f"token cache {path}: unreadable ({exc}); recomputing", stacklevel=2)
+        toks, present = episode_tokens(self.critic, episode)
+        toks = toks.to(self.dtype)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        torch.save({"tokens": toks, "present": present}, tmp)
+        os.replace(tmp, path)  # never a half-written file under the real name
+        self.misses += 1
+        return toks, present
+
+
 class FrameTokens:
     """Tokens for ``(episode, frame)`` index pairs: cached for a frozen backbone, computed otherwise."""
 
@@ -69,6 +132,7 @@ class FrameTokens:
         episodes: list[EpisodeArrays],
         cache_dtype: str = "float16",
         show_progress: bool = False,
+        cache_dir: str | Path | None = None,
     ):
         if cache_dtype not in CACHE_DTYPES:
             raise ValueError(
@@ -76,10 +140,16 @@ class FrameTokens:
             )
         self.critic = critic
         self.cached = critic.backbone.frozen
+        store = TokenStore(cache_dir, critic, cache_dtype) if cache_dir and self.cached else None
+        self.store = store
         self.offsets = np.concatenate([[0], np.cumsum([len(e) for e in episodes])]).astype(np.int64)
         present, tokens, images = [], [], []
         for e in tqdm(episodes, desc="frame tokens", disable=not show_progress, leave=False):
-            if self.cached:  # keep only the tokens, never a second copy of the images
+            if store is not None:
+                toks, mask = store.tokens(e)
+                tokens.append(toks)
+                present.append(mask)
+            elif self.cached:  # keep only the tokens, never a second copy of the images
                 toks, mask = episode_tokens(critic, e)
                 tokens.append(toks.to(CACHE_DTYPES[cache_dtype]))
                 present.append(mask)

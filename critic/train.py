@@ -81,6 +81,10 @@ class CriticTrainConfig:
     a run that resumes from its own ``last.pt`` ignores it."""
     cache_dtype: str = "float16"
     """Dtype of cached frame tokens (frozen backbones): float16, bfloat16 or float32."""
+    token_cache_dir: str | None = None
+    """Keep the frame tokens of a frozen backbone on disk here too, one file per episode named by
+    a digest of the frames, backbone and settings (:mod:`limbic.critic.features`): the next run
+    on the same recordings skips the backbone. None: in memory only."""
     device: str = "cpu"
     """Torch device."""
     num_threads: int = 0
@@ -201,9 +205,19 @@ def train_critic(
         )
     episodes = usable
     sampler = PairSampler(episodes, config.pairs, seed=config.seed)
-    tokens = FrameTokens(critic, episodes, config.cache_dtype, show_progress=config.progress_bar)
+    tokens = FrameTokens(
+        critic,
+        episodes,
+        config.cache_dtype,
+        show_progress=config.progress_bar,
+        cache_dir=config.token_cache_dir,
+    )
     lang_table = critic.encode_instructions(sampler.instructions)
-    val_tokens = FrameTokens(critic, val_episodes, config.cache_dtype) if val_episodes else None
+    val_tokens = (
+        FrameTokens(critic, val_episodes, config.cache_dtype, cache_dir=config.token_cache_dir)
+        if val_episodes
+        else None
+    )
 
     from torch.utils.tensorboard import SummaryWriter
 

@@ -17,6 +17,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
 from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic, summary_line
+from limbic.critic.features import FrameTokens
 from limbic.critic.model import ProgressCritic
 from limbic.data.reader import load_many
 from limbic.launch.config import require, to_object
@@ -42,6 +43,8 @@ class EvalCriticJob:
     """Torch device."""
     num_threads: int = 0
     """torch CPU threads (0: torch's default)."""
+    token_cache_dir: str | None = None
+    """Read (and add to) frame tokens kept on disk by training's ``critic.token_cache_dir``."""
     eval: CriticEvalConfig = field(default_factory=CriticEvalConfig)
     """Scoring options."""
 
@@ -72,7 +75,14 @@ def run(job: EvalCriticJob) -> dict:
         if job.reference_datasets
         else None
     )
-    metrics = evaluate_critic(critic, episodes, job.out_dir, references=references, config=job.eval)
+    tokens = (
+        FrameTokens(critic, episodes, cache_dir=job.token_cache_dir)
+        if job.token_cache_dir and critic.backbone.frozen
+        else None
+    )
+    metrics = evaluate_critic(
+        critic, episodes, job.out_dir, references=references, config=job.eval, tokens=tokens
+    )
     for task, m in metrics["per_task"].items():
         print(f"[{task}] {summary_line(m)}")
     print(f"wrote {job.out_dir}/metrics.json and {len(episodes)} value curves")

@@ -137,3 +137,16 @@ def test_voc_and_vroc_cover_the_task_up_to_its_finished_frame() -> None:
     metrics = compute_metrics(episodes[:1], [score])
     assert metrics["voc"] == pytest.approx(1.0) and metrics["vroc"] == pytest.approx(-1.0)
     assert metrics["voc_episode"] < 0.95
+
+
+def test_precomputed_frame_tokens_score_the_same_as_encoding_each_episode(tmp_path: Path) -> None:
+    from limbic.critic.features import FrameTokens
+
+    episodes = make_episodes(4, seed=2, hw=32, fail_fraction=0.5)
+    critic = _critic()
+    config = CriticEvalConfig(plots=False)
+    direct = evaluate_critic(critic, episodes, tmp_path / "a", config=config)
+    tokens = FrameTokens(critic, episodes)
+    given = evaluate_critic(critic, episodes, tmp_path / "b", config=config, tokens=tokens)
+    for key in ("voc", "vroc", "done_f1", "mismatch", "cls_acc"):
+        assert given[key] == pytest.approx(direct[key], abs=1e-5), key

@@ -180,3 +180,43 @@ def test_selection_score_counts_missing_figures_as_zero() -> None:
     assert selection_score(perfect) == pytest.approx(1.0)
     assert selection_score({**perfect, "voc": float("nan")}) == pytest.approx(0.8)
     assert selection_score({**perfect, "mismatch": 1.0}) == pytest.approx(0.8)
+
+
+def test_tokens_kept_on_disk_are_reused_and_train_the_same_critic(tmp_path: Path) -> None:
+    """A run with ``token_cache_dir`` trains exactly the critic a run without it does; the next
+    run reads every episode's tokens back instead of running the backbone; a changed frame, a
+    different dtype or an unreadable file is computed afresh."""
+    from limbic.critic.features import FrameTokens
+
+    episodes = make_episodes(3, seed=0, hw=32, fail_fraction=0.34)
+    cache = tmp_path / "tokens"
+    backbone = "efficientnet_lite0:stride16"
+    plain = train_critic(_config(tmp_path / "plain", backbone, 4), episodes)
+    cached = train_critic(
+        _config(tmp_path / "cached", backbone, 4, token_cache_dir=str(cache)), episodes
+    )
+    files = sorted(cache.glob("*.pt"))
+    assert len(files) == len(episodes)
+    a, b = plain.critic.state_dict(), cached.critic.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+    critic = cached.critic
+    again = FrameTokens(critic, episodes, cache_dir=cache)
+    assert again.store is not None and (again.store.hits, again.store.misses) == (3, 0)
+    fresh = FrameTokens(critic, episodes)
+    assert torch.equal(again.tokens, fresh.tokens) and torch.equal(again.present, fresh.present)
+
+    episodes[0].images["front"][0, 0, 0] ^= 255  # one pixel of one frame changed
+    changed = FrameTokens(critic, episodes, cache_dir=cache)
+    assert (changed.store.hits, changed.store.misses) == (2, 1)
+    other_dtype = FrameTokens(critic, episodes, cache_dtype="float32", cache_dir=cache)
+    assert other_dtype.store.misses == 3 and other_dtype.tokens.dtype == torch.float32
+
+    victim = changed.store.path(episodes[1])
+    victim.write_bytes(b"not a tensor file")
+    with pytest.warns(UserWarning, match="unreadable"):
+        healed = FrameTokens(critic, episodes, cache_dir=cache)
+    assert healed.store.misses == 1
+    assert torch.equal(healed.tokens, changed.tokens)
+    assert not list(cache.glob("*.tmp*"))  # written under a temporary name, then renamed
