@@ -56,8 +56,9 @@ class RecordConfig:
     (critic/README.md), hence off."""
     settle_share: float = 0.0
     """Settle for the fewest steps that make the last ``settle_share`` of the episode show the
-    finished task (at least ``settle_steps``); 0.05 matches the critic's done labels (the last
-    5 % of a success) for short and long tasks alike."""
+    finished task (at least ``settle_steps``). The critic's labels call every finished frame done
+    however the settling is sized (``critic.pairs.finish_at_success``); 0.05 also matches the
+    labels over the whole recording (the last 5 % of a success) for short and long tasks alike."""
 
     def __post_init__(self) -> None:
         require(self.episodes >= 1, "episodes", f"must be >= 1, got {self.episodes}")

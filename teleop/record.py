@@ -70,8 +70,9 @@ def record_episodes(
     the operator goes on for ``max(settle_steps, floor(k * share / (1 - share)) + 1)`` steps.
     With ``settle_steps=0`` that is the fewest that make the last ``share`` of the episode's
     frames (and no earlier one) show the finished task, whether the task takes 3 steps or 60;
-    with ``share = 0.05`` these are exactly the frames the critic's labels call done
-    (:func:`limbic.critic.labels.done_labels`).
+    with ``share = 0.05`` these are exactly the frames that the critic's labels over the whole
+    recording call done (:func:`limbic.critic.labels.done_labels` with
+    ``finish_at_success=False``; by default every finished frame is done anyway).
 
     Ctrl-C or SIGTERM stops at the next step: the unfinished episode is dropped, the dataset
     finalised, and every episode saved so far stays readable.

@@ -110,12 +110,13 @@ def test_settle_steps_record_the_finished_task_after_success(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["reach", "push"])
-def test_settle_share_makes_the_done_labels_the_finished_frames(tmp_path, task):
-    """Sized by ``settle_share=0.05``, the settling makes the critic's done labels (the last 5 %
-    of a success) exactly the frames that show the finished task, on a task done in a few steps
-    (reach) and one done in tens (push); a fixed 8 settle steps labels finished reach frames
-    "not done"."""
-    from limbic.critic.labels import done_labels
+def test_settling_frames_are_done_frames_whichever_way_it_is_sized(tmp_path, task):
+    """Every frame that shows the finished task is done to the critic's labels, whether the
+    settling is sized by ``settle_share=0.05`` or fixed at 8 steps, on a task done in a few
+    steps (reach) and one done in tens (push); a done frame before it lies in the last 5 % of
+    the task. Labelled over the whole recording instead (``finish_at_success=False``), a fixed
+    8 settle steps labels finished reach frames "not done", which ``settle_share`` avoids."""
+    from limbic.critic.labels import done_labels, finished_frame
     from limbic.data.reader import load_episodes
 
     def episodes(root: Path, **settle):
@@ -131,19 +132,30 @@ def test_settle_share_makes_the_done_labels_the_finished_frames(tmp_path, task):
         record(cfg)
         return load_episodes(root)
 
-    for ep in episodes(tmp_path / "share", settle_share=0.05):
-        assert ep.succeeded and ep.success[-1]
-        finished = np.arange(len(ep)) > int(np.argmax(ep.success))  # frames after the success step
-        label, labelled = done_labels(ep)
-        assert label.astype(bool).tolist() == finished.tolist()
-        assert not (labelled & ~label.astype(bool) & finished).any()
-    if task == "reach":
-        conflicting = 0
-        for ep in episodes(tmp_path / "fixed", settle_steps=8):
-            finished = np.arange(len(ep)) > int(np.argmax(ep.success))
+    recorded = {
+        "share": episodes(tmp_path / "share", settle_share=0.05),
+        "fixed": episodes(tmp_path / "fixed", settle_steps=8),
+    }
+    for eps in recorded.values():
+        for ep in eps:
+            assert ep.succeeded and ep.success[-1]
+            end = finished_frame(ep)
+            assert end == int(np.argmax(ep.success)) + 1  # the frame after the success step
+            finished = np.arange(len(ep)) >= end
             label, labelled = done_labels(ep)
-            conflicting += int((labelled & (label == 0) & finished).sum())
-        assert conflicting > 0
+            assert label[finished].all() and labelled[finished].all()
+            early = label.astype(bool) & ~finished
+            assert np.all(np.flatnonzero(early) >= 0.95 * end - 1e-9)
+    whole = {}
+    for name, eps in recorded.items():
+        whole[name] = 0
+        for ep in eps:
+            finished = np.arange(len(ep)) >= finished_frame(ep)
+            label, labelled = done_labels(ep, finish_at_success=False)
+            whole[name] += int((labelled & (label == 0) & finished).sum())
+    assert whole["share"] == 0
+    if task == "reach":
+        assert whole["fixed"] > 0
     with pytest.raises(ConfigError, match="settle_share"):
         RecordConfig(settle_share=0.5)
 
