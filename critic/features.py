@@ -104,16 +104,10 @@ class TokenStore:
     def tokens(self, episode: EpisodeArrays) -> tuple[torch.Tensor, torch.Tensor]:
         """``(tokens [T, V, N, C] in the cache dtype, present bool[T, V])`` of an episode."""
         path = self.path(episode)
-        if path.is_file():
-            try:
-                saved = torch.load(path, map_location="cpu", weights_only=True)
-                toks, present = saved["tokens"], saved["present"]
-                if toks.shape[0] == len(episode) and toks.dtype == self.dtype:
-                    self.hits += 1
-                    return toks, present
-                raise ValueError(f"shape {tuple(toks.shape)}, dtype {toks.dtype}")
-            except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
-                warnings.warn(f"token cache {path}: unreadable ({exc}); recomputing", stacklevel=2)
+        saved = self._load(path, len(episode)) if path.is_file() else None
+        if saved is not None:
+            self.hits += 1
+            return saved
         toks, present = episode_tokens(self.critic, episode)
         toks = toks.to(self.dtype)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -121,6 +115,21 @@ class TokenStore:
         os.replace(tmp, path)  # never a half-written file under the real name
         self.misses += 1
         return toks, present
+
+    def _load(self, path: Path, frames: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The saved ``(tokens, present)``, or None (with a warning) where the file cannot be
+        read or does not hold ``frames`` frames in the cache dtype."""
+        try:
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            toks, present = saved["tokens"], saved["present"]
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is recomputed
+            problem = str(exc)
+        else:
+            if toks.shape[0] == frames and toks.dtype == self.dtype:
+                return toks, present
+            problem = f"shape {tuple(toks.shape)}, dtype {toks.dtype}"
+        warnings.warn(f"token cache {path}: unreadable ({problem}); recomputing", stacklevel=3)
+        return None
 
 
 class FrameTokens:

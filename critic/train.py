@@ -349,9 +349,7 @@ def validate(
     """Score the validation episodes; with ``calibrate_done``, first fit the critic's done threshold."""
     scores = score_episodes(critic, episodes, tokens, config=config.eval)
     if config.calibrate_done:
-        labels = [
-            done_labels(e, finish_at_success=config.eval.finish_at_success) for e in episodes
-        ]
+        labels = [done_labels(e, finish_at_success=config.eval.finish_at_success) for e in episodes]
         critic.done_threshold, _ = best_done_threshold(
             np.concatenate([s.curves.done_prob for s in scores]),
             np.concatenate([lab for lab, _ in labels]),

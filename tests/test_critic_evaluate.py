@@ -97,7 +97,9 @@ def test_a_new_phrasing_borrows_goal_references_of_its_task_when_asked() -> None
     assert lone.curves.backward is None
     by_task = CriticEvalConfig(goal_references=2, plots=False)
     (borrowed, *_) = score_episodes(_critic(), episodes, config=by_task)
-    assert borrowed.curves.backward is not None and borrowed.curves.backward.shape == (len(episodes[0]),)
+    assert borrowed.curves.backward is not None and borrowed.curves.backward.shape == (
+        len(episodes[0]),
+    )
     for e in episodes[1:]:
         e.metadata["task"] = "stack"
     (other_task, *_) = score_episodes(_critic(), episodes, config=by_task)

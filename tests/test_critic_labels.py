@@ -89,11 +89,15 @@ def test_episode_progress_sources() -> None:
 def test_a_failure_with_stored_progress_gets_progress_labels_unless_told_not_to() -> None:
     episodes = [_episode(20, instruction="push red", index=i) for i in range(3)]
     episodes.append(
-        _episode(15, success=False, instruction="push red", index=3, progress=np.linspace(0, 0.6, 15))
+        _episode(
+            15, success=False, instruction="push red", index=3, progress=np.linspace(0, 0.6, 15)
+        )
     )
     rng = np.random.default_rng(0)
     for stored in (True, False):
-        cfg = PairSamplingConfig(mismatch_fraction=0.0, goal_anchor_fraction=0.0, stored_progress=stored)
+        cfg = PairSamplingConfig(
+            mismatch_fraction=0.0, goal_anchor_fraction=0.0, stored_progress=stored
+        )
         batch = PairSampler(episodes, cfg, seed=0).sample(256, rng)
         failure = batch.episode_b == 3
         assert failure.any()
