@@ -21,6 +21,12 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the PyTorch idiom)
 from tqdm import tqdm
 
+from limbic.critic.augment import (
+    InstructionAugConfig,
+    InstructionVariants,
+    shift_tokens,
+    token_grid,
+)
 from limbic.critic.evaluate import CriticEvalConfig, compute_metrics, score_episodes
 from limbic.critic.features import CACHE_DTYPES, FrameTokens
 from limbic.critic.labels import PairSampler, PairSamplingConfig, done_labels
@@ -61,6 +67,15 @@ class CriticTrainConfig:
     without it the head learns to say "not done" and done recall collapses."""
     view_dropout: float = 0.15
     """Probability of dropping each view of a pair (at least one view always stays)."""
+    lang_aug: InstructionAugConfig = field(default_factory=InstructionAugConfig)
+    """Perturbed copies of the training instructions (:mod:`limbic.critic.augment`; off by default)."""
+    token_shift: int = 0
+    """Largest shift, in token-grid cells, of a pair's ``token_shift_views`` (both frames by the
+    same offset; :func:`limbic.critic.augment.shift_tokens`); 0: off."""
+    token_shift_p: float = 0.5
+    """Probability that a pair is shifted (when ``token_shift`` > 0)."""
+    token_shift_views: list[str] = field(default_factory=lambda: ["front"])
+    """Views the token shift moves (a wrist view moves with the arm)."""
     seed: int = 0
     """Seed of weights and of every step's pairs, dropout and view dropout."""
     out_dir: str = "runs/critic"
@@ -100,6 +115,16 @@ class CriticTrainConfig:
             0.0 <= self.view_dropout < 1.0,
             "critic.view_dropout",
             f"expected [0, 1), got {self.view_dropout}",
+        )
+        require(
+            self.token_shift >= 0 and 0.0 <= self.token_shift_p <= 1.0,
+            "critic.token_shift",
+            f"need token_shift >= 0 and token_shift_p in [0, 1], got {self.token_shift}, {self.token_shift_p}",
+        )
+        require(
+            not self.token_shift or set(self.token_shift_views) <= set(self.model.views),
+            "critic.token_shift_views",
+            f"{self.token_shift_views} are not all among the critic's views {self.model.views}",
         )
         require(
             self.cache_dtype in CACHE_DTYPES,
@@ -212,7 +237,10 @@ def train_critic(
         show_progress=config.progress_bar,
         cache_dir=config.token_cache_dir,
     )
-    lang_table = critic.encode_instructions(sampler.instructions)
+    variants = InstructionVariants(sampler.instructions, config.lang_aug)
+    lang_table = critic.encode_instructions(variants.texts)
+    grid = token_grid(critic.image_hw, critic.num_tokens) if config.token_shift else (0, 0)
+    shift_views = [critic.views.index(v) for v in config.token_shift_views]
     val_tokens = (
         FrameTokens(critic, val_episodes, config.cache_dtype, cache_dir=config.token_cache_dir)
         if val_episodes
@@ -241,7 +269,14 @@ def train_critic(
             tok_a, present_a = tokens.get(batch.episode_a, batch.frame_a)
             tok_b, present_b = tokens.get(batch.episode_b, batch.frame_b)
             views = drop_views(present_a & present_b, config.view_dropout, gen)
-            lang = lang_table[torch.from_numpy(batch.instruction)]
+            if config.token_shift:
+                k = config.token_shift
+                moved = rng.random(len(batch)) < config.token_shift_p
+                dy = np.where(moved, rng.integers(-k, k + 1, len(batch)), 0)
+                dx = np.where(moved, rng.integers(-k, k + 1, len(batch)), 0)
+                tok_a = shift_tokens(tok_a, grid, dy, dx, shift_views)
+                tok_b = shift_tokens(tok_b, grid, dy, dx, shift_views)
+            lang = lang_table[torch.from_numpy(variants.draw(batch.instruction, rng))]
             lang_d = critic.embed_lang(lang)
             z_a = critic.embed_frame(tok_a, lang_d, views)
             z_b = critic.embed_frame(tok_b, lang_d, views)
