@@ -30,7 +30,6 @@ from limbic.data.schema import (
 from limbic.data.writer import read_limbic_episodes
 
 
-
 def parse_split(spec: str) -> list[int]:
     """Episode indices of a LeRobot split string such as ``"0:40"`` or ``"0:40,50:60"``."""
     out: list[int] = []
