@@ -114,7 +114,7 @@ class InstructionVariants:
 
 
 def shift_tokens(
-    tokens: torch.Tensor, grid_hw: tuple[int, int], dy: int, dx: int, views: list[int]
+    tokens: torch.Tensor, grid_hw: tuple[int, int], dy: np.ndarray, dx: np.ndarray, views: list[int]
 ) -> torch.Tensor:
     """Tokens ``[B, V, N, C]`` (``N = H × W`` in row-major order) of ``views`` moved by ``(dy, dx)``
     grid cells per sample (``dy``, ``dx``: int ``[B]``); uncovered cells repeat the edge cell."""

@@ -239,8 +239,9 @@ def train_critic(
     )
     variants = InstructionVariants(sampler.instructions, config.lang_aug)
     lang_table = critic.encode_instructions(variants.texts)
-    grid = token_grid(critic.image_hw, critic.num_tokens) if config.token_shift else (0, 0)
-    shift_views = [critic.views.index(v) for v in config.token_shift_views]
+    if config.token_shift:  # the views are checked against the critic's only when shifting
+        grid = token_grid(critic.image_hw, critic.num_tokens)
+        shift_views = [critic.views.index(v) for v in config.token_shift_views]
     val_tokens = (
         FrameTokens(critic, val_episodes, config.cache_dtype, cache_dir=config.token_cache_dir)
         if val_episodes
