@@ -22,8 +22,10 @@ POSITIONS = ("learned", "grid", "both")
 """How the encoder places tokens (``AgentConfig.position``)."""
 POOLINGS = ("attention", "flatten", "keypoints", "attention_keypoints")
 """How the encoder reduces each view's tokens (``AgentConfig.pooling``)."""
-WAYPOINT_SOURCES = ("feature", "tokens")
-"""What the waypoint head reads (``AgentConfig.waypoint_source``)."""
+WAYPOINT_SOURCES = ("feature", "tokens", "pretrained")
+"""What the waypoint head reads (``AgentConfig.waypoint_source``): the pooled feature, or the
+token grids and the state through a localiser of its own (``tokens``: trained by the waypoint
+loss; ``pretrained``: fitted once, before cloning, on labelled views, then frozen)."""
 
 
 def grid_coordinates(n_tokens: int) -> torch.Tensor:
@@ -129,7 +131,7 @@ class ObservationEncoder(nn.Module):
         self.waypoint_source = waypoint_source
         if waypoint_dim > 0:
             reads = feature_dim
-            if waypoint_source == "tokens":
+            if waypoint_source != "feature":
                 reads = n_views * n_tokens * token_dim + state_dim
             self.waypoint_head = mlp(reads, feature_dim, waypoint_dim)
         elif waypoint_input:
@@ -143,17 +145,20 @@ class ObservationEncoder(nn.Module):
         lang: torch.Tensor,
         view_mask: torch.Tensor | None = None,
         waypoint_tokens: torch.Tensor | None = None,
+        waypoint_state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``view_mask`` (true: present) is per view ``[B, V]`` or per token ``[B, V, N]``; a
-        view with no token present counts as missing. ``waypoint_tokens`` are what a
-        ``tokens``-source waypoint head reads instead of ``tokens`` (training gives it its own
-        noise draw)."""
+        view with no token present counts as missing. ``waypoint_tokens`` and
+        ``waypoint_state`` are what a localiser (``tokens`` or ``pretrained`` source) reads
+        instead of ``tokens`` and ``state`` (training gives it inputs augmented its own way)."""
         b, v, n, _ = tokens.shape
-        if self.waypoint_input and self.waypoint_source == "tokens":
+        if self.waypoint_input and self.waypoint_source != "feature":
             # the localiser's prediction goes in detached: only its own loss trains it, so the
             # imitation loss cannot turn it into another channel for memorising layouts
             located = self.locate(
-                tokens if waypoint_tokens is None else waypoint_tokens, state, view_mask
+                tokens if waypoint_tokens is None else waypoint_tokens,
+                state if waypoint_state is None else waypoint_state,
+                view_mask,
             ).detach()
         token_mask = None
         if view_mask is not None and view_mask.dim() == 3:
@@ -183,7 +188,7 @@ class ObservationEncoder(nn.Module):
         parts = [p.reshape(b, -1) for p in pooled] + [self.state_proj(state), self.lang_proj(lang)]
         feature = self.out(torch.cat(parts, dim=-1))
         if self.waypoint_input:
-            if self.waypoint_source == "tokens":
+            if self.waypoint_source != "feature":
                 feature = torch.cat([feature, located], dim=-1)
             else:
                 feature = torch.cat([feature, self.waypoint_head(feature)], dim=-1)
@@ -192,8 +197,8 @@ class ObservationEncoder(nn.Module):
     def locate(
         self, tokens: torch.Tensor, state: torch.Tensor, view_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """A ``tokens``-source waypoint head's prediction from the token grids ``[B, V, N, D]``
-        (masked tokens and views zeroed) and the state."""
+        """A localiser's (``tokens`` or ``pretrained`` source) prediction from the token grids
+        ``[B, V, N, D]`` (masked tokens and views zeroed) and the state."""
         x = tokens.float()
         if view_mask is not None:
             mask = view_mask.bool()
@@ -212,9 +217,9 @@ class ObservationEncoder(nn.Module):
         (a ``tokens``-source head reads ``tokens`` and ``state`` instead)."""
         if self.waypoint_dim == 0:
             raise RuntimeError("this encoder has no waypoint head")
-        if self.waypoint_source == "tokens":
+        if self.waypoint_source != "feature":
             if tokens is None or state is None:
-                raise ValueError("a tokens-source waypoint head needs the tokens and the state")
+                raise ValueError("a localiser waypoint head needs the tokens and the state")
             return self.locate(tokens, state, view_mask)
         if self.waypoint_input:
             return feature[..., -self.waypoint_dim :]

@@ -108,17 +108,22 @@ class AgentConfig:
     head."""
     waypoint_input: bool = False
     """Append the waypoint head's prediction to the feature the actor and Q heads read (needs
-    ``waypoint_weight > 0``)."""
+    ``waypoint_weight > 0``, or the ``pretrained`` source)."""
     waypoint_source: str = "feature"
     """What the waypoint head reads. ``feature``: the actor's pooled feature (the head shares
     the encoder). ``tokens``: a localiser of its own, an MLP on every view's whole token grid
     and the state, trained by the waypoint loss alone; with ``waypoint_input`` its prediction
     goes to the actor detached (the Q heads do not get it), so imitation cannot make it a
-    second channel for memorising layouts, and it reads tokens with ``waypoint_token_noise``."""
+    second channel for memorising layouts, and it reads tokens with ``waypoint_token_noise``.
+    ``pretrained``: the same localiser, fitted once before cloning on many views labelled with
+    the offset from the tool to the object (``limbic.sim.localise``, the learning loop's
+    ``localiser``) and frozen from then on; it needs ``waypoint_input`` and no waypoint loss
+    (``waypoint_weight`` 0). It reads the clean state, and the tokens with
+    ``waypoint_token_noise``, so its input in training is what it gets when acting."""
     waypoint_token_noise: float | None = None
-    """Token noise of the ``tokens``-source localiser's input in training (None:
-    ``token_noise``), so it can learn on cleaner tokens than the actor, which needs the noise
-    against memorising the demonstrations."""
+    """Token noise of the localiser's input in training (None: ``token_noise`` for the
+    ``tokens`` source, 0 for ``pretrained``), so it can learn on cleaner tokens than the actor,
+    which needs the noise against memorising the demonstrations."""
     grad_clip: float = 10.0
     """Global gradient-norm clip for every optimiser step."""
     token_noise: float = 1.0
@@ -247,11 +252,26 @@ class AgentConfig:
             "agent.waypoint_weight",
             f"must be >= 0, got {self.waypoint_weight}",
         )
+        pretrained = self.waypoint_source == "pretrained"
         require(
-            not self.waypoint_input or self.waypoint_weight > 0,
+            not self.waypoint_input or self.waypoint_weight > 0 or pretrained,
             "agent.waypoint_input",
-            "needs agent.waypoint_weight > 0 (the head it appends is trained by that loss)",
+            "needs agent.waypoint_weight > 0 (the head it appends is trained by that loss) or "
+            "agent.waypoint_source=pretrained",
         )
+        if pretrained:
+            require(
+                self.waypoint_input,
+                "agent.waypoint_input",
+                "must be true with agent.waypoint_source=pretrained (the localiser is fitted "
+                "for the actor to read)",
+            )
+            require(
+                self.waypoint_weight == 0,
+                "agent.waypoint_weight",
+                "must be 0 with agent.waypoint_source=pretrained (the fitted localiser stays "
+                f"frozen), got {self.waypoint_weight}",
+            )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
             1 <= self.q_subset <= self.n_q,
@@ -415,8 +435,10 @@ class RLPDAgent(nn.Module):
         self.action_size = shape.action_dim * shape.chunk_len
 
         def encoder(critic: bool = False) -> ObservationEncoder:
-            # a tokens-source localiser serves the actor alone (its loss trains the actor's)
-            waypoint = cfg.waypoint_weight > 0 and not (critic and cfg.waypoint_source == "tokens")
+            # a localiser (tokens or pretrained source) serves the actor alone
+            waypoint = (cfg.waypoint_weight > 0 or cfg.waypoint_source == "pretrained") and not (
+                critic and cfg.waypoint_source != "feature"
+            )
             return ObservationEncoder(
                 shape.n_views,
                 shape.n_tokens,
@@ -642,7 +664,8 @@ class RLPDAgent(nn.Module):
         next state). ``view_mask`` (true: present) marks what ``view_dropout`` removed, per view
         ``[rows, views]``, or, with ``token_dropout``, per token ``[rows, views, tokens]``; the
         encoders take either. A ``tokens``-source waypoint localiser gets ``waypoint_tokens``,
-        the tokens with a noise draw of their own (``waypoint_token_noise``).
+        the tokens with a noise draw of their own (``waypoint_token_noise``); a ``pretrained``
+        one gets those (noise 0 unless configured) and ``waypoint_state``, the clean state.
         """
         cfg = self.cfg
         token_noise = cfg.token_noise if token_noise is None else token_noise
@@ -654,15 +677,18 @@ class RLPDAgent(nn.Module):
                 if key in b:
                     noise = self._randn(tuple(b[key].shape), device)
                     out[key] = b[key].float() + token_noise * noise
-        if cfg.waypoint_weight > 0 and cfg.waypoint_source == "tokens":
+        pretrained = cfg.waypoint_source == "pretrained"
+        if (cfg.waypoint_weight > 0 and cfg.waypoint_source == "tokens") or pretrained:
             # the localiser's own draw (``waypoint_token_noise``)
-            loc_noise = (
-                token_noise if cfg.waypoint_token_noise is None else cfg.waypoint_token_noise
-            )
+            loc_noise = cfg.waypoint_token_noise
+            if loc_noise is None:
+                loc_noise = 0.0 if pretrained else token_noise
             out["waypoint_tokens"] = b["tokens"].float()
             if loc_noise > 0:
                 noise = self._randn(tuple(b["tokens"].shape), device)
                 out["waypoint_tokens"] = out["waypoint_tokens"] + loc_noise * noise
+            if pretrained:  # it reads the state as acting gives it
+                out["waypoint_state"] = b["state"].float()
         if cfg.lang_dropout > 0 or cfg.lang_noise > 0:
             lang = b["lang"].float()
             rms = lang.pow(2).mean(-1, keepdim=True).sqrt()
@@ -766,6 +792,86 @@ class RLPDAgent(nn.Module):
         stays as initialised."""
         return self.cfg.value_weight > 0 or self.cfg.bootstrap_from_bc
 
+    def fit_localiser(
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor,
+        offset: torch.Tensor,
+        steps: int,
+        batch_size: int = 256,
+        lr: float = 1e-3,
+        holdout: float = 0.1,
+        seed: int = 0,
+    ) -> dict[str, float]:
+        """Fit the ``pretrained``-source localiser on labelled views and leave it frozen.
+
+        ``tokens [M, V, N, k]``, ``state [M, S]`` and ``offset [M, D]`` (the label: tool to
+        object) are rows in the order they were recorded; the last ``holdout`` share of them
+        is kept out of the fit and measured. Huber loss, Adam at ``lr`` and a tenth of it over
+        the last quarter of the ``steps``; the inputs get ``waypoint_token_noise`` as in
+        training. The live and acting copies of the actor get the same fitted weights, and no
+        later loss moves them (the actor reads the localiser's prediction detached).
+
+        Returns the median absolute error per row (over the label's components, in its units)
+        on the fitted and the held-back rows, and the same for predicting the mean label.
+        """
+        if self.cfg.waypoint_source != "pretrained":
+            raise RuntimeError("fit_localiser needs agent.waypoint_source=pretrained")
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        rows = tokens.shape[0]
+        if not (state.shape[0] == offset.shape[0] == rows):
+            raise ValueError(
+                f"tokens, state and offset need one row each per view, got {rows}, "
+                f"{state.shape[0]} and {offset.shape[0]}"
+            )
+        if offset.shape[-1] != self.actor_encoder.waypoint_dim:
+            raise ValueError(
+                f"offset: expected {self.actor_encoder.waypoint_dim} components, "
+                f"got {offset.shape[-1]}"
+            )
+        fit = rows - int(round(holdout * rows))
+        if fit < 1 or (holdout > 0 and fit == rows):
+            raise ValueError(f"{rows} rows leave none to fit or to hold back at holdout={holdout}")
+        head = self.actor_encoder.waypoint_head
+        device = next(head.parameters()).device
+        tokens, state, offset = (x.float().to(device) for x in (tokens, state, offset))
+        noise = self.cfg.waypoint_token_noise or 0.0
+        opt = torch.optim.Adam(head.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.enable_grad():
+            for step in range(steps):
+                if step == (3 * steps) // 4:
+                    for group in opt.param_groups:
+                        group["lr"] = lr * 0.1
+                idx = torch.randint(0, fit, (min(batch_size, fit),), generator=gen).to(device)
+                x = tokens[idx]
+                if noise > 0:
+                    x = x + noise * torch.randn(x.shape, generator=gen).to(device)
+                loss = F.smooth_l1_loss(self.actor_encoder.locate(x, state[idx]), offset[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        self.ema_encoder.waypoint_head.load_state_dict(head.state_dict())
+
+        @torch.no_grad()
+        def median_error(lo: int, hi: int) -> tuple[float, float]:
+            if hi <= lo:
+                return float("nan"), float("nan")
+            predicted = self.actor_encoder.locate(tokens[lo:hi], state[lo:hi])
+            error = (predicted - offset[lo:hi]).abs().mean(-1).median()
+            baseline = (offset[:fit].mean(0) - offset[lo:hi]).abs().mean(-1).median()
+            return float(error), float(baseline)
+
+        fitted, fitted_base = median_error(0, fit)
+        held, held_base = median_error(fit, rows)
+        return {
+            "fit_error": fitted,
+            "holdout_error": held,
+            "fit_error_mean_label": fitted_base,
+            "holdout_error_mean_label": held_base,
+        }
+
     def bc_update(self, batch: Batch) -> dict[str, float]:
         """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline).
 
@@ -827,7 +933,12 @@ class RLPDAgent(nn.Module):
         self, b: Batch, bc_weight: float, rl: bool, critic_feature: torch.Tensor | None = None
     ) -> dict[str, float]:
         feature = self.actor_encoder(
-            b["tokens"], b["state"], b["lang"], b.get("view_mask"), b.get("waypoint_tokens")
+            b["tokens"],
+            b["state"],
+            b["lang"],
+            b.get("view_mask"),
+            b.get("waypoint_tokens"),
+            b.get("waypoint_state"),
         )
         imitation, std = self.actor.imitation(feature, b["action"], b["human"], self._bc_weights(b))
         metrics = {"bc_loss": float(imitation.detach())}

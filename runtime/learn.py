@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from limbic.critic.model import ProgressCritic
 from limbic.launch.components import RobotConfig
-from limbic.launch.config import require
+from limbic.launch.config import ConfigError, require
 from limbic.policy.encoders import LanguageEncoder
 from limbic.policy.vla import PolicyConfig, VLAPolicy
 from limbic.runtime.distributed import (
@@ -53,9 +53,45 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
+from limbic.sim.localise import localiser_views
 from limbic.sim.operator import ScriptedTakeover
 from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
+
+
+@dataclass
+class LocaliserConfig:
+    """The labelled views that fit a ``pretrained`` localiser (``policy.agent.waypoint_source``;
+    ``limbic.sim.localise``): fresh training-split layouts, the tool put at random places over
+    the work area on each, every view labelled with the offset from the tool to the object."""
+
+    layouts: int = 400
+    poses: int = 8
+    """Tool poses per layout."""
+    steps: int = 3000
+    """Fitting steps (batch ``batch_size``)."""
+    batch_size: int = 256
+    lr: float = 1e-3
+    holdout: float = 0.1
+    """Share of the layouts (the last ones) kept out of the fit to measure it."""
+    heldout_layouts: int = 40
+    """Layouts of the held-out split it is also measured on (never fitted on; 0: none)."""
+
+    def __post_init__(self) -> None:
+        for name in ("layouts", "poses", "steps", "batch_size"):
+            value = getattr(self, name)
+            require(value >= 1, f"localiser.{name}", f"must be >= 1, got {value}")
+        require(self.lr > 0, "localiser.lr", f"must be > 0, got {self.lr}")
+        require(
+            0.0 <= self.holdout < 1.0,
+            "localiser.holdout",
+            f"must be in [0, 1), got {self.holdout}",
+        )
+        require(
+            self.heldout_layouts >= 0,
+            "localiser.heldout_layouts",
+            f"must be >= 0, got {self.heldout_layouts}",
+        )
 
 
 @dataclass
@@ -156,6 +192,9 @@ class LearnConfig:
     the policy's own steps after the human's last hand-back go to the demonstration partition
     too (the policy finishing the task from where the human left it: on the layouts where it
     needed help, which its unassisted successes seldom cover)."""
+    localiser: LocaliserConfig = field(default_factory=LocaliserConfig)
+    """How the ``pretrained`` localiser is fitted (``policy.agent.waypoint_source=pretrained``;
+    ignored otherwise)."""
 
     def __post_init__(self) -> None:
         require(
@@ -224,6 +263,8 @@ class LearnConfig:
         )
         if self.layout_focus:
             self._require_own_simulator("learn.layout_focus")
+        if self.policy.agent.waypoint_source == "pretrained":
+            self._require_own_simulator("policy.agent.waypoint_source")
         require(
             self.online_episodes >= 0,
             "learn.online_episodes",
@@ -264,6 +305,7 @@ class StopRequestedError(RuntimeError):
 
 # Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
 DEMO_SEED, ONLINE_SEED, EVAL_SEED, LAYOUT_SEED = 1_000_000, 2_000_000, 3_000_000, 4_000_000
+LOCALISER_SEED = 5_000_000
 
 
 @dataclass
@@ -546,7 +588,92 @@ class Learner:
                 )
             d.backbone_tokens = None
             self._store("demo", d)
+        self.fit_localiser()
         return kept
+
+    def _localiser_rows(
+        self, layouts: int, seed: int, split: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Compact tokens, states and labels of :func:`localiser_views` on ``layouts`` layouts,
+        the backbone run on 64 views at a time."""
+        lc, views = self.cfg.localiser, self.policy.views
+        tokens: list[torch.Tensor] = []
+        states: list[np.ndarray] = []
+        labels: list[np.ndarray] = []
+        images: list[np.ndarray] = []
+
+        def flush() -> None:
+            if images:
+                batch = torch.from_numpy(np.stack(images)).to(self.device)
+                tokens.append(self.policy.compact_tokens(self.policy.backbone_tokens(batch)).cpu())
+                images.clear()
+
+        with torch.no_grad():
+            for obs, label in localiser_views(self.env, layouts, lc.poses, seed, split):
+                if len(labels) % 256 == 0:
+                    self._check_interrupted("localiser views")
+                images.append(np.stack([obs.images[v] for v in views]))
+                states.append(obs.state)
+                labels.append(label)
+                if len(images) == 64:
+                    flush()
+            flush()
+        return (
+            torch.cat(tokens),
+            torch.from_numpy(np.stack(states).astype(np.float32)),
+            torch.from_numpy(np.stack(labels)),
+        )
+
+    def fit_localiser(self) -> dict[str, float] | None:
+        """With ``policy.agent.waypoint_source=pretrained``: fit the localiser on labelled views
+        of fresh training-split layouts (``localiser``), after the token compressor is fitted
+        and before cloning; measure it on layouts it was not fitted on and, when asked, on the
+        held-out split's; write the figures (mm, median over views of the mean error of x, y
+        and z) to ``localiser.json``. Returns them (None without a pretrained localiser)."""
+        if self.cfg.policy.agent.waypoint_source != "pretrained":
+            return None
+        if self.policy.trains_backbone:
+            raise ConfigError(
+                "policy.agent.waypoint_source",
+                "a pretrained localiser reads the frozen backbone's compact tokens; "
+                f"policy.backbone={self.cfg.policy.backbone!r} trains its backbone",
+            )
+        lc, agent = self.cfg.localiser, self.policy.agent
+        mm = 1000.0 * self.env.arm.max_ee_step_m
+        tokens, state, label = self._localiser_rows(lc.layouts, LOCALISER_SEED, "train")
+        # the held-back rows are whole layouts: the last ones recorded
+        holdout_rows = int(round(lc.holdout * lc.layouts)) * lc.poses
+        holdout = min(holdout_rows, tokens.shape[0] - 1) / tokens.shape[0]
+        fitted = agent.fit_localiser(
+            tokens, state, label, lc.steps, lc.batch_size, lc.lr, holdout, seed=self.cfg.seed
+        )
+        # every rank fitted the same rows the same way; rank 0's weights are the ones kept
+        self.dist.broadcast_module(agent.actor_encoder.waypoint_head)
+        self.dist.broadcast_module(agent.ema_encoder.waypoint_head)
+        report = {
+            "views": int(tokens.shape[0]),
+            "fit_mm": fitted["fit_error"] * mm,
+            "holdout_mm": fitted["holdout_error"] * mm,
+            "holdout_mean_label_mm": fitted["holdout_error_mean_label"] * mm,
+        }
+        if lc.heldout_layouts:
+            tokens, state, label = self._localiser_rows(
+                lc.heldout_layouts, LOCALISER_SEED + 500_000, "heldout"
+            )
+            with torch.no_grad():
+                located = agent.actor_encoder.locate(tokens.to(self.device), state.to(self.device))
+            error = (located.cpu() - label).abs().mean(-1).median()
+            report["heldout_split_mm"] = float(error) * mm
+        if self.dist.is_main:
+            (self.out / "localiser.json").write_text(json.dumps(report, indent=1))
+            tqdm.write(
+                "localiser: "
+                + ", ".join(
+                    f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in report.items()
+                )
+            )
+        return report
 
     def pretrain(self, steps: int) -> float:
         """Behaviour cloning on the human partitions; returns the last BC loss."""

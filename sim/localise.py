@@ -1,0 +1,116 @@
+"""Views labelled with where the object is: training data for a policy's pre-trained localiser.
+
+A policy cloned from a few demonstrations sees the object at a few places only and fits a
+lookup of them (README, "Learning"). Where the object lies relative to the tool, though, can
+be learned from many more views than there are demonstrations, because in simulation the
+answer is known for any view. :func:`localiser_views` resets the task on fresh layouts of the
+training split, puts the tool at random places over the work area (pointing down, the jaws
+open or opening, as in an episode's first steps) and renders every camera view, labelled with the offset from the tool to the task's object:
+``(object - tool) / max_ee_step_m``, so one unit is one step of the widest end-effector motion.
+Nothing is stepped: each pose is set through inverse kinematics, kinematics recomputed and the
+views rendered.
+
+The labels are privileged simulator state. They train a perception module before any
+demonstration is cloned (``policy.agent.waypoint_source=pretrained``); the policy itself never
+reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import mujoco
+import numpy as np
+
+from limbic.contracts import Observation
+
+OPENING_STEPS = 6
+"""Still steps with the jaws commanded open after a reset: by then they are open."""
+OBJECT_KEYS = ("cube", "target")
+"""Keys of ``goal_info`` naming the object the tool goes to first, in order of preference."""
+
+
+@dataclass(frozen=True)
+class PoseRange:
+    """Where the tool is put: anywhere over the work area (grown by ``pad_m`` on each side), at
+    heights from ``z_low_m`` to ``z_high_m``; never within ``clear_m`` above the object's top
+    when over it (a rendered tool inside the object would show what no episode does)."""
+
+    pad_m: float = 0.02
+    z_low_m: float = 0.015
+    z_high_m: float = 0.11
+    clear_m: float = 0.01
+
+
+def object_position(env) -> np.ndarray:
+    """The position of the object the task's tool goes to first (pick-and-place's and push's
+    cube, reach's named ball); ValueError for a task without one."""
+    info = env.goal_info()
+    for key in OBJECT_KEYS:
+        if key in info:
+            return np.asarray(info[key], np.float64)
+    raise ValueError(
+        f"task {env.task.name!r} names no single object to localise "
+        f"(goal_info has {sorted(info)}, expected one of {list(OBJECT_KEYS)})"
+    )
+
+
+def _tool_target(env, obj: np.ndarray, rng: np.random.Generator, poses: PoseRange) -> np.ndarray:
+    cx, cy = env.arm.work_center_xy
+    hx, hy = env.arm.work_half_extent_xy
+    scale = getattr(env.task, "scale", 1.0)
+    hx, hy = hx + poses.pad_m * scale, hy + poses.pad_m * scale
+    xy = np.array([rng.uniform(cx - hx, cx + hx), rng.uniform(cy - hy, cy + hy)])
+    z_low = poses.z_low_m * scale
+    if np.linalg.norm(xy - obj[:2]) < 2.5 * env.arm.cube_half_m * scale:
+        z_low = max(z_low, obj[2] + env.arm.cube_half_m * scale + poses.clear_m * scale)
+    z = rng.uniform(z_low, max(z_low, poses.z_high_m * scale))
+    return np.array([*xy, z])
+
+
+def localiser_views(
+    env,
+    layouts: int,
+    poses_per_layout: int,
+    seed: int,
+    split: str = "train",
+    poses: PoseRange = PoseRange(),
+) -> Iterator[tuple[Observation, np.ndarray]]:
+    """``(observation, label float32[3])`` for ``poses_per_layout`` tool poses on each of
+    ``layouts`` layouts (reset seeds ``seed, seed + 1, ...`` of ``split``).
+
+    The label is ``(object - tool) / env.arm.max_ee_step_m``. Poses the arm cannot reach within
+    1 mm are skipped, so a layout can give fewer. ``env`` is left at the last pose rendered:
+    reset it before stepping it again.
+    """
+    if layouts < 1 or poses_per_layout < 1:
+        raise ValueError(
+            f"layouts and poses_per_layout must be >= 1, got {layouts} and {poses_per_layout}"
+        )
+    rng = np.random.default_rng([seed, 7])
+    kin, step = env.kin, env.arm.max_ee_step_m
+    down = kin.target_rotation(0.0)
+    for i in range(layouts):
+        env.reset(seed=seed + i, split=split)
+        # an episode starts with the jaws part closed and opens them over its first steps:
+        # keep the scene after 0 .. OPENING_STEPS still steps with the jaws commanded open
+        opening = [env.data.qpos.copy()]
+        for _ in range(OPENING_STEPS):
+            env.step(np.zeros(env.action_spec.dim))
+            opening.append(env.data.qpos.copy())
+        obj = object_position(env)
+        q = env.controller.arm_q(env.data)
+        for _ in range(poses_per_layout):
+            target = _tool_target(env, obj, rng, poses)
+            sol = kin.solve(target, down, q, max_iters=100)
+            if sol.pos_err_m > 1e-3:
+                continue
+            # half the views with the jaws open, the rest anywhere on their way there
+            k = min(int(rng.integers(0, 2 * OPENING_STEPS)), OPENING_STEPS)
+            env.data.qpos[:] = opening[k]
+            env.controller.reset(env.data, sol.q, closure=0.0)
+            mujoco.mj_forward(env.model, env.data)
+            tool = env.data.site_xpos[kin.site_id]
+            label = ((obj - tool) / step).astype(np.float32)
+            yield env.observe_again(), label

@@ -1,0 +1,217 @@
+"""The pre-trained localiser: labelled views from the simulator, its fit, and the actor reading it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from limbic.launch.config import ConfigError
+from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
+from limbic.sim.env import SimConfig, SimEnv
+from limbic.sim.localise import localiser_views, object_position
+from limbic.sim.scene import CameraConfig
+from limbic.sim.tasks import in_heldout_cell
+
+
+@pytest.fixture(scope="module")
+def env():
+    with SimEnv(SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))) as e:
+        yield e
+
+
+def _unit(env, xy) -> tuple[float, float]:
+    (cx, cy), (hx, hy) = env.arm.work_center_xy, env.arm.work_half_extent_xy
+    return (xy[0] - (cx - hx)) / (2 * hx), (xy[1] - (cy - hy)) / (2 * hy)
+
+
+def test_views_are_labelled_with_the_offset_from_the_tool_to_the_object(env):
+    step = env.arm.max_ee_step_m
+    views = list(localiser_views(env, layouts=3, poses_per_layout=5, seed=11))
+    assert len(views) >= 12  # an unreachable pose is skipped, few are
+    objects, tools = [], []
+    for obs, label in views:
+        assert set(obs.images) == {"front", "wrist"}
+        assert obs.images["front"].shape == (64, 64, 3)
+        # the label is what the simulator says now: the state's joints put the tool there
+        q = obs.state[: len(env.kin.qpos_adr)]
+        tool, rot = env.kin.fk(q.astype(np.float64))
+        obj = tool + label.astype(np.float64) * step
+        objects.append(obj)
+        tools.append(tool)
+        assert obs.state[-1] < 0.9  # jaws open or opening
+        np.testing.assert_allclose(rot[:, 2] @ np.array([0, 0, -1.0]), -1.0, atol=1e-2)
+    # three layouts: the object stays put within one, the tool does not
+    objects, tools = np.array(objects), np.array(tools)
+    assert len(np.unique(objects.round(3), axis=0)) == 3
+    assert len(np.unique(tools.round(3), axis=0)) == len(views)
+    # never inside the object: over it, the tool is above its top
+    near = np.linalg.norm(tools[:, :2] - objects[:, :2], axis=1) < 2.5 * env.arm.cube_half_m
+    assert np.all(tools[near, 2] > objects[near, 2] + env.arm.cube_half_m)
+    # the same seed gives the same views
+    again = list(localiser_views(env, layouts=3, poses_per_layout=5, seed=11))
+    for (o1, l1), (o2, l2) in zip(views, again, strict=True):
+        np.testing.assert_array_equal(l1, l2)
+        np.testing.assert_array_equal(o1.images["wrist"], o2.images["wrist"])
+
+
+def test_views_keep_to_the_split_asked_for(env):
+    for split, held in (("train", False), ("heldout", True)):
+        for _obs, label in localiser_views(env, 6, 1, seed=3, split=split):
+            tool = env.data.site_xpos[env.kin.site_id]
+            obj = tool + label * env.arm.max_ee_step_m
+            np.testing.assert_allclose(obj, object_position(env), atol=1e-6)
+            assert in_heldout_cell(*_unit(env, obj[:2])) is held
+
+
+def test_a_task_without_one_object_to_find_is_refused():
+    class Scene:
+        task = type("Task", (), {"name": "sort"})()
+
+        def goal_info(self):
+            return {"bins": np.zeros((3, 3))}
+
+    with pytest.raises(ValueError, match="names no single object"):
+        object_position(Scene())
+
+
+def _agent(**cfg) -> RLPDAgent:
+    small = dict(d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2)
+    return RLPDAgent(AgentConfig(**small, **cfg), ObsShape(2, 4, 8, 4, 16, 4), seed=0)
+
+
+def _labelled(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tokens whose view-1 token 2 carries the offset (plus noise elsewhere)."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(rows, 2, 4, 8, generator=g)
+    offset = torch.randn(rows, 3, generator=g) * 2.0
+    tokens[:, 1, 2, :3] = offset
+    return tokens, torch.randn(rows, 4, generator=g), offset
+
+
+def test_the_fitted_localiser_is_frozen_and_read_detached_by_the_actor():
+    agent = _agent(
+        waypoint_source="pretrained", waypoint_input=True, token_noise=1.0, state_dropout=0.5
+    )
+    enc = agent.actor_encoder
+    assert enc.waypoint_dim == 3 and enc.feature_dim == 35
+    assert agent.critic_encoder.waypoint_dim == 0
+    tokens, state, offset = _labelled(3000, seed=0)
+    report = agent.fit_localiser(tokens, state, offset, steps=400, holdout=0.2, lr=3e-3)
+    # it learned the offset, on rows it was not fitted on too
+    assert report["holdout_error"] < 0.25 * report["holdout_error_mean_label"]
+    assert report["fit_error"] < 0.25 * report["fit_error_mean_label"]
+    # the acting copy has the same localiser
+    for e, p in zip(
+        agent.ema_encoder.waypoint_head.parameters(), enc.waypoint_head.parameters(), strict=True
+    ):
+        assert torch.equal(e, p)
+    # training reads it on clean tokens and the clean state, as acting does
+    batch = {
+        "tokens": tokens[:32],
+        "state": state[:32],
+        "lang": torch.randn(32, 16),
+        "action": torch.rand(32, 4) * 2 - 1,
+        "human": torch.ones(32, dtype=torch.bool),
+    }
+    seen = agent.augment(batch)
+    assert torch.equal(seen["waypoint_tokens"], tokens[:32])
+    assert torch.equal(seen["waypoint_state"], state[:32])
+    assert not torch.allclose(seen["tokens"], tokens[:32])
+    feature = enc(
+        seen["tokens"],
+        seen["state"],
+        seen["lang"],
+        waypoint_tokens=seen["waypoint_tokens"],
+        waypoint_state=seen["waypoint_state"],
+    )
+    assert torch.equal(feature[:, -3:], enc.locate(tokens[:32], state[:32]))
+    # no later loss moves it: cloning trains the rest of the actor
+    before = [p.detach().clone() for p in enc.waypoint_head.parameters()]
+    proj = enc.proj.weight.detach().clone()
+    for _ in range(5):
+        agent.bc_update(batch)
+    assert all(
+        torch.equal(b, p) for b, p in zip(before, enc.waypoint_head.parameters(), strict=True)
+    )
+    assert not torch.equal(proj, enc.proj.weight)
+    for e, p in zip(
+        agent.ema_encoder.waypoint_head.parameters(), enc.waypoint_head.parameters(), strict=True
+    ):
+        assert torch.equal(e, p)
+
+
+def test_fit_localiser_refuses_what_it_cannot_fit():
+    with pytest.raises(RuntimeError, match="waypoint_source=pretrained"):
+        _agent().fit_localiser(*_labelled(10, 0), steps=1)
+    agent = _agent(waypoint_source="pretrained", waypoint_input=True)
+    tokens, state, offset = _labelled(10, 0)
+    with pytest.raises(ValueError, match="one row each"):
+        agent.fit_localiser(tokens, state[:5], offset, steps=1)
+    with pytest.raises(ValueError, match="3 components"):
+        agent.fit_localiser(tokens, state, offset[:, :2], steps=1)
+    with pytest.raises(ValueError, match="steps"):
+        agent.fit_localiser(tokens, state, offset, steps=0)
+
+
+def test_pretrained_source_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="agent.waypoint_input"):
+        AgentConfig(waypoint_source="pretrained")
+    with pytest.raises(ConfigError, match="agent.waypoint_weight"):
+        AgentConfig(waypoint_source="pretrained", waypoint_input=True, waypoint_weight=1.0)
+    AgentConfig(waypoint_source="pretrained", waypoint_input=True)  # fine
+
+
+def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
+    from test_learning import SMALL_AGENT, reach_config
+
+    from limbic.launch.components import RobotConfig
+    from limbic.policy.vla import PolicyConfig, VLAPolicy
+    from limbic.runtime.learn import Learner, LocaliserConfig
+
+    agent = AgentConfig(
+        **{
+            **SMALL_AGENT.__dict__,
+            "waypoint_source": "pretrained",
+            "waypoint_input": True,
+        }
+    )
+    sim = SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
+    cfg = reach_config(
+        tmp_path,
+        robot=RobotConfig(sim=sim),
+        demos=2,
+        bc_pretrain_steps=2,
+        policy=PolicyConfig(agent=agent, image_hw=(64, 64)),
+        localiser=LocaliserConfig(layouts=10, poses=4, steps=150, heldout_layouts=3),
+    )
+    learner = Learner(cfg)
+    try:
+        head = learner.policy.agent.actor_encoder.waypoint_head
+        untrained = [p.detach().clone() for p in head.parameters()]
+        learner.collect_demos()
+        report = json.loads((tmp_path / "run" / "localiser.json").read_text())
+        assert report["views"] >= 36
+        assert {"fit_mm", "holdout_mm", "holdout_mean_label_mm", "heldout_split_mm"} <= set(report)
+        assert report["fit_mm"] < report["holdout_mean_label_mm"]
+        assert not all(torch.equal(u, p) for u, p in zip(untrained, head.parameters(), strict=True))
+        learner.pretrain(2)
+        # the checkpoint carries it: a loaded policy acts the same
+        path = tmp_path / "policy.pt"
+        learner.policy.save(path)
+        loaded = VLAPolicy.load(path, backbone=learner.policy.backbone)
+        obs = learner.env.reset(seed=3)
+        images = torch.from_numpy(np.stack([obs.images[v] for v in learner.policy.views]))[None]
+        state = torch.from_numpy(obs.state)[None]
+        lang = learner.lang(obs.instruction)
+        torch.testing.assert_close(
+            loaded(images, state, lang), learner.policy(images, state, lang), rtol=0, atol=0
+        )
+    finally:
+        learner.close()
+    # another simulator has no labels to fit on
+    from limbic.sim.env import HIL_PICK_CUBE
+
+    hil = RobotConfig(sim=SimConfig(env=HIL_PICK_CUBE, arm="panda", task="pick_cube"))
+    with pytest.raises(ConfigError, match="policy.agent.waypoint_source"):
+        reach_config(tmp_path, robot=hil, policy=PolicyConfig(agent=agent))
