@@ -248,5 +248,8 @@ def test_the_watched_preset_adds_the_mistakes_watcher_to_filtered_cloning():
     assert cfg.imitate_successes and cfg.policy.agent.value_weight == 0.0
     assert cfg.policy.chunk_len == plain.policy.chunk_len
     assert (cfg.policy.agent.actor_ema, plain.policy.agent.actor_ema) == (0.999, 0.995)
+    agent = cfg.policy.agent
+    assert (agent.waypoint_source, agent.waypoint_input) == ("pretrained", True)
+    assert plain.policy.agent.waypoint_source == "feature"
     job = compose_train("algorithm=filtered_bc_watched")  # the async job hands it to the actors
     assert job.runtime == "async" and job.interventions and job.takeover == cfg.takeover
