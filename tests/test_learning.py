@@ -103,6 +103,21 @@ def test_bc_then_rl_improves_reach_over_the_untrained_policy(tmp_path):
         learner.close()
 
 
+def reload_and_compare(learner: Learner, path) -> VLAPolicy:
+    """Save ``learner``'s policy to ``path``, load it back and check that it acts exactly the same
+    on a fresh observation; returns the loaded copy."""
+    learner.policy.save(path)
+    loaded = VLAPolicy.load(path, backbone=learner.policy.backbone)
+    obs = learner.env.reset(seed=3)
+    images = torch.from_numpy(np.stack([obs.images[v] for v in learner.policy.views]))[None]
+    state = torch.from_numpy(obs.state)[None]
+    lang = learner.lang(obs.instruction)
+    torch.testing.assert_close(
+        loaded(images, state, lang), learner.policy(images, state, lang), rtol=0, atol=0
+    )
+    return loaded
+
+
 def test_checkpoint_reproduces_actions_and_training_state_exactly(tmp_path):
     learner = Learner(reach_config(tmp_path, demos=2, bc_pretrain_steps=5))
     try:
@@ -111,15 +126,7 @@ def test_checkpoint_reproduces_actions_and_training_state_exactly(tmp_path):
         for _ in range(3):
             learner.policy.agent.update(learner._batch())
         path = tmp_path / "policy.pt"
-        learner.policy.save(path)
-        loaded = VLAPolicy.load(path, backbone=learner.policy.backbone)
-        obs = learner.env.reset(seed=3)
-        images = torch.from_numpy(np.stack([obs.images[v] for v in learner.policy.views]))[None]
-        state = torch.from_numpy(obs.state)[None]
-        lang = learner.lang(obs.instruction)
-        torch.testing.assert_close(
-            loaded(images, state, lang), learner.policy(images, state, lang), rtol=0, atol=0
-        )
+        loaded = reload_and_compare(learner, path)
         assert loaded.agent.updates == learner.policy.agent.updates == 3
         # training resumes identically: the same batch gives the same update on both copies
         batch = learner._batch()
