@@ -593,14 +593,15 @@ class Learner:
 
     def _localiser_rows(
         self, layouts: int, seed: int, split: str
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Compact tokens, states and labels of :func:`localiser_views` on ``layouts`` layouts,
-        the backbone run on 64 views at a time."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """Compact tokens, states and labels of :func:`localiser_views` on ``layouts`` layouts
+        (the backbone run on 64 views at a time), and each row's layout (its episode id)."""
         lc, views = self.cfg.localiser, self.policy.views
         tokens: list[torch.Tensor] = []
         states: list[np.ndarray] = []
         labels: list[np.ndarray] = []
         images: list[np.ndarray] = []
+        layout_of: list[str] = []
 
         def flush() -> None:
             if images:
@@ -615,6 +616,7 @@ class Learner:
                 images.append(np.stack([obs.images[v] for v in views]))
                 states.append(obs.state)
                 labels.append(label)
+                layout_of.append(self.env.episode_id)
                 if len(images) == 64:
                     flush()
             flush()
@@ -622,6 +624,7 @@ class Learner:
             torch.cat(tokens),
             torch.from_numpy(np.stack(states).astype(np.float32)),
             torch.from_numpy(np.stack(labels)),
+            np.asarray(layout_of),
         )
 
     def fit_localiser(self) -> dict[str, float] | None:
@@ -640,10 +643,11 @@ class Learner:
             )
         lc, agent = self.cfg.localiser, self.policy.agent
         mm = 1000.0 * self.env.arm.max_ee_step_m
-        tokens, state, label = self._localiser_rows(lc.layouts, LOCALISER_SEED, "train")
+        tokens, state, label, layout_of = self._localiser_rows(lc.layouts, LOCALISER_SEED, "train")
         # the held-back rows are whole layouts: the last ones recorded
-        holdout_rows = int(round(lc.holdout * lc.layouts)) * lc.poses
-        holdout = min(holdout_rows, tokens.shape[0] - 1) / tokens.shape[0]
+        order = list(dict.fromkeys(layout_of))
+        held_back = order[len(order) - int(round(lc.holdout * len(order))) :]
+        holdout = float(np.isin(layout_of, held_back).mean())
         fitted = agent.fit_localiser(
             tokens, state, label, lc.steps, lc.batch_size, lc.lr, holdout, seed=self.cfg.seed
         )
@@ -657,7 +661,7 @@ class Learner:
             "holdout_mean_label_mm": fitted["holdout_error_mean_label"] * mm,
         }
         if lc.heldout_layouts:
-            tokens, state, label = self._localiser_rows(
+            tokens, state, label, _ = self._localiser_rows(
                 lc.heldout_layouts, LOCALISER_SEED + 500_000, "heldout"
             )
             with torch.no_grad():
