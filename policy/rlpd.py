@@ -425,6 +425,13 @@ class DataParallelGroup(Protocol):
         """Give ``generator`` rank 0's state."""
 
 
+def _median_row_error(predicted: torch.Tensor, target: torch.Tensor) -> float:
+    """Median over rows of the mean absolute error per component (nan for no rows)."""
+    if predicted.shape[0] == 0:
+        return float("nan")
+    return float((predicted - target).abs().mean(-1).median())
+
+
 class RLPDAgent(nn.Module):
     """Actor, critic ensemble, target critic, temperature and their optimisers."""
 
@@ -854,23 +861,25 @@ class RLPDAgent(nn.Module):
                 opt.step()
         self.ema_encoder.waypoint_head.load_state_dict(head.state_dict())
 
-        @torch.no_grad()
-        def median_error(lo: int, hi: int) -> tuple[float, float]:
-            if hi <= lo:
-                return float("nan"), float("nan")
-            predicted = self.actor_encoder.locate(tokens[lo:hi], state[lo:hi])
-            error = (predicted - offset[lo:hi]).abs().mean(-1).median()
-            baseline = (offset[:fit].mean(0) - offset[lo:hi]).abs().mean(-1).median()
-            return float(error), float(baseline)
-
-        fitted, fitted_base = median_error(0, fit)
-        held, held_base = median_error(fit, rows)
-        return {
-            "fit_error": fitted,
-            "holdout_error": held,
-            "fit_error_mean_label": fitted_base,
-            "holdout_error_mean_label": held_base,
+        mean_label = offset[:fit].mean(0).expand_as(offset)
+        parts = {"fit": slice(0, fit), "holdout": slice(fit, rows)}
+        report = {
+            f"{k}_error": self.localiser_error(tokens[r], state[r], offset[r])
+            for k, r in parts.items()
         }
+        for k, r in parts.items():
+            report[f"{k}_error_mean_label"] = _median_row_error(mean_label[r], offset[r])
+        return report
+
+    @torch.no_grad()
+    def localiser_error(
+        self, tokens: torch.Tensor, state: torch.Tensor, offset: torch.Tensor
+    ) -> float:
+        """The localiser's median over rows of its mean absolute error per component, in the
+        label's units (nan for no rows)."""
+        device = next(self.actor_encoder.waypoint_head.parameters()).device
+        predicted = self.actor_encoder.locate(tokens.float().to(device), state.float().to(device))
+        return _median_row_error(predicted.cpu(), offset.float().cpu())
 
     def bc_update(self, batch: Batch) -> dict[str, float]:
         """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline).

@@ -664,10 +664,7 @@ class Learner:
             tokens, state, label, _ = self._localiser_rows(
                 lc.heldout_layouts, LOCALISER_SEED + 500_000, "heldout"
             )
-            with torch.no_grad():
-                located = agent.actor_encoder.locate(tokens.to(self.device), state.to(self.device))
-            error = (located.cpu() - label).abs().mean(-1).median()
-            report["heldout_split_mm"] = float(error) * mm
+            report["heldout_split_mm"] = agent.localiser_error(tokens, state, label) * mm
         if self.dist.is_main:
             (self.out / "localiser.json").write_text(json.dumps(report, indent=1))
             tqdm.write(

@@ -3,12 +3,13 @@
 A policy cloned from a few demonstrations sees the object at a few places only and fits a
 lookup of them (README, "Learning"). Where the object lies relative to the tool, though, can
 be learned from many more views than there are demonstrations, because in simulation the
-answer is known for any view. :func:`localiser_views` resets the task on fresh layouts of the
-training split, puts the tool at random places over the work area (pointing down, the jaws
-open or opening, as in an episode's first steps) and renders every camera view, labelled with the offset from the tool to the task's object:
-``(object - tool) / max_ee_step_m``, so one unit is one step of the widest end-effector motion.
-Nothing is stepped: each pose is set through inverse kinematics, kinematics recomputed and the
-views rendered.
+answer is known for any view. :func:`localiser_views` resets the task on fresh layouts of one
+split, lets the jaws open with a few still steps (keeping the scene at each), then puts the tool
+at random places over the work area (pointing down, the jaws open or opening, as in an episode's
+first steps) and renders every camera view, labelled with the offset from the tool to the
+task's object: ``(object - tool) / max_ee_step_m``, so one unit is one step of the widest
+end-effector motion. The poses are not stepped to: each is set through inverse kinematics, the
+kinematics recomputed and the views rendered.
 
 The labels are privileged simulator state. They train a perception module before any
 demonstration is cloned (``policy.agent.waypoint_source=pretrained``); the policy itself never
