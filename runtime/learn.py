@@ -53,7 +53,7 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
-from limbic.sim.localise import localiser_views
+from limbic.sim.localise import PoseRange, localiser_views
 from limbic.sim.operator import ScriptedTakeover
 from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
@@ -76,6 +76,13 @@ class LocaliserConfig:
     """Share of the layouts (the last ones) kept out of the fit to measure it."""
     heldout_layouts: int = 40
     """Layouts of the held-out split it is also measured on (never fitted on; 0: none)."""
+    near_share: float = 0.0
+    """Share of the poses drawn around the object (within ``near_m`` along x and y, lower
+    down) instead of over the whole work area: where the approach ends and the grasp is
+    decided (``limbic.sim.localise.PoseRange``)."""
+    near_m: float = 0.05
+    """Half-width of the square around the object those poses are drawn in, and the
+    horizontal distance within which ``localiser.json``'s ``near_*`` figures count a view."""
 
     def __post_init__(self) -> None:
         for name in ("layouts", "poses", "steps", "batch_size"):
@@ -92,6 +99,16 @@ class LocaliserConfig:
             "localiser.heldout_layouts",
             f"must be >= 0, got {self.heldout_layouts}",
         )
+        require(
+            0.0 <= self.near_share <= 1.0,
+            "localiser.near_share",
+            f"must be in [0, 1], got {self.near_share}",
+        )
+        require(self.near_m > 0, "localiser.near_m", f"must be > 0, got {self.near_m}")
+
+    def pose_range(self) -> PoseRange:
+        """Where :func:`localiser_views` puts the tool."""
+        return PoseRange(near_share=self.near_share, near_m=self.near_m)
 
 
 @dataclass
@@ -610,7 +627,9 @@ class Learner:
                 images.clear()
 
         with torch.no_grad():
-            for obs, label in localiser_views(self.env, layouts, lc.poses, seed, split):
+            for obs, label in localiser_views(
+                self.env, layouts, lc.poses, seed, split, lc.pose_range()
+            ):
                 if len(labels) % 256 == 0:
                     self._check_interrupted("localiser views")
                 images.append(np.stack([obs.images[v] for v in views]))
@@ -660,11 +679,21 @@ class Learner:
             "holdout_mm": fitted["holdout_error"] * mm,
             "holdout_mean_label_mm": fitted["holdout_error_mean_label"] * mm,
         }
+        # the same figures for the views with the tool near the object, where the grasp is won
+        near_step = lc.near_m / self.env.arm.max_ee_step_m
+        back = torch.from_numpy(np.isin(layout_of, held_back))
+        near = back & (label[:, :2].abs().amax(-1) <= near_step)
+        report["holdout_near_views"] = int(near.sum())
+        report["holdout_near_mm"] = agent.localiser_error(tokens[near], state[near], label[near]) * mm
         if lc.heldout_layouts:
             tokens, state, label, _ = self._localiser_rows(
                 lc.heldout_layouts, LOCALISER_SEED + 500_000, "heldout"
             )
             report["heldout_split_mm"] = agent.localiser_error(tokens, state, label) * mm
+            near = label[:, :2].abs().amax(-1) <= near_step
+            report["heldout_split_near_mm"] = (
+                agent.localiser_error(tokens[near], state[near], label[near]) * mm
+            )
         if self.dist.is_main:
             (self.out / "localiser.json").write_text(json.dumps(report, indent=1))
             tqdm.write(

@@ -36,12 +36,29 @@ OBJECT_KEYS = ("cube", "target")
 class PoseRange:
     """Where the tool is put: anywhere over the work area (grown by ``pad_m`` on each side), at
     heights from ``z_low_m`` to ``z_high_m``; never within ``clear_m`` above the object's top
-    when over it (a rendered tool inside the object would show what no episode does)."""
+    when over it (a rendered tool inside the object would show what no episode does).
+
+    A share ``near_share`` of the poses is drawn around the object instead: within ``near_m``
+    of it along x and along y, at heights up to ``near_z_high_m``. That is where an episode's
+    approach ends and where a few millimetres decide the grasp; poses drawn uniformly over the
+    work area seldom fall there."""
 
     pad_m: float = 0.02
     z_low_m: float = 0.015
     z_high_m: float = 0.11
     clear_m: float = 0.01
+    near_share: float = 0.0
+    near_m: float = 0.05
+    near_z_high_m: float = 0.06
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.near_share <= 1.0:
+            raise ValueError(f"near_share must be in [0, 1], got {self.near_share}")
+        if self.near_m <= 0 or self.near_z_high_m < self.z_low_m:
+            raise ValueError(
+                f"near_m must be > 0 and near_z_high_m >= z_low_m, got {self.near_m} and "
+                f"{self.near_z_high_m} (z_low_m {self.z_low_m})"
+            )
 
 
 def object_position(env) -> np.ndarray:
@@ -62,11 +79,16 @@ def _tool_target(env, obj: np.ndarray, rng: np.random.Generator, poses: PoseRang
     hx, hy = env.arm.work_half_extent_xy
     scale = getattr(env.task, "scale", 1.0)
     hx, hy = hx + poses.pad_m * scale, hy + poses.pad_m * scale
-    xy = np.array([rng.uniform(cx - hx, cx + hx), rng.uniform(cy - hy, cy + hy)])
+    near = poses.near_share > 0 and rng.random() < poses.near_share
+    if near:
+        xy = obj[:2] + rng.uniform(-poses.near_m, poses.near_m, 2) * scale
+    else:
+        xy = np.array([rng.uniform(cx - hx, cx + hx), rng.uniform(cy - hy, cy + hy)])
+    z_high = (poses.near_z_high_m if near else poses.z_high_m) * scale
     z_low = poses.z_low_m * scale
     if np.linalg.norm(xy - obj[:2]) < 2.5 * env.arm.cube_half_m * scale:
         z_low = max(z_low, obj[2] + env.arm.cube_half_m * scale + poses.clear_m * scale)
-    z = rng.uniform(z_low, max(z_low, poses.z_high_m * scale))
+    z = rng.uniform(z_low, max(z_low, z_high))
     return np.array([*xy, z])
 
 

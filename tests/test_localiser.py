@@ -9,7 +9,7 @@ import torch
 from limbic.launch.config import ConfigError
 from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
 from limbic.sim.env import SimConfig, SimEnv
-from limbic.sim.localise import localiser_views, object_position
+from limbic.sim.localise import PoseRange, localiser_views, object_position
 from limbic.sim.scene import CameraConfig
 from limbic.sim.tasks import in_heldout_cell
 
@@ -53,6 +53,32 @@ def test_views_are_labelled_with_the_offset_from_the_tool_to_the_object(env):
     for (o1, l1), (o2, l2) in zip(views, again, strict=True):
         np.testing.assert_array_equal(l1, l2)
         np.testing.assert_array_equal(o1.images["wrist"], o2.images["wrist"])
+
+
+def test_a_near_share_puts_that_share_of_the_tool_poses_around_the_object(env):
+    step, half = env.arm.max_ee_step_m, env.arm.cube_half_m
+
+    def offsets(poses: PoseRange) -> np.ndarray:
+        views = localiser_views(env, layouts=4, poses_per_layout=10, seed=5, poses=poses)
+        return np.array([label for _obs, label in views]) * step
+
+    near = offsets(PoseRange(near_share=1.0, near_m=0.04, near_z_high_m=0.05))
+    assert len(near) >= 35
+    # all within 4 cm of the object along x and y, and low: at most 5 cm up, the object's centre
+    # a cube's half above the table
+    assert np.abs(near[:, :2]).max() <= 0.04 + 1e-3
+    assert (-near[:, 2]).max() <= 0.05 - half + 1e-3
+    # never inside it
+    over = np.linalg.norm(near[:, :2], axis=1) < 2.5 * half
+    assert over.any() and np.all(-near[over, 2] > half)
+    # the default draws over the whole work area: most poses are farther than that
+    spread = offsets(PoseRange())
+    assert np.mean(np.abs(spread[:, :2]).max(-1) > 0.04) > 0.6
+    # a half share: some of each
+    mixed = np.abs(offsets(PoseRange(near_share=0.5, near_m=0.04))[:, :2]).max(-1) <= 0.04 + 1e-3
+    assert 0.3 < mixed.mean() < 0.95
+    with pytest.raises(ValueError, match="near_share"):
+        PoseRange(near_share=1.5)
 
 
 def test_views_keep_to_the_split_asked_for(env):
@@ -160,6 +186,15 @@ def test_pretrained_source_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="agent.waypoint_weight"):
         AgentConfig(waypoint_source="pretrained", waypoint_input=True, waypoint_weight=1.0)
     AgentConfig(waypoint_source="pretrained", waypoint_input=True)  # fine
+    from limbic.runtime.learn import LocaliserConfig
+
+    with pytest.raises(ConfigError, match="localiser.near_share"):
+        LocaliserConfig(near_share=-0.1)
+    with pytest.raises(ConfigError, match="localiser.near_m"):
+        LocaliserConfig(near_m=0.0)
+    assert LocaliserConfig(near_share=0.25, near_m=0.03).pose_range() == PoseRange(
+        near_share=0.25, near_m=0.03
+    )
 
 
 def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
@@ -183,7 +218,9 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
         demos=2,
         bc_pretrain_steps=2,
         policy=PolicyConfig(agent=agent, image_hw=(64, 64)),
-        localiser=LocaliserConfig(layouts=10, poses=4, steps=150, heldout_layouts=3),
+        localiser=LocaliserConfig(
+            layouts=10, poses=4, steps=150, heldout_layouts=3, near_share=0.5
+        ),
     )
     learner = Learner(cfg)
     try:
@@ -193,6 +230,9 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
         report = json.loads((tmp_path / "run" / "localiser.json").read_text())
         assert report["views"] >= 36
         assert {"fit_mm", "holdout_mm", "holdout_mean_label_mm", "heldout_split_mm"} <= set(report)
+        # half the poses were drawn near the cube: the held-back layouts have such views
+        assert report["holdout_near_views"] >= 1
+        assert np.isfinite(report["holdout_near_mm"])
         assert report["fit_mm"] < report["holdout_mean_label_mm"]
         assert not all(torch.equal(u, p) for u, p in zip(untrained, head.parameters(), strict=True))
         learner.pretrain(2)
