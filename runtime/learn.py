@@ -684,7 +684,9 @@ class Learner:
         back = torch.from_numpy(np.isin(layout_of, held_back))
         near = back & (label[:, :2].abs().amax(-1) <= near_step)
         report["holdout_near_views"] = int(near.sum())
-        report["holdout_near_mm"] = agent.localiser_error(tokens[near], state[near], label[near]) * mm
+        report["holdout_near_mm"] = (
+            agent.localiser_error(tokens[near], state[near], label[near]) * mm
+        )
         if lc.heldout_layouts:
             tokens, state, label, _ = self._localiser_rows(
                 lc.heldout_layouts, LOCALISER_SEED + 500_000, "heldout"
