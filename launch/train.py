@@ -67,7 +67,7 @@ def _asynchronous(cfg: TrainConfig) -> None:
 
 
 def _in_process(cfg: TrainConfig) -> None:
-    from limbic.runtime.learn import format_cells, learn
+    from limbic.runtime.learn import format_cells, format_localiser, learn
 
     learn_cfg = cfg.learn_config()
     try:
@@ -86,6 +86,8 @@ def _in_process(cfg: TrainConfig) -> None:
     )
     if cells := format_cells(last.by_cell):
         print(cells)
+    if located := format_localiser(last.localiser_mm):
+        print(located)
     print(
         f"checkpoint: {result.out_dir / 'policy.pt'}; curve: {result.out_dir / 'curve.png'}; videos: {result.out_dir}/eval_*.mp4"
     )

@@ -53,7 +53,7 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
-from limbic.sim.localise import PoseRange, localiser_views
+from limbic.sim.localise import PoseRange, localiser_views, object_position
 from limbic.sim.operator import ScriptedTakeover
 from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
@@ -347,6 +347,18 @@ class EvalResult:
     online_by_cell: dict[str, list[int]] = field(default_factory=dict)
     """The online episodes so far by the same cells: ``{"i,j": [solved alone, episodes]}``
     (training cells; where the layout curriculum, ``layout_focus``, sent them)."""
+    localiser_mm: list[float] = field(default_factory=list)
+    """With a ``pretrained`` localiser: its mean absolute error in x, y and z (mm) over the
+    evaluation episodes' approach frames (up to the policy's first close, while the object is
+    where the reset put it), against the simulator's offset; empty otherwise."""
+
+
+def format_localiser(localiser_mm: list[float]) -> str:
+    """:attr:`EvalResult.localiser_mm` as one line (empty when there is none)."""
+    if not localiser_mm:
+        return ""
+    x, y, z = localiser_mm
+    return f"localiser along the evaluation approaches: mean error x {x:.1f} / y {y:.1f} / z {z:.1f} mm"
 
 
 def format_cells(by_cell: dict[str, list[int]]) -> str:
@@ -744,6 +756,9 @@ class Learner:
         wins = steps = shaped = 0.0
         recorded = 0
         cells = np.zeros((GRID, GRID, 2))  # successes, episodes
+        probe = self.cfg.policy.agent.waypoint_source == "pretrained"
+        located = np.zeros(4)  # summed |error| in x, y, z (label units); frames
+        start: dict[str, np.ndarray] = {}
         for i in range(d.rank, self.cfg.eval_episodes, d.world_size):
             keep = d.is_main and recorded < videos
             self._check_interrupted("evaluation")
@@ -755,7 +770,10 @@ class Learner:
                 seed=EVAL_SEED + i,
                 split=self.cfg.eval_split,
                 keep_frames=keep,
+                on_reset=(lambda: start.update(obj=object_position(self.env))) if probe else None,
             )
+            if probe:
+                located += self._approach_error(ep, start["obj"])
             wins += float(ep.success)
             steps += len(ep)
             if ep.cell is not None:
@@ -778,6 +796,9 @@ class Learner:
             ]
         )
         cells = np.asarray(d.sum(cells.ravel().tolist())).reshape(cells.shape)
+        located = np.asarray(d.sum(located.tolist()))
+        mm = 1000.0 * self.env.arm.max_ee_step_m
+        localiser_mm = (located[:3] / located[3] * mm).tolist() if located[3] else []
         online_cells = np.asarray(d.sum(self.online_cells.ravel().tolist())).reshape(cells.shape)
         n = self.cfg.eval_episodes
         return EvalResult(
@@ -791,7 +812,25 @@ class Learner:
             assisted=int(assisted),
             by_cell=_cell_counts(cells),
             online_by_cell=_cell_counts(online_cells),
+            localiser_mm=localiser_mm,
         )
+
+    @torch.no_grad()
+    def _approach_error(self, ep: EpisodeRecord, obj: np.ndarray) -> np.ndarray:
+        """The pretrained localiser along an episode's approach, the frames up to the first
+        action that closes the gripper (the object still where the reset put it): its summed
+        absolute error in x, y and z (label units) against the simulator's offset, and the
+        number of frames."""
+        closes = np.flatnonzero(ep.action[:, -1] > 0.0)
+        frames = int(closes[0]) + 1 if closes.size else len(ep) + 1
+        kin, q_dim = self.env.kin, len(self.env.kin.qpos_adr)
+        state = ep.state[:frames]
+        tools = np.stack([kin.fk(s[:q_dim].astype(np.float64))[0] for s in state])
+        label = (obj[None] - tools) / self.env.arm.max_ee_step_m
+        tokens = torch.from_numpy(ep.tokens[:frames].astype(np.float32)).to(self.device)
+        encoder = self.policy.agent.ema_encoder
+        predicted = encoder.locate(tokens, torch.from_numpy(state).to(self.device)).cpu().numpy()
+        return np.array([*np.abs(predicted - label).sum(0), frames], dtype=np.float64)
 
     def run(self) -> LearnResult:
         """The whole run: demos, pre-training, online learning with evaluations.

@@ -36,7 +36,7 @@ from limbic.launch.compose import write_config
 from limbic.launch.config import require
 from limbic.runtime.actor import ActorConfig, ActorReport
 from limbic.runtime.backends import EncoderConfig, ModelConfig
-from limbic.runtime.learn import LearnConfig, format_cells
+from limbic.runtime.learn import LearnConfig, format_cells, format_localiser
 from limbic.runtime.learner import CHECKPOINT, STATUS, LearnerConfig
 from limbic.runtime.outbox import OutboxConfig
 from limbic.runtime.ports import free_port
@@ -507,6 +507,8 @@ def print_summary(cfg: TrainConfig, summary: TrainSummary) -> None:
         )
         if cells := format_cells(curve[-1].get("by_cell") or {}):
             print(cells)
+        if located := format_localiser(curve[-1].get("localiser_mm") or []):
+            print(located)
     lag = s.get("weight_lag_s")
     rates = ", ".join(
         f"{a.actor_id} {a.achieved_hz:.2f} Hz (missed ticks {a.missed_ticks}, late actions {a.late_actions})"

@@ -1,6 +1,7 @@
 """The pre-trained localiser: labelled views from the simulator, its fit, and the actor reading it."""
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -203,6 +204,7 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
     from limbic.launch.components import RobotConfig
     from limbic.policy.vla import PolicyConfig
     from limbic.runtime.learn import Learner, LocaliserConfig
+    from limbic.runtime.rollout import run_episode
 
     agent = AgentConfig(
         **{
@@ -242,6 +244,39 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
             loaded.agent.ema_encoder.waypoint_head[0].weight,
             learner.policy.agent.ema_encoder.waypoint_head[0].weight,
         )
+        # evaluations report its error along their approaches
+        result = learner.evaluate(0, time.monotonic())
+        assert len(result.localiser_mm) == 3 and np.all(np.isfinite(result.localiser_mm))
+        # measured against the simulator's offset, up to the first close: a localiser that says
+        # 0 everywhere errs by the offset itself
+        head = learner.policy.agent.ema_encoder.waypoint_head
+        with torch.no_grad():
+            head[-1].weight.zero_()
+            head[-1].bias.zero_()
+        env, tools, start = learner.env, [], {}
+
+        def act(obs, tokens, lang):
+            tools.append(env.data.site_xpos[env.kin.site_id].copy())
+            action = np.zeros(env.action_spec.dim, np.float32)
+            action[:-1] = 0.5 * env.action_spec.high[:-1]
+            action[-1] = 1.0 if obs.step >= 3 else 0.0  # the gripper closes on the fourth step
+            return action
+
+        ep = run_episode(
+            env,
+            act,
+            learner.featurize,
+            learner.lang,
+            seed=1,
+            split="train",
+            on_reset=lambda: start.update(obj=object_position(env)),
+        )
+        error = learner._approach_error(ep, start["obj"])
+        assert error[3] == 4
+        offsets = (start["obj"] - np.array(tools[:4])) / env.arm.max_ee_step_m
+        assert len(np.unique(offsets.round(4), axis=0)) == 4  # the tool moved
+        # (the state keeps the joints in float32: a fraction of a millimetre)
+        np.testing.assert_allclose(error[:3], np.abs(offsets).sum(0), atol=0.05)
     finally:
         learner.close()
     # another simulator has no labels to fit on
