@@ -5,10 +5,14 @@ All arms start from the same scripted demonstrations (same seeds) on the default
 lifting through limbic's adapter) and are evaluated on the same held-out seeds of
 the held-out split. The shaped arm needs a progress-critic checkpoint (``--critic``). The
 optional ``hil`` arm is the shaped arm with a simulated human watching the online episodes
-and taking over when the policy goes wrong (HIL-SERL's setting). Prints held-out success
-against online episodes for each arm and ends with
+and taking over when the policy goes wrong (HIL-SERL's setting). The optional ``watched`` arm
+is the launch preset ``algorithm=filtered_bc_watched`` as ``limbic-train`` composes it (chunks
+of 4, the pre-trained localiser, self-imitation, a simulated human stopping mistakes; limbic's
+own simulator, pick-and-place or stack) with the bench's budget, seed and evaluation. Prints
+held-out success against online episodes for each arm and ends with
 ``episodes_to_90=... success_at_150=... sparse_success_at_150=... bc_success=... minutes=...``
-(and, with the hil arm, ``hil_episodes_to_90=... hil_success_at_150=... hil_human_share=...``).
+(and, with the hil arm, ``hil_episodes_to_90=... hil_success_at_150=... hil_human_share=...``;
+with the watched arm, the same figures prefixed ``watched_``).
 """
 
 from __future__ import annotations
@@ -29,6 +33,38 @@ from limbic.teleop.arbiter import TAKEOVER_RULES, TakeoverConfig
 
 DEFAULT_ARM_TASK = {"limbic": ("so101", "pick_place"), HIL_PICK_CUBE: ("panda", "pick_cube")}
 """Arm and task when ``--arm``/``--task`` are not given, per simulator."""
+WATCHED_PRESET = "filtered_bc_watched"
+"""The launch preset (``launch/conf/algorithm``) the ``watched`` arm runs."""
+
+
+def preset_config(preset: str, base: LearnConfig) -> LearnConfig:
+    """``limbic-train runtime=inprocess algorithm=<preset>`` on ``base``'s simulated arm and task,
+    with ``base``'s demonstrations, online budget, evaluation, seed, threads and output."""
+    import limbic.launch.train  # noqa: F401  (registers train_schema with Hydra)
+    from limbic.launch.compose import compose
+    from limbic.launch.train import TrainConfig
+
+    sim = base.robot.sim
+    overrides = [
+        "runtime=inprocess",
+        f"algorithm={preset}",
+        f"robot.sim.env={sim.env}",
+        f"robot.sim.arm={sim.arm}",
+        f"robot.sim.task={sim.task}",
+    ]
+    preset_cfg = compose("train", overrides, TrainConfig).learn_config()
+    return dataclasses.replace(
+        preset_cfg,
+        demos=base.demos,
+        online_episodes=base.online_episodes,
+        eval_every=base.eval_every,
+        eval_episodes=base.eval_episodes,
+        eval_split=base.eval_split,
+        seed=base.seed,
+        threads=base.threads,
+        videos=base.videos,
+        out_dir=base.out_dir,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         "--arms",
         nargs="+",
         default=["bc", "sparse", "shaped"],
-        choices=["bc", "sparse", "shaped", "hil"],
+        choices=["bc", "sparse", "shaped", "hil", "watched"],
     )
     p.add_argument("--out", default="runs/bench_learn")
     args = p.parse_args(argv)
@@ -121,6 +157,13 @@ def main(argv: list[str] | None = None) -> int:
             policy = dataclasses.replace(policy, agent=agent)
     except ConfigError as e:
         p.error(str(e))
+    if "watched" in args.arms and (
+        args.env != "limbic" or args.task not in ("pick_place", "stack")
+    ):
+        p.error(
+            f"the watched arm runs algorithm={WATCHED_PRESET}: limbic's own simulator and "
+            f"pick_place or stack, got --env {args.env} --task {args.task}"
+        )
     base = LearnConfig(
         robot=RobotConfig(sim=sim),
         policy=policy,
@@ -153,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=f"{args.out}/hil",
         ),
     }
+    if "watched" in args.arms:
+        arms["watched"] = preset_config(
+            WATCHED_PRESET, dataclasses.replace(base, out_dir=f"{args.out}/watched")
+        )
     print(
         f"# learning: {args.env} {args.arm} {args.task}, {args.demos} demos, {args.episodes} online episodes, "
         f"eval on {args.eval_episodes} held-out episodes every {args.eval_every}, "
@@ -176,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\ncurves: {Path(args.out) / 'curves.png'}; total {(time.monotonic() - started) / 60:.1f} min"
     )
+    print(summary_line(results, args.episodes))
+    return 0
+
+
+def summary_line(results: dict[str, LearnResult], episodes: int) -> str:
+    """The benchmark's last line: the main RL arm's (shaped, else sparse) episodes to 90 % and
+    success at the budget, the sparse and BC arms' success, its minutes; then the same figures,
+    with the human's share, for the hil and watched arms that ran ("nan"/"none" where an arm
+    did not run or never reached 90 %)."""
 
     def final(name: str) -> str:
         return f"{results[name].final_success:.2f}" if name in results else "nan"
@@ -184,16 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     to_90 = results[main_arm].episodes_to(0.9) if main_arm else None
     minutes = results[main_arm].minutes if main_arm else float("nan")
     line = (
-        f"episodes_to_90={to_90 if to_90 is not None else 'none'} success_at_{args.episodes}={final(main_arm) if main_arm else 'nan'} "
-        f"sparse_success_at_{args.episodes}={final('sparse')} bc_success={final('bc')} minutes={minutes:.1f}"
+        f"episodes_to_90={to_90 if to_90 is not None else 'none'} "
+        f"success_at_{episodes}={final(main_arm) if main_arm else 'nan'} "
+        f"sparse_success_at_{episodes}={final('sparse')} bc_success={final('bc')} "
+        f"minutes={minutes:.1f}"
     )
-    if "hil" in results:
-        hil = results["hil"]
-        hil_90 = hil.episodes_to(0.9)
-        line += (
-            f" hil_episodes_to_90={hil_90 if hil_90 is not None else 'none'}"
-            f" hil_success_at_{args.episodes}={final('hil')}"
-            f" hil_human_share={hil.curve[-1].human_share:.2f} hil_minutes={hil.minutes:.1f}"
-        )
-    print(line)
-    return 0
+    for arm in ("hil", "watched"):
+        if arm in results:
+            r = results[arm]
+            arm_90 = r.episodes_to(0.9)
+            line += (
+                f" {arm}_episodes_to_90={arm_90 if arm_90 is not None else 'none'}"
+                f" {arm}_success_at_{episodes}={final(arm)}"
+                f" {arm}_human_share={r.curve[-1].human_share:.2f} {arm}_minutes={r.minutes:.1f}"
+            )
+    return line

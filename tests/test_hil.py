@@ -1,5 +1,7 @@
 """gym-hil's PandaPickCube through the adapter: contract, action mapping, expert, configs, learning."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
@@ -194,6 +196,54 @@ def test_learning_benchmark_takes_the_env_and_names_bad_combinations(capsys):
         main(["--env", HIL_PICK_CUBE, "--arm", "so101", "--arms", "bc"])
     assert e.value.code == 2
     assert "sim.arm" in capsys.readouterr().err
+
+
+def test_the_benchmark_s_watched_arm_is_the_launch_preset_on_its_budget(capsys):
+    from limbic.bench.learn import WATCHED_PRESET, main, preset_config, summary_line
+    from limbic.runtime.learn import EvalResult, LearnConfig, LearnResult
+
+    base = LearnConfig(
+        demos=12, online_episodes=60, eval_every=20, eval_episodes=8, seed=3, out_dir="x/watched"
+    )
+    cfg = preset_config(WATCHED_PRESET, base)
+    preset = compose_train("runtime=inprocess", f"algorithm={WATCHED_PRESET}").learn_config()
+    # the preset's method...
+    assert cfg.policy == preset.policy and cfg.takeover == preset.takeover
+    assert cfg.policy.agent.waypoint_source == "pretrained" and cfg.policy.chunk_len == 4
+    assert cfg.interventions and cfg.imitate_successes and cfg.localiser == preset.localiser
+    # ...on the bench's budget, seed and evaluation
+    assert (cfg.demos, cfg.online_episodes, cfg.eval_every, cfg.eval_episodes, cfg.seed) == (
+        12,
+        60,
+        20,
+        8,
+        3,
+    )
+    assert cfg.out_dir == "x/watched" and cfg.videos == base.videos
+    # only where the preset works
+    with pytest.raises(SystemExit) as e:
+        main(["--task", "reach", "--arms", "bc", "watched"])
+    assert e.value.code == 2 and "watched arm" in capsys.readouterr().err
+
+    def result(rates: list[float], human: float) -> LearnResult:
+        curve = [
+            EvalResult(50 * i, r, 40.0, 0.0, 1.0, human_share=human) for i, r in enumerate(rates)
+        ]
+        return LearnResult(curve, rates[-1], Path("."), 10, 12.5)
+
+    line = summary_line(
+        {
+            "bc": result([0.6], 0),
+            "sparse": result([0.6, 0.5], 0),
+            "watched": result([0.6, 0.9, 0.85], 0.08),
+        },
+        100,
+    )
+    assert line == (
+        "episodes_to_90=none success_at_100=0.50 sparse_success_at_100=0.50 bc_success=0.60 "
+        "minutes=12.5 watched_episodes_to_90=50 watched_success_at_100=0.85 "
+        "watched_human_share=0.08 watched_minutes=12.5"
+    )
 
 
 @pytest.mark.slow
