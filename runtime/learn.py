@@ -76,10 +76,11 @@ class LocaliserConfig:
     """Share of the layouts (the last ones) kept out of the fit to measure it."""
     heldout_layouts: int = 40
     """Layouts of the held-out split it is also measured on (never fitted on; 0: none)."""
-    near_share: float = 0.0
+    near_share: float = 0.5
     """Share of the poses drawn around the object (within ``near_m`` along x and y, lower
     down) instead of over the whole work area: where the approach ends and the grasp is
-    decided (``limbic.sim.localise.PoseRange``)."""
+    decided (``limbic.sim.localise.PoseRange``; README, "A pre-trained localiser": the cloned
+    start rose from 61 % to 74 % on four seeds; 0 gives the uniform poses)."""
     near_m: float = 0.05
     """Half-width of the square around the object those poses are drawn in, and the
     horizontal distance within which ``localiser.json``'s ``near_*`` figures count a view."""
