@@ -67,7 +67,8 @@ def _asynchronous(cfg: TrainConfig) -> None:
 
 
 def _in_process(cfg: TrainConfig) -> None:
-    from limbic.runtime.learn import format_cells, format_localiser, learn
+    from limbic.runtime.evaluation import format_cells, format_localiser
+    from limbic.runtime.learn import learn
 
     learn_cfg = cfg.learn_config()
     try:

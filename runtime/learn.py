@@ -41,6 +41,12 @@ from limbic.runtime.distributed import (
     rank_rng,
     shutdown,
 )
+from limbic.runtime.evaluation import (
+    EvalTally,
+    cell_counts,
+    chunked_actions,
+    play,
+)
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig, after_last_handback
 from limbic.runtime.rollout import (
     EpisodeRecord,
@@ -53,7 +59,7 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
-from limbic.sim.localise import PoseRange, localiser_views, object_position
+from limbic.sim.localise import PoseRange, localiser_views
 from limbic.sim.operator import ScriptedTakeover
 from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
@@ -308,21 +314,12 @@ class LearnConfig:
         )
 
 
-def _cell_counts(cells: np.ndarray) -> dict[str, list[int]]:
-    """``float[GRID, GRID, 2]`` (successes, episodes) as ``{"i,j": [successes, episodes]}``,
-    cells with episodes only."""
-    return {
-        f"{i},{j}": [int(cells[i, j, 0]), int(cells[i, j, 1])]
-        for i, j in zip(*np.nonzero(cells[..., 1]), strict=True)
-    }
-
-
 class StopRequestedError(RuntimeError):
     """A stop was requested during a long phase (demonstrations, pre-training, evaluation)."""
 
 
 # Seeds far apart so demonstrations, online episodes and evaluation never share a layout.
-DEMO_SEED, ONLINE_SEED, EVAL_SEED, LAYOUT_SEED = 1_000_000, 2_000_000, 3_000_000, 4_000_000
+DEMO_SEED, ONLINE_SEED, LAYOUT_SEED = 1_000_000, 2_000_000, 4_000_000
 LOCALISER_SEED = 5_000_000
 
 
@@ -352,24 +349,6 @@ class EvalResult:
     """With a ``pretrained`` localiser: its mean absolute error in x, y and z (mm) over the
     evaluation episodes' approach frames (up to the policy's first close, while the object is
     where the reset put it), against the simulator's offset; empty otherwise."""
-
-
-def format_localiser(localiser_mm: list[float]) -> str:
-    """:attr:`EvalResult.localiser_mm` as one line (empty when there is none)."""
-    if not localiser_mm:
-        return ""
-    x, y, z = localiser_mm
-    return f"localiser along the evaluation approaches: mean error x {x:.1f} / y {y:.1f} / z {z:.1f} mm"
-
-
-def format_cells(by_cell: dict[str, list[int]]) -> str:
-    """:attr:`EvalResult.by_cell` as one line (empty when there is none)."""
-    if not by_cell:
-        return ""
-    parts = [f"({key.replace(',', ', ')}) {won}/{n}" for key, (won, n) in by_cell.items()]
-    return "by the named object's cell (i along x from the arm's base, j along y): " + ", ".join(
-        parts
-    )
 
 
 @dataclass
@@ -730,22 +709,9 @@ class Learner:
         return loss
 
     def policy_action(self, deterministic: bool):
-        """An action source for :func:`run_episode` backed by the learning policy: one inference
-        per ``policy.execute`` steps, the chunk's actions executed open-loop in between. Make
-        one per episode (a new episode, step 0, also starts a new chunk)."""
-        queue: list[np.ndarray] = []
-        per_inference = self.cfg.policy.steps_per_inference
-
-        def act(obs, tokens, lang):
-            if obs.step == 0:
-                queue.clear()
-            if not queue:
-                state = torch.from_numpy(obs.state)[None].to(self.device)
-                chunk = self.policy.act_tokens(tokens, state, lang, deterministic=deterministic)
-                queue.extend(chunk[0, :per_inference].cpu().numpy())
-            return queue.pop(0)
-
-        return act
+        """An action source for :func:`run_episode` backed by the learning policy
+        (:func:`~limbic.runtime.evaluation.chunked_actions`). Make one per episode."""
+        return chunked_actions(self.policy, self.device, deterministic)
 
     def evaluate(self, episodes_done: int, started: float, videos: int = 0) -> EvalResult:
         """Deterministic policy on held-out seeds of the evaluation split.
@@ -754,84 +720,45 @@ class Learner:
         ranks; rank 0 records the videos (of the first ``videos`` episodes it plays).
         """
         d, gamma = self.dist, self.cfg.policy.agent.gamma
-        wins = steps = shaped = 0.0
-        recorded = 0
-        cells = np.zeros((GRID, GRID, 2))  # successes, episodes
-        probe = self.cfg.policy.agent.waypoint_source == "pretrained"
-        located = np.zeros(4)  # summed |error| in x, y, z (label units); frames
-        start: dict[str, np.ndarray] = {}
+        tally, recorded = EvalTally(), 0
         for i in range(d.rank, self.cfg.eval_episodes, d.world_size):
             keep = d.is_main and recorded < videos
             self._check_interrupted("evaluation")
-            ep = run_episode(
+            ep, located = play(
                 self.env,
-                self.policy_action(True),
+                self.policy,
                 self.featurize,
                 self.lang,
-                seed=EVAL_SEED + i,
-                split=self.cfg.eval_split,
+                i,
+                self.cfg.eval_split,
                 keep_frames=keep,
-                on_reset=(lambda: start.update(obj=object_position(self.env))) if probe else None,
+                act=self.policy_action(True),
             )
-            if probe:
-                located += self._approach_error(ep, start["obj"])
-            wins += float(ep.success)
-            steps += len(ep)
-            if ep.cell is not None:
-                cells[ep.cell] += (float(ep.success), 1.0)
-            shaped += ep.shaped_return(gamma)
+            tally.add(ep, gamma, located)
             if keep:
                 _write_video(
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
                 recorded += 1
-        wins, steps, shaped, online, human, imitated, assisted = d.sum(
-            [
-                wins,
-                steps,
-                shaped,
-                self.played_steps,
-                self.human_steps,
-                self.imitated,
-                self.assisted,
-            ]
+        tally = EvalTally.from_list(d.sum(tally.as_list()))
+        online, human, imitated, assisted = d.sum(
+            [self.played_steps, self.human_steps, self.imitated, self.assisted]
         )
-        cells = np.asarray(d.sum(cells.ravel().tolist())).reshape(cells.shape)
-        located = np.asarray(d.sum(located.tolist()))
-        mm = 1000.0 * self.env.arm.max_ee_step_m
-        localiser_mm = (located[:3] / located[3] * mm).tolist() if located[3] else []
-        online_cells = np.asarray(d.sum(self.online_cells.ravel().tolist())).reshape(cells.shape)
+        online_cells = np.asarray(d.sum(self.online_cells.ravel().tolist()))
         n = self.cfg.eval_episodes
         return EvalResult(
             episodes=episodes_done,
-            success_rate=wins / n,
-            mean_length=steps / n,
-            mean_shaped_return=shaped / n,
+            success_rate=tally.wins / n,
+            mean_length=tally.steps / n,
+            mean_shaped_return=tally.shaped / n,
             minutes=(time.monotonic() - started) / 60,
             human_share=human / online if online else 0.0,
             imitated=int(imitated),
             assisted=int(assisted),
-            by_cell=_cell_counts(cells),
-            online_by_cell=_cell_counts(online_cells),
-            localiser_mm=localiser_mm,
+            by_cell=tally.by_cell(),
+            online_by_cell=cell_counts(online_cells.reshape(self.online_cells.shape)),
+            localiser_mm=tally.localiser_mm(self.env.arm.max_ee_step_m),
         )
-
-    @torch.no_grad()
-    def _approach_error(self, ep: EpisodeRecord, obj: np.ndarray) -> np.ndarray:
-        """The pretrained localiser along an episode's approach, the frames up to the first
-        action that closes the gripper (the object still where the reset put it): its summed
-        absolute error in x, y and z (label units) against the simulator's offset, and the
-        number of frames."""
-        closes = np.flatnonzero(ep.action[:, -1] > 0.0)
-        frames = int(closes[0]) + 1 if closes.size else len(ep) + 1
-        kin, q_dim = self.env.kin, len(self.env.kin.qpos_adr)
-        state = ep.state[:frames]
-        tools = np.stack([kin.fk(s[:q_dim].astype(np.float64))[0] for s in state])
-        label = (obj[None] - tools) / self.env.arm.max_ee_step_m
-        tokens = torch.from_numpy(ep.tokens[:frames].astype(np.float32)).to(self.device)
-        encoder = self.policy.agent.ema_encoder
-        predicted = encoder.locate(tokens, torch.from_numpy(state).to(self.device)).cpu().numpy()
-        return np.array([*np.abs(predicted - label).sum(0), frames], dtype=np.float64)
 
     def run(self) -> LearnResult:
         """The whole run: demos, pre-training, online learning with evaluations.

@@ -36,7 +36,8 @@ from limbic.launch.compose import write_config
 from limbic.launch.config import require
 from limbic.runtime.actor import ActorConfig, ActorReport
 from limbic.runtime.backends import EncoderConfig, ModelConfig
-from limbic.runtime.learn import LearnConfig, format_cells, format_localiser
+from limbic.runtime.evaluation import format_cells, format_localiser
+from limbic.runtime.learn import LearnConfig
 from limbic.runtime.learner import CHECKPOINT, STATUS, LearnerConfig
 from limbic.runtime.outbox import OutboxConfig
 from limbic.runtime.ports import free_port

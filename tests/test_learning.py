@@ -8,7 +8,8 @@ from limbic.launch.components import RobotConfig
 from limbic.launch.config import ConfigError
 from limbic.policy.rlpd import AgentConfig
 from limbic.policy.vla import PolicyConfig, VLAPolicy
-from limbic.runtime.learn import EVAL_SEED, LearnConfig, Learner
+from limbic.runtime.evaluation import EVAL_SEED
+from limbic.runtime.learn import LearnConfig, Learner
 from limbic.runtime.rollout import run_episode
 from limbic.sim.env import HIL_PICK_CUBE, SimConfig
 from limbic.sim.tasks import HELDOUT_CELLS

@@ -203,6 +203,7 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
 
     from limbic.launch.components import RobotConfig
     from limbic.policy.vla import PolicyConfig
+    from limbic.runtime.evaluation import approach_error
     from limbic.runtime.learn import Learner, LocaliserConfig
     from limbic.runtime.rollout import run_episode
 
@@ -271,7 +272,7 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
             split="train",
             on_reset=lambda: start.update(obj=object_position(env)),
         )
-        error = learner._approach_error(ep, start["obj"])
+        error = approach_error(env, learner.policy, ep, start["obj"])
         assert error[3] == 4
         offsets = (start["obj"] - np.array(tools[:4])) / env.arm.max_ee_step_m
         assert len(np.unique(offsets.round(4), axis=0)) == 4  # the tool moved

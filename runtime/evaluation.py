@@ -1,0 +1,172 @@
+"""Playing a policy on held-out layouts: the action source, the tallies and the figures.
+
+The learning loop evaluates its live policy with these after every ``eval_every`` episodes
+(``limbic.runtime.learn``); ``limbic-eval-policy`` evaluates a saved one on as many episodes as
+asked, so a figure from 40 episodes can be checked on hundreds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from limbic.policy.vla import VLAPolicy
+from limbic.runtime.rollout import EpisodeRecord
+from limbic.sim.localise import object_position
+from limbic.sim.tasks import GRID
+
+EVAL_SEED = 3_000_000
+"""Reset seed of evaluation episode 0 (episode ``i`` plays ``EVAL_SEED + i``)."""
+
+
+def chunked_actions(policy: VLAPolicy, device: torch.device | str, deterministic: bool):
+    """An action source for :func:`~limbic.runtime.rollout.run_episode` backed by ``policy``:
+    one inference per ``policy.cfg.steps_per_inference`` steps, the chunk's actions executed
+    open-loop in between. Make one per episode (a new episode, step 0, also starts a new
+    chunk)."""
+    queue: list[np.ndarray] = []
+    per_inference = policy.cfg.steps_per_inference
+
+    def act(obs, tokens, lang):
+        if obs.step == 0:
+            queue.clear()
+        if not queue:
+            state = torch.from_numpy(obs.state)[None].to(device)
+            chunk = policy.act_tokens(tokens, state, lang, deterministic=deterministic)
+            queue.extend(chunk[0, :per_inference].cpu().numpy())
+        return queue.pop(0)
+
+    return act
+
+
+def reads_localiser(policy: VLAPolicy) -> bool:
+    """Whether ``policy``'s actor reads a pre-trained localiser (whose error evaluation reports)."""
+    return policy.cfg.agent.waypoint_source == "pretrained"
+
+
+@torch.no_grad()
+def approach_error(env, policy: VLAPolicy, ep: EpisodeRecord, obj: np.ndarray) -> np.ndarray:
+    """``policy``'s pre-trained localiser along an episode's approach, the frames up to the
+    first action that closes the gripper (the object still where the reset put it, ``obj``):
+    its summed absolute error in x, y and z (label units: end-effector steps) against the
+    simulator's offset, and the number of frames."""
+    closes = np.flatnonzero(ep.action[:, -1] > 0.0)
+    frames = int(closes[0]) + 1 if closes.size else len(ep) + 1
+    kin, q_dim = env.kin, len(env.kin.qpos_adr)
+    state = ep.state[:frames]
+    tools = np.stack([kin.fk(s[:q_dim].astype(np.float64))[0] for s in state])
+    label = (obj[None] - tools) / env.arm.max_ee_step_m
+    encoder = policy.agent.ema_encoder
+    device = next(encoder.parameters()).device
+    tokens = torch.from_numpy(ep.tokens[:frames].astype(np.float32)).to(device)
+    predicted = encoder.locate(tokens, torch.from_numpy(state).to(device)).cpu().numpy()
+    return np.array([*np.abs(predicted - label).sum(0), frames], dtype=np.float64)
+
+
+@dataclass
+class EvalTally:
+    """Sums over evaluation episodes (one rank's, or all of them after summing)."""
+
+    wins: float = 0.0
+    steps: float = 0.0
+    shaped: float = 0.0
+    episodes: float = 0.0
+    cells: np.ndarray = field(default_factory=lambda: np.zeros((GRID, GRID, 2)))
+    """Per work-area cell of the named object: successes, episodes."""
+    located: np.ndarray = field(default_factory=lambda: np.zeros(4))
+    """The localiser's summed |error| in x, y, z (label units) and its frames."""
+
+    def add(self, ep: EpisodeRecord, gamma: float, located: np.ndarray | None = None) -> None:
+        self.wins += float(ep.success)
+        self.steps += len(ep)
+        self.shaped += ep.shaped_return(gamma)
+        self.episodes += 1
+        if ep.cell is not None:
+            self.cells[ep.cell] += (float(ep.success), 1.0)
+        if located is not None:
+            self.located += located
+
+    def as_list(self) -> list[float]:
+        """Every sum, flat (to sum over ranks)."""
+        head = [self.wins, self.steps, self.shaped, self.episodes]
+        return head + self.cells.ravel().tolist() + self.located.tolist()
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> EvalTally:
+        n = GRID * GRID * 2
+        return cls(
+            *values[:4],
+            cells=np.asarray(values[4 : 4 + n], np.float64).reshape(GRID, GRID, 2),
+            located=np.asarray(values[4 + n :], np.float64),
+        )
+
+    def by_cell(self) -> dict[str, list[int]]:
+        return cell_counts(self.cells)
+
+    def localiser_mm(self, step_m: float) -> list[float]:
+        """Mean absolute error in x, y and z over the approach frames, in mm (empty: none)."""
+        if not self.located[3]:
+            return []
+        return (self.located[:3] / self.located[3] * 1000.0 * step_m).tolist()
+
+
+def cell_counts(cells: np.ndarray) -> dict[str, list[int]]:
+    """``float[GRID, GRID, 2]`` (successes, episodes) as ``{"i,j": [successes, episodes]}``,
+    cells with episodes only."""
+    return {
+        f"{i},{j}": [int(cells[i, j, 0]), int(cells[i, j, 1])]
+        for i, j in zip(*np.nonzero(cells[..., 1]), strict=True)
+    }
+
+
+def format_cells(by_cell: dict[str, list[int]]) -> str:
+    """Successes and episodes by cell as one line (empty when there is none)."""
+    if not by_cell:
+        return ""
+    parts = [f"({key.replace(',', ', ')}) {won}/{n}" for key, (won, n) in by_cell.items()]
+    return "by the named object's cell (i along x from the arm's base, j along y): " + ", ".join(
+        parts
+    )
+
+
+def format_localiser(localiser_mm: list[float]) -> str:
+    """The localiser's error along the approaches as one line (empty when there is none)."""
+    if not localiser_mm:
+        return ""
+    x, y, z = localiser_mm
+    return f"localiser along the evaluation approaches: mean error x {x:.1f} / y {y:.1f} / z {z:.1f} mm"
+
+
+def play(
+    env,
+    policy: VLAPolicy,
+    featurize,
+    lang,
+    index: int,
+    split: str,
+    keep_frames: bool = False,
+    act=None,
+) -> tuple[EpisodeRecord, np.ndarray | None]:
+    """Evaluation episode ``index`` (reset seed ``EVAL_SEED + index`` of ``split``), the policy
+    deterministic (``act``: the action source, by default :func:`chunked_actions` of
+    ``policy``); with the localiser's error along its approach when the policy reads one
+    (limbic's own simulator)."""
+    from limbic.runtime.rollout import run_episode
+
+    if act is None:
+        act = chunked_actions(policy, next(policy.agent.parameters()).device, deterministic=True)
+    probe = reads_localiser(policy)
+    start: dict[str, np.ndarray] = {}
+    ep = run_episode(
+        env,
+        act,
+        featurize,
+        lang,
+        seed=EVAL_SEED + index,
+        split=split,
+        keep_frames=keep_frames,
+        on_reset=(lambda: start.update(obj=object_position(env))) if probe else None,
+    )
+    return ep, (approach_error(env, policy, ep, start["obj"]) if probe else None)
