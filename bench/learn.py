@@ -40,9 +40,8 @@ WATCHED_PRESET = "filtered_bc_watched"
 def preset_config(preset: str, base: LearnConfig) -> LearnConfig:
     """``limbic-train runtime=inprocess algorithm=<preset>`` on ``base``'s simulated arm and task,
     with ``base``'s demonstrations, online budget, evaluation, seed, threads and output."""
-    import limbic.launch.train  # noqa: F401  (registers train_schema with Hydra)
     from limbic.launch.compose import compose
-    from limbic.launch.train import TrainConfig
+    from limbic.launch.train import TrainConfig  # importing it registers train_schema
 
     sim = base.robot.sim
     overrides = [

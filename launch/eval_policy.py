@@ -102,8 +102,7 @@ def evaluate_saved_policy(job: EvalPolicyJob) -> PolicyEvaluation:
     os.environ.setdefault("MUJOCO_GL", "egl")
     from limbic.policy.encoders import LanguageEncoder
     from limbic.policy.vla import VLAPolicy
-    from limbic.runtime.evaluation import EvalTally, play
-    from limbic.runtime.learn import _write_video
+    from limbic.runtime.evaluation import EvalTally, play, write_video
     from limbic.runtime.rollout import Featurizer
     from limbic.sim.envs import make_sim_env
 
@@ -113,13 +112,10 @@ def evaluate_saved_policy(job: EvalPolicyJob) -> PolicyEvaluation:
         raise ConfigError("policy", f"{job.policy} is not a file")
     sim = scene_of(job.policy)
     policy = VLAPolicy.load(job.policy).eval()
-    language = LanguageEncoder()
-    cache: dict[str, torch.Tensor] = {}
+    language = LanguageEncoder()  # caches each instruction's embedding
 
     def lang(text: str) -> torch.Tensor:
-        if text not in cache:
-            cache[text] = language([text])
-        return cache[text]
+        return language([text])
 
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,8 +130,8 @@ def evaluate_saved_policy(job: EvalPolicyJob) -> PolicyEvaluation:
             tally.add(ep, policy.cfg.agent.gamma, located)
             bar.set_postfix(success=f"{tally.wins / tally.episodes:.0%}")
             if keep:
-                _write_video(out / f"eval_{i:03d}.mp4", ep.frames, int(sim.control_hz))
-        step_m = env.arm.max_ee_step_m if hasattr(env, "arm") else 0.0
+                write_video(out / f"eval_{i:03d}.mp4", ep.frames, int(sim.control_hz))
+        step_m = env.arm.max_ee_step_m
     finally:
         env.close()
     result = PolicyEvaluation(

@@ -8,12 +8,13 @@ asked, so a figure from 40 episodes can be checked on hundreds.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from limbic.policy.vla import VLAPolicy
-from limbic.runtime.rollout import EpisodeRecord
+from limbic.runtime.rollout import EpisodeRecord, run_episode
 from limbic.sim.localise import object_position
 from limbic.sim.tasks import GRID
 
@@ -153,8 +154,6 @@ def play(
     deterministic (``act``: the action source, by default :func:`chunked_actions` of
     ``policy``); with the localiser's error along its approach when the policy reads one
     (limbic's own simulator)."""
-    from limbic.runtime.rollout import run_episode
-
     if act is None:
         act = chunked_actions(policy, next(policy.agent.parameters()).device, deterministic=True)
     probe = reads_localiser(policy)
@@ -170,3 +169,12 @@ def play(
         on_reset=(lambda: start.update(obj=object_position(env))) if probe else None,
     )
     return ep, (approach_error(env, policy, ep, start["obj"]) if probe else None)
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
+    """Frames (``uint8[H, W, 3]``) as an H.264 MP4 at ``fps``."""
+    import imageio.v2 as imageio
+
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1) as w:
+        for f in frames:
+            w.append_data(f)

@@ -46,6 +46,7 @@ from limbic.runtime.evaluation import (
     cell_counts,
     chunked_actions,
     play,
+    write_video,
 )
 from limbic.runtime.replay import ReplayConfig, ReplayMix, RewardConfig, after_last_handback
 from limbic.runtime.rollout import (
@@ -659,7 +660,8 @@ class Learner:
         # the held-back rows are whole layouts: the last ones recorded
         order = list(dict.fromkeys(layout_of))
         held_back = order[len(order) - int(round(lc.holdout * len(order))) :]
-        holdout = float(np.isin(layout_of, held_back).mean())
+        back = np.isin(layout_of, held_back)
+        holdout = float(back.mean())
         fitted = agent.fit_localiser(
             tokens, state, label, lc.steps, lc.batch_size, lc.lr, holdout, seed=self.cfg.seed
         )
@@ -674,8 +676,7 @@ class Learner:
         }
         # the same figures for the views with the tool near the object, where the grasp is won
         near_step = lc.near_m / self.env.arm.max_ee_step_m
-        back = torch.from_numpy(np.isin(layout_of, held_back))
-        near = back & (label[:, :2].abs().amax(-1) <= near_step)
+        near = torch.from_numpy(back) & (label[:, :2].abs().amax(-1) <= near_step)
         report["holdout_near_views"] = int(near.sum())
         report["holdout_near_mm"] = (
             agent.localiser_error(tokens[near], state[near], label[near]) * mm
@@ -737,7 +738,7 @@ class Learner:
             )
             tally.add(ep, gamma, located)
             if keep:
-                _write_video(
+                write_video(
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
                 )
                 recorded += 1
@@ -880,14 +881,6 @@ def plot_curves(curves: dict[str, list[EvalResult]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:
-    import imageio.v2 as imageio
-
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=1) as w:
-        for f in frames:
-            w.append_data(f)
 
 
 def learn(cfg: LearnConfig) -> LearnResult:
