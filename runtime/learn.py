@@ -60,7 +60,7 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
-from limbic.sim.localise import PoseRange, localiser_views
+from limbic.sim.localise import COLOR_MODES, PoseRange, localiser_views
 from limbic.sim.operator import ScriptedTakeover
 from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
@@ -92,6 +92,10 @@ class LocaliserConfig:
     near_m: float = 0.05
     """Half-width of the square around the object those poses are drawn in, and the
     horizontal distance within which ``localiser.json``'s ``near_*`` figures count a view."""
+    colors: str = "task"
+    """The objects' colours in the fitted views: ``task`` (the training split's palette) or
+    ``random`` (any hue, never near a held-out colour; ``limbic.sim.localise.random_color``).
+    The held-out split's views it is measured on keep their own colours."""
 
     def __post_init__(self) -> None:
         for name in ("layouts", "poses", "steps", "batch_size"):
@@ -114,6 +118,11 @@ class LocaliserConfig:
             f"must be in [0, 1], got {self.near_share}",
         )
         require(self.near_m > 0, "localiser.near_m", f"must be > 0, got {self.near_m}")
+        require(
+            self.colors in COLOR_MODES,
+            "localiser.colors",
+            f"expected one of {list(COLOR_MODES)}, got {self.colors!r}",
+        )
 
     def pose_range(self) -> PoseRange:
         """Where :func:`localiser_views` puts the tool."""
@@ -603,7 +612,7 @@ class Learner:
         return kept
 
     def _localiser_rows(
-        self, layouts: int, seed: int, split: str
+        self, layouts: int, seed: int, split: str, colors: str = "task"
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """Compact tokens, states and labels of :func:`localiser_views` on ``layouts`` layouts
         (the backbone run on 64 views at a time), and each row's layout (its episode id)."""
@@ -622,7 +631,7 @@ class Learner:
 
         with torch.no_grad():
             for obs, label in localiser_views(
-                self.env, layouts, lc.poses, seed, split, lc.pose_range()
+                self.env, layouts, lc.poses, seed, split, lc.pose_range(), colors
             ):
                 if len(labels) % 256 == 0:
                     self._check_interrupted("localiser views")
@@ -656,7 +665,9 @@ class Learner:
             )
         lc, agent = self.cfg.localiser, self.policy.agent
         mm = 1000.0 * self.env.arm.max_ee_step_m
-        tokens, state, label, layout_of = self._localiser_rows(lc.layouts, LOCALISER_SEED, "train")
+        tokens, state, label, layout_of = self._localiser_rows(
+            lc.layouts, LOCALISER_SEED, "train", lc.colors
+        )
         # the held-back rows are whole layouts: the last ones recorded
         order = list(dict.fromkeys(layout_of))
         held_back = order[len(order) - int(round(lc.holdout * len(order))) :]

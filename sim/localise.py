@@ -25,11 +25,30 @@ import mujoco
 import numpy as np
 
 from limbic.contracts import Observation
+from limbic.sim.tasks import COLORS, HELDOUT_COLORS
 
 OPENING_STEPS = 6
 """Still steps with the jaws commanded open after a reset: by then they are open."""
 OBJECT_KEYS = ("cube", "target")
 """Keys of ``goal_info`` naming the object the tool goes to first, in order of preference."""
+COLOR_MODES = ("task", "random")
+"""How :func:`localiser_views` colours the objects: as the split's reset does, or at random."""
+HELDOUT_COLOR_MARGIN = 0.4
+"""A random colour stays at least this far (RGB distance, channels in [0, 1]) from every
+held-out colour; every training colour is at least 0.5 from them."""
+
+
+def random_color(rng: np.random.Generator) -> np.ndarray:
+    """An RGB colour of random hue, saturation 0.5-1 and value 0.5-1, never within
+    :data:`HELDOUT_COLOR_MARGIN` of a held-out colour, so the held-out split's colours stay
+    unseen."""
+    heldout = np.array([COLORS[c] for c in HELDOUT_COLORS])
+    while True:
+        h, s, v = rng.uniform(0.0, 1.0), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+        k = (np.array([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
+        rgb = v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+        if np.linalg.norm(heldout - rgb, axis=1).min() >= HELDOUT_COLOR_MARGIN:
+            return rgb
 
 
 @dataclass(frozen=True)
@@ -99,9 +118,14 @@ def localiser_views(
     seed: int,
     split: str = "train",
     poses: PoseRange = PoseRange(),
+    colors: str = "task",
 ) -> Iterator[tuple[Observation, np.ndarray]]:
     """``(observation, label float32[3])`` for ``poses_per_layout`` tool poses on each of
     ``layouts`` layouts (reset seeds ``seed, seed + 1, ...`` of ``split``).
+
+    ``colors="random"`` gives every coloured object of each layout a random colour
+    (:func:`random_color`) in place of the split's palette: the localiser then cannot lean on
+    the few colours the training split names.
 
     The label is ``(object - tool) / env.arm.max_ee_step_m``. Poses the arm cannot reach within
     1 mm are skipped, so a layout can give fewer. ``env`` is left at the last pose rendered:
@@ -111,11 +135,17 @@ def localiser_views(
         raise ValueError(
             f"layouts and poses_per_layout must be >= 1, got {layouts} and {poses_per_layout}"
         )
+    if colors not in COLOR_MODES:
+        raise ValueError(f"colors must be one of {list(COLOR_MODES)}, got {colors!r}")
     rng = np.random.default_rng([seed, 7])
+    color_rng = np.random.default_rng([seed, 11])
     kin, step = env.kin, env.arm.max_ee_step_m
     down = kin.target_rotation(0.0)
     for i in range(layouts):
         env.reset(seed=seed + i, split=split)
+        if colors == "random":
+            for geom in env.task.colors:
+                env.model.geom(geom).rgba[:3] = random_color(color_rng)
         # an episode starts with the jaws part closed and opens them over its first steps:
         # keep the scene after 0 .. OPENING_STEPS still steps with the jaws commanded open
         opening = [env.data.qpos.copy()]

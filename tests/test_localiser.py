@@ -10,9 +10,15 @@ import torch
 from limbic.launch.config import ConfigError
 from limbic.policy.rlpd import AgentConfig, ObsShape, RLPDAgent
 from limbic.sim.env import SimConfig, SimEnv
-from limbic.sim.localise import PoseRange, localiser_views, object_position
+from limbic.sim.localise import (
+    HELDOUT_COLOR_MARGIN,
+    PoseRange,
+    localiser_views,
+    object_position,
+    random_color,
+)
 from limbic.sim.scene import CameraConfig
-from limbic.sim.tasks import in_heldout_cell
+from limbic.sim.tasks import COLORS, HELDOUT_COLORS, TRAIN_COLORS, in_heldout_cell
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +95,50 @@ def test_views_keep_to_the_split_asked_for(env):
             obj = tool + label * env.arm.max_ee_step_m
             np.testing.assert_allclose(obj, object_position(env), atol=1e-6)
             assert in_heldout_cell(*_unit(env, obj[:2])) is held
+
+
+def test_random_colours_cover_the_hues_and_keep_away_from_the_heldout_ones():
+    rng = np.random.default_rng(0)
+    colours = np.array([random_color(rng) for _ in range(3000)])
+    assert colours.min() >= 0.0 and colours.max() <= 1.0
+    heldout = np.array([COLORS[c] for c in HELDOUT_COLORS])
+    gaps = np.linalg.norm(colours[:, None] - heldout[None], axis=-1).min(1)
+    assert gaps.min() >= HELDOUT_COLOR_MARGIN
+    # every training colour is farther from the held-out ones than the margin asks
+    for name in TRAIN_COLORS:
+        assert (
+            np.linalg.norm(heldout - np.array(COLORS[name]), axis=1).min() >= HELDOUT_COLOR_MARGIN
+        )
+    # reds, greens and blues all occur: the channel that leads takes every value
+    lead = colours.argmax(1)
+    assert np.bincount(lead, minlength=3).min() > 500
+
+
+def test_random_colours_repaint_every_object_of_each_layout(env):
+    palette = np.array(list(COLORS.values()))
+    seen = []
+    labels, images = {}, {}
+    for mode in ("task", "random"):
+        labels[mode], images[mode] = [], []
+        for obs, label in localiser_views(env, 4, 2, seed=9, colors=mode):
+            rgb = env.model.geom("cube").rgba[:3].astype(np.float64)
+            in_palette = bool(np.isclose(palette, rgb, atol=1e-6).all(1).any())
+            assert in_palette == (mode == "task")
+            if mode == "random":
+                seen.append(rgb.copy())
+            labels[mode].append(label)
+            images[mode].append(obs.images["wrist"])
+    # the colour changes from layout to layout and shows in the views; the poses and labels
+    # do not depend on it
+    assert len(np.unique(np.round(seen, 4), axis=0)) == 4
+    assert not np.array_equal(np.array(images["task"]), np.array(images["random"]))
+    np.testing.assert_array_equal(np.array(labels["task"]), np.array(labels["random"]))
+    # the next reset paints the split's colours again
+    env.reset(seed=9, split="train")
+    rgb = env.model.geom("cube").rgba[:3]
+    assert np.isclose(palette, rgb, atol=1e-6).all(1).any()
+    with pytest.raises(ValueError, match="colors must be one of"):
+        next(localiser_views(env, 1, 1, seed=0, colors="rainbow"))
 
 
 def test_a_task_without_one_object_to_find_is_refused():
@@ -193,6 +243,8 @@ def test_pretrained_source_config_errors_name_the_field():
         LocaliserConfig(near_share=-0.1)
     with pytest.raises(ConfigError, match="localiser.near_m"):
         LocaliserConfig(near_m=0.0)
+    with pytest.raises(ConfigError, match="localiser.colors"):
+        LocaliserConfig(colors="rainbow")
     assert LocaliserConfig(near_share=0.25, near_m=0.03).pose_range() == PoseRange(
         near_share=0.25, near_m=0.03
     )
