@@ -120,6 +120,10 @@ class AgentConfig:
     ``localiser``) and frozen from then on; it needs ``waypoint_input`` and no waypoint loss
     (``waypoint_weight`` 0). It reads the clean state, and the tokens with
     ``waypoint_token_noise``, so its input in training is what it gets when acting."""
+    localise_goal: bool = False
+    """With ``waypoint_source=pretrained``: the localiser also predicts the offset from the tool
+    to the task's goal (pick-and-place's bowl, push's zone, stack's base cube), fitted on the
+    same labelled views; the actor reads both offsets."""
     waypoint_token_noise: float | None = None
     """Token noise of the localiser's input in training (None: ``token_noise`` for the
     ``tokens`` source, 0 for ``pretrained``), so it can learn on cleaner tokens than the actor,
@@ -272,6 +276,12 @@ class AgentConfig:
                 "must be 0 with agent.waypoint_source=pretrained (the fitted localiser stays "
                 f"frozen), got {self.waypoint_weight}",
             )
+        require(
+            not self.localise_goal or pretrained,
+            "agent.localise_goal",
+            "needs agent.waypoint_source=pretrained (the goal's offset is a label of the "
+            "localiser's fitted views)",
+        )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
             1 <= self.q_subset <= self.n_q,
@@ -457,11 +467,13 @@ class RLPDAgent(nn.Module):
                 cfg.feature_dim,
                 position=cfg.position,
                 pooling=cfg.pooling,
-                waypoint_dim=max(shape.action_dim - 1, 1) if waypoint else 0,
+                waypoint_dim=self.localiser_dim if waypoint else 0,
                 waypoint_input=cfg.waypoint_input and waypoint,
                 waypoint_source=cfg.waypoint_source,
             )
 
+        self.localiser_dim = max(shape.action_dim - 1, 1) * (2 if cfg.localise_goal else 1)
+        """Components of the waypoint head's prediction: the object's offset (and the goal's)."""
         self.actor_encoder = encoder()
         if cfg.head_components > 1:
             self.actor: TanhGaussianActor = MixtureTanhGaussianActor(
@@ -873,13 +885,20 @@ class RLPDAgent(nn.Module):
 
     @torch.no_grad()
     def localiser_error(
-        self, tokens: torch.Tensor, state: torch.Tensor, offset: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        state: torch.Tensor,
+        offset: torch.Tensor,
+        components: slice = slice(None),
     ) -> float:
-        """The localiser's median over rows of its mean absolute error per component, in the
-        label's units (nan for no rows)."""
+        """The localiser's median over rows of its mean absolute error per component (those of
+        ``components``: e.g. the object's offset alone of one that localises the goal too), in
+        the label's units (nan for no rows)."""
         device = next(self.actor_encoder.waypoint_head.parameters()).device
         predicted = self.actor_encoder.locate(tokens.float().to(device), state.float().to(device))
-        return _median_row_error(predicted.cpu(), offset.float().cpu())
+        return _median_row_error(
+            predicted.cpu()[:, components], offset.float().cpu()[:, components]
+        )
 
     def bc_update(self, batch: Batch) -> dict[str, float]:
         """A behaviour-cloning-only actor step on the batch's human rows (pre-training, BC baseline).

@@ -63,6 +63,7 @@ def approach_error(env, policy: VLAPolicy, ep: EpisodeRecord, obj: np.ndarray) -
     device = next(encoder.parameters()).device
     tokens = torch.from_numpy(ep.tokens[:frames].astype(np.float32)).to(device)
     predicted = encoder.locate(tokens, torch.from_numpy(state).to(device)).cpu().numpy()
+    predicted = predicted[:, :3]  # the object's offset (a localiser of the goal too: then its)
     return np.array([*np.abs(predicted - label).sum(0), frames], dtype=np.float64)
 
 

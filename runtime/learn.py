@@ -631,7 +631,14 @@ class Learner:
 
         with torch.no_grad():
             for obs, label in localiser_views(
-                self.env, layouts, lc.poses, seed, split, lc.pose_range(), colors
+                self.env,
+                layouts,
+                lc.poses,
+                seed,
+                split,
+                lc.pose_range(),
+                colors,
+                goal=self.cfg.policy.agent.localise_goal,
             ):
                 if len(labels) % 256 == 0:
                     self._check_interrupted("localiser views")
@@ -686,12 +693,19 @@ class Learner:
             "holdout_mean_label_mm": fitted["holdout_error_mean_label"] * mm,
         }
         # the same figures for the views with the tool near the object, where the grasp is won
+        # (the object's offset alone), and, for a localiser of the goal too, each offset's own
+        obj, dim = slice(0, 3), label.shape[-1]
         near_step = lc.near_m / self.env.arm.max_ee_step_m
         near = torch.from_numpy(back) & (label[:, :2].abs().amax(-1) <= near_step)
         report["holdout_near_views"] = int(near.sum())
         report["holdout_near_mm"] = (
-            agent.localiser_error(tokens[near], state[near], label[near]) * mm
+            agent.localiser_error(tokens[near], state[near], label[near], obj) * mm
         )
+        parts = {"object": obj, "goal": slice(3, dim)} if dim > 3 else {}
+        for name, part in parts.items():
+            report[f"holdout_{name}_mm"] = (
+                agent.localiser_error(tokens[back], state[back], label[back], part) * mm
+            )
         if lc.heldout_layouts:
             tokens, state, label, _ = self._localiser_rows(
                 lc.heldout_layouts, LOCALISER_SEED + 500_000, "heldout"
@@ -699,8 +713,12 @@ class Learner:
             report["heldout_split_mm"] = agent.localiser_error(tokens, state, label) * mm
             near = label[:, :2].abs().amax(-1) <= near_step
             report["heldout_split_near_mm"] = (
-                agent.localiser_error(tokens[near], state[near], label[near]) * mm
+                agent.localiser_error(tokens[near], state[near], label[near], obj) * mm
             )
+            for name, part in parts.items():
+                report[f"heldout_split_{name}_mm"] = (
+                    agent.localiser_error(tokens, state, label, part) * mm
+                )
         if self.dist.is_main:
             (self.out / "localiser.json").write_text(json.dumps(report, indent=1))
             tqdm.write(

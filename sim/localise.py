@@ -31,6 +31,9 @@ OPENING_STEPS = 6
 """Still steps with the jaws commanded open after a reset: by then they are open."""
 OBJECT_KEYS = ("cube", "target")
 """Keys of ``goal_info`` naming the object the tool goes to first, in order of preference."""
+GOAL_KEYS = ("bowl", "zone", "base")
+"""Keys of ``goal_info`` naming where the task takes the object (pick-and-place's bowl, push's
+zone, stack's base cube)."""
 COLOR_MODES = ("task", "random")
 """How :func:`localiser_views` colours the objects: as the split's reset does, or at random."""
 HELDOUT_COLOR_MARGIN = 0.4
@@ -93,6 +96,18 @@ def object_position(env) -> np.ndarray:
     )
 
 
+def goal_position(env) -> np.ndarray:
+    """Where the task takes its object (:data:`GOAL_KEYS`); ValueError for a task without one."""
+    info = env.goal_info()
+    for key in GOAL_KEYS:
+        if key in info:
+            return np.asarray(info[key], np.float64)
+    raise ValueError(
+        f"task {env.task.name!r} names no goal to localise "
+        f"(goal_info has {sorted(info)}, expected one of {list(GOAL_KEYS)})"
+    )
+
+
 def _tool_target(env, obj: np.ndarray, rng: np.random.Generator, poses: PoseRange) -> np.ndarray:
     cx, cy = env.arm.work_center_xy
     hx, hy = env.arm.work_half_extent_xy
@@ -119,9 +134,12 @@ def localiser_views(
     split: str = "train",
     poses: PoseRange = PoseRange(),
     colors: str = "task",
+    goal: bool = False,
 ) -> Iterator[tuple[Observation, np.ndarray]]:
     """``(observation, label float32[3])`` for ``poses_per_layout`` tool poses on each of
-    ``layouts`` layouts (reset seeds ``seed, seed + 1, ...`` of ``split``).
+    ``layouts`` layouts (reset seeds ``seed, seed + 1, ...`` of ``split``); with ``goal``,
+    ``label float32[6]``: the object's offset, then the goal's (:func:`goal_position`), in the
+    same units.
 
     ``colors="random"`` gives every coloured object of each layout a random colour
     (:func:`random_color`) in place of the split's palette: the localiser then cannot lean on
@@ -153,6 +171,7 @@ def localiser_views(
             env.step(np.zeros(env.action_spec.dim))
             opening.append(env.data.qpos.copy())
         obj = object_position(env)
+        targets = [obj, goal_position(env)] if goal else [obj]
         q = env.controller.arm_q(env.data)
         for _ in range(poses_per_layout):
             target = _tool_target(env, obj, rng, poses)
@@ -165,5 +184,5 @@ def localiser_views(
             env.controller.reset(env.data, sol.q, closure=0.0)
             mujoco.mj_forward(env.model, env.data)
             tool = env.data.site_xpos[kin.site_id]
-            label = ((obj - tool) / step).astype(np.float32)
+            label = np.concatenate([(t - tool) / step for t in targets]).astype(np.float32)
             yield env.observe_again(), label

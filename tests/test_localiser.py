@@ -13,6 +13,7 @@ from limbic.sim.env import SimConfig, SimEnv
 from limbic.sim.localise import (
     HELDOUT_COLOR_MARGIN,
     PoseRange,
+    goal_position,
     localiser_views,
     object_position,
     random_color,
@@ -141,6 +142,26 @@ def test_random_colours_repaint_every_object_of_each_layout(env):
         next(localiser_views(env, 1, 1, seed=0, colors="rainbow"))
 
 
+def test_views_can_be_labelled_with_the_goal_as_well(env):
+    step = env.arm.max_ee_step_m
+    plain = list(localiser_views(env, 3, 4, seed=21))
+    both = list(localiser_views(env, 3, 4, seed=21, goal=True))
+    assert len(plain) == len(both) >= 10
+    goals = []
+    for (_o1, l1), (obs, l2) in zip(plain, both, strict=True):
+        assert l2.shape == (6,) and l2.dtype == np.float32
+        np.testing.assert_array_equal(l1, l2[:3])  # the object's offset comes first, unchanged
+        tool = env.kin.fk(obs.state[: len(env.kin.qpos_adr)].astype(np.float64))[0]
+        goals.append(tool + l2[3:].astype(np.float64) * step)
+    # the goal is the bowl: where the layout put it (the last one's checked against the scene)
+    np.testing.assert_allclose(goals[-1], goal_position(env), atol=1e-3)
+    np.testing.assert_allclose(goal_position(env), env.goal_info()["bowl"])
+    assert len(np.unique(np.round(goals, 3), axis=0)) == 3  # one bowl a layout
+    with SimEnv(SimConfig(task="reach", camera=CameraConfig(height=32, width=32))) as reach:
+        with pytest.raises(ValueError, match="names no goal"):
+            next(localiser_views(reach, 1, 1, seed=0, goal=True))
+
+
 def test_a_task_without_one_object_to_find_is_refused():
     class Scene:
         task = type("Task", (), {"name": "sort"})()
@@ -231,7 +252,33 @@ def test_fit_localiser_refuses_what_it_cannot_fit():
         agent.fit_localiser(tokens, state, offset, steps=0)
 
 
+def test_a_localiser_of_the_goal_predicts_both_offsets_for_the_actor():
+    agent = _agent(waypoint_source="pretrained", waypoint_input=True, localise_goal=True)
+    enc = agent.actor_encoder
+    assert enc.waypoint_dim == 6 and enc.feature_dim == 38
+    tokens, state, offset = _labelled(3000, seed=1)
+    goal = torch.randn(3000, 3, generator=torch.Generator().manual_seed(2))
+    tokens[:, 0, 1, :3] = goal
+    label = torch.cat([offset, goal], dim=-1)
+    with pytest.raises(ValueError, match="expected 6 components"):
+        agent.fit_localiser(tokens, state, offset, steps=1)
+    report = agent.fit_localiser(tokens, state, label, steps=400, holdout=0.2, lr=3e-3)
+    assert report["holdout_error"] < 0.25 * report["holdout_error_mean_label"]
+    # each offset measured on its own components
+    rows = slice(2400, 3000)
+    parts = [
+        agent.localiser_error(tokens[rows], state[rows], label[rows], part)
+        for part in (slice(0, 3), slice(3, 6))
+    ]
+    assert all(0 < e < 0.5 for e in parts)
+    assert agent.localiser_error(tokens[rows], state[rows], label[rows]) <= max(parts)
+    feature = agent.actor_encoder(tokens[:8], state[:8], torch.randn(8, 16))
+    assert torch.equal(feature[:, -6:], enc.locate(tokens[:8], state[:8]))
+
+
 def test_pretrained_source_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="agent.localise_goal"):
+        AgentConfig(localise_goal=True)
     with pytest.raises(ConfigError, match="agent.waypoint_input"):
         AgentConfig(waypoint_source="pretrained")
     with pytest.raises(ConfigError, match="agent.waypoint_weight"):
@@ -250,7 +297,8 @@ def test_pretrained_source_config_errors_name_the_field():
     )
 
 
-def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
+@pytest.mark.parametrize("goal", [False, True], ids=["object", "object_and_goal"])
+def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal):
     from test_learning import SMALL_AGENT, reach_config, reload_and_compare
 
     from limbic.launch.components import RobotConfig
@@ -264,6 +312,7 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
             **SMALL_AGENT.__dict__,
             "waypoint_source": "pretrained",
             "waypoint_input": True,
+            "localise_goal": goal,
         }
     )
     sim = SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
@@ -289,6 +338,15 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path):
         assert report["holdout_near_views"] >= 1
         assert np.isfinite(report["holdout_near_mm"])
         assert report["fit_mm"] < report["holdout_mean_label_mm"]
+        # a localiser of the goal too: each offset's own figures
+        per_part = {"holdout_object_mm", "holdout_goal_mm"}
+        per_part |= {"heldout_split_object_mm", "heldout_split_goal_mm"}
+        if goal:
+            assert per_part <= set(report)
+            assert all(np.isfinite(report[k]) for k in per_part)
+        else:
+            assert not per_part & set(report)
+        assert head[-1].out_features == (6 if goal else 3)
         assert not all(torch.equal(u, p) for u, p in zip(untrained, head.parameters(), strict=True))
         learner.pretrain(2)
         # the checkpoint carries it: a loaded policy acts the same
