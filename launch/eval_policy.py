@@ -6,9 +6,11 @@ The scene (arm, task, cameras, control) is the one the checkpoint's learning run
 ``limbic-train`` checkpoint, either runtime, records it); episode ``i`` plays the layout the
 learning loop's evaluation ``i`` plays (the same reset seeds), so the first ``eval_episodes``
 repeat its last evaluation and the rest extend it. Prints the success rate, the mean episode
-length, successes by the object's cell and, for a policy that reads a pre-trained localiser,
-that localiser's error along the approaches; writes ``<out_dir>/eval.json`` (and videos of
-the first ``videos`` episodes). The last line is ``success=... episodes=... mean_length=...``.
+length, successes by the object's cell, for a policy that reads a pre-trained localiser that
+localiser's error along the approaches, and for a task that carries its object (pick-and-place,
+stack) how the episodes ended (``limbic.runtime.evaluation.OUTCOMES``); writes
+``<out_dir>/eval.json`` (and videos of the first ``videos`` episodes). The last line is
+``success=... episodes=... mean_length=...``.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class PolicyEvaluation:
     by_cell: dict[str, list[int]]
     localiser_mm: list[float]
     """Mean absolute error in x, y, z (mm) along the approaches; empty without a localiser."""
+    outcomes: dict[str, int]
+    """Episodes by how they ended (pick-and-place, stack; ``runtime.evaluation.OUTCOMES``)."""
 
     def summary_line(self) -> str:
         return (
@@ -126,8 +130,10 @@ def evaluate_saved_policy(job: EvalPolicyJob) -> PolicyEvaluation:
         bar = tqdm(range(job.episodes), desc="evaluating", disable=not job.progress)
         for i in bar:
             keep = i < job.videos
-            ep, located = play(env, policy, featurize, lang, i, job.split, keep_frames=keep)
-            tally.add(ep, policy.cfg.agent.gamma, located)
+            ep, located, outcome = play(
+                env, policy, featurize, lang, i, job.split, keep_frames=keep
+            )
+            tally.add(ep, policy.cfg.agent.gamma, located, outcome)
             bar.set_postfix(success=f"{tally.wins / tally.episodes:.0%}")
             if keep:
                 write_video(out / f"eval_{i:03d}.mp4", ep.frames, int(sim.control_hz))
@@ -142,6 +148,7 @@ def evaluate_saved_policy(job: EvalPolicyJob) -> PolicyEvaluation:
         mean_length=tally.steps / job.episodes,
         by_cell=tally.by_cell(),
         localiser_mm=tally.localiser_mm(step_m),
+        outcomes=tally.outcomes(),
     )
     (out / "eval.json").write_text(json.dumps(asdict(result), indent=1))
     return result
@@ -149,14 +156,19 @@ def evaluate_saved_policy(job: EvalPolicyJob) -> PolicyEvaluation:
 
 def run(job: EvalPolicyJob) -> PolicyEvaluation:
     """Evaluate and print the figures, the summary line last."""
-    from limbic.runtime.evaluation import format_cells, format_localiser
+    from limbic.runtime.evaluation import format_cells, format_localiser, format_outcomes
 
     result = evaluate_saved_policy(job)
     print(
         f"{job.policy}: {result.success_rate:.1%} of {result.episodes} episodes "
         f"({result.split} split), mean length {result.mean_length:.1f} steps"
     )
-    for line in (format_cells(result.by_cell), format_localiser(result.localiser_mm)):
+    lines = (
+        format_cells(result.by_cell),
+        format_localiser(result.localiser_mm),
+        format_outcomes(result.outcomes),
+    )
+    for line in lines:
         if line:
             print(line)
     print(f"wrote {Path(job.out_dir) / 'eval.json'}")

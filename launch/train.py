@@ -67,7 +67,7 @@ def _asynchronous(cfg: TrainConfig) -> None:
 
 
 def _in_process(cfg: TrainConfig) -> None:
-    from limbic.runtime.evaluation import format_cells, format_localiser
+    from limbic.runtime.evaluation import format_cells, format_localiser, format_outcomes
     from limbic.runtime.learn import learn
 
     learn_cfg = cfg.learn_config()
@@ -89,6 +89,8 @@ def _in_process(cfg: TrainConfig) -> None:
         print(cells)
     if located := format_localiser(last.localiser_mm):
         print(located)
+    if ends := format_outcomes(last.outcomes):
+        print(ends)
     print(
         f"checkpoint: {result.out_dir / 'policy.pt'}; curve: {result.out_dir / 'curve.png'}; videos: {result.out_dir}/eval_*.mp4"
     )

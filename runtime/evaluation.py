@@ -15,7 +15,7 @@ import torch
 
 from limbic.policy.vla import VLAPolicy
 from limbic.runtime.rollout import EpisodeRecord, run_episode
-from limbic.sim.localise import object_position
+from limbic.sim.localise import goal_position, object_position
 from limbic.sim.tasks import GRID
 
 EVAL_SEED = 3_000_000
@@ -40,6 +40,70 @@ def chunked_actions(policy: VLAPolicy, device: torch.device | str, deterministic
         return queue.pop(0)
 
     return act
+
+
+OUTCOMES = (
+    "success",
+    "never_lifted",
+    "pushed_never_lifted",
+    "let_go_near_goal",
+    "let_go_away",
+    "held_at_end",
+)
+"""How an evaluation episode of a task that carries its object ends (:class:`ObjectTrace`)."""
+CARRY_TASKS = ("pick_place", "stack")
+"""Tasks whose object is picked up and carried to a goal."""
+LIFT_M = 0.02
+"""Raised this far above where it started, the object was lifted (m, at the task's scale 1)."""
+PUSH_M = 0.01
+"""Moved this far along the table without a lift, it was pushed."""
+NEAR_GOAL_M = 0.04
+"""Let go with its centre this close to the goal's along the table, it was let go near it."""
+
+
+class ObjectTrace:
+    """Follows the task's object through an episode of a task that carries it (pick-and-place,
+    stack; limbic's own simulator) and says how the episode ended (:data:`OUTCOMES`): a
+    success; never lifted (``pushed_`` when it slid at least ``PUSH_M``); lifted and let go,
+    within ``NEAR_GOAL_M`` of the goal or away from it; or still held up at the end."""
+
+    def __init__(self, env):
+        self.env = env
+        self.scale = float(getattr(env.task, "scale", 1.0))
+        self.start = np.zeros(3)
+        self.top = -np.inf
+
+    @staticmethod
+    def follows(env) -> bool:
+        task = getattr(env, "task", None)
+        return getattr(task, "name", None) in CARRY_TASKS
+
+    def reset(self) -> None:
+        self.start = object_position(self.env)
+        self.top = float(self.start[2])
+
+    def watch(self, act):
+        """``act`` with the object's height read before every action."""
+
+        def watched(obs, tokens, lang):
+            self.top = max(self.top, float(object_position(self.env)[2]))
+            return act(obs, tokens, lang)
+
+        return watched
+
+    def outcome(self, success: bool) -> str:
+        """How the episode ended (the scene as it is now, its last state)."""
+        end = object_position(self.env)
+        self.top = max(self.top, float(end[2]))
+        if success:
+            return "success"
+        if self.top - self.start[2] < LIFT_M * self.scale:
+            moved = np.linalg.norm(end[:2] - self.start[:2])
+            return "pushed_never_lifted" if moved >= PUSH_M * self.scale else "never_lifted"
+        if end[2] - self.start[2] >= LIFT_M * self.scale:
+            return "held_at_end"
+        gap = np.linalg.norm(end[:2] - goal_position(self.env)[:2])
+        return "let_go_near_goal" if gap < NEAR_GOAL_M * self.scale else "let_go_away"
 
 
 def reads_localiser(policy: VLAPolicy) -> bool:
@@ -79,8 +143,16 @@ class EvalTally:
     """Per work-area cell of the named object: successes, episodes."""
     located: np.ndarray = field(default_factory=lambda: np.zeros(4))
     """The localiser's summed |error| in x, y, z (label units) and its frames."""
+    ends: np.ndarray = field(default_factory=lambda: np.zeros(len(OUTCOMES)))
+    """Episodes by how they ended (:data:`OUTCOMES`; tasks that carry their object)."""
 
-    def add(self, ep: EpisodeRecord, gamma: float, located: np.ndarray | None = None) -> None:
+    def add(
+        self,
+        ep: EpisodeRecord,
+        gamma: float,
+        located: np.ndarray | None = None,
+        outcome: str | None = None,
+    ) -> None:
         self.wins += float(ep.success)
         self.steps += len(ep)
         self.shaped += ep.shaped_return(gamma)
@@ -89,23 +161,32 @@ class EvalTally:
             self.cells[ep.cell] += (float(ep.success), 1.0)
         if located is not None:
             self.located += located
+        if outcome is not None:
+            self.ends[OUTCOMES.index(outcome)] += 1
 
     def as_list(self) -> list[float]:
         """Every sum, flat (to sum over ranks)."""
         head = [self.wins, self.steps, self.shaped, self.episodes]
-        return head + self.cells.ravel().tolist() + self.located.tolist()
+        return head + self.cells.ravel().tolist() + self.ends.tolist() + self.located.tolist()
 
     @classmethod
     def from_list(cls, values: list[float]) -> EvalTally:
-        n = GRID * GRID * 2
+        n, k = GRID * GRID * 2, len(OUTCOMES)
         return cls(
             *values[:4],
             cells=np.asarray(values[4 : 4 + n], np.float64).reshape(GRID, GRID, 2),
-            located=np.asarray(values[4 + n :], np.float64),
+            ends=np.asarray(values[4 + n : 4 + n + k], np.float64),
+            located=np.asarray(values[4 + n + k :], np.float64),
         )
 
     def by_cell(self) -> dict[str, list[int]]:
         return cell_counts(self.cells)
+
+    def outcomes(self) -> dict[str, int]:
+        """Episodes by how they ended (empty when no episode was followed)."""
+        if not self.ends.any():
+            return {}
+        return {name: int(n) for name, n in zip(OUTCOMES, self.ends, strict=True)}
 
     def localiser_mm(self, step_m: float) -> list[float]:
         """Mean absolute error in x, y and z over the approach frames, in mm (empty: none)."""
@@ -133,6 +214,14 @@ def format_cells(by_cell: dict[str, list[int]]) -> str:
     )
 
 
+def format_outcomes(outcomes: dict[str, int]) -> str:
+    """Episodes by how they ended as one line (empty when there is none)."""
+    if not outcomes:
+        return ""
+    parts = [f"{name.replace('_', ' ')} {n}" for name, n in outcomes.items() if n]
+    return "how the episodes ended: " + ", ".join(parts)
+
+
 def format_localiser(localiser_mm: list[float]) -> str:
     """The localiser's error along the approaches as one line (empty when there is none)."""
     if not localiser_mm:
@@ -150,26 +239,36 @@ def play(
     split: str,
     keep_frames: bool = False,
     act=None,
-) -> tuple[EpisodeRecord, np.ndarray | None]:
+) -> tuple[EpisodeRecord, np.ndarray | None, str | None]:
     """Evaluation episode ``index`` (reset seed ``EVAL_SEED + index`` of ``split``), the policy
     deterministic (``act``: the action source, by default :func:`chunked_actions` of
-    ``policy``); with the localiser's error along its approach when the policy reads one
-    (limbic's own simulator)."""
+    ``policy``). Returns the episode; the localiser's error along its approach when the policy
+    reads one (limbic's own simulator); how it ended (:class:`ObjectTrace`) for a task that
+    carries its object, else None."""
     if act is None:
         act = chunked_actions(policy, next(policy.agent.parameters()).device, deterministic=True)
     probe = reads_localiser(policy)
+    trace = ObjectTrace(env) if ObjectTrace.follows(env) else None
     start: dict[str, np.ndarray] = {}
+
+    def on_reset() -> None:
+        if probe:
+            start["obj"] = object_position(env)
+        if trace is not None:
+            trace.reset()
+
     ep = run_episode(
         env,
-        act,
+        act if trace is None else trace.watch(act),
         featurize,
         lang,
         seed=EVAL_SEED + index,
         split=split,
         keep_frames=keep_frames,
-        on_reset=(lambda: start.update(obj=object_position(env))) if probe else None,
+        on_reset=on_reset,
     )
-    return ep, (approach_error(env, policy, ep, start["obj"]) if probe else None)
+    located = approach_error(env, policy, ep, start["obj"]) if probe else None
+    return ep, located, (trace.outcome(ep.success) if trace is not None else None)
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: int) -> None:

@@ -360,6 +360,9 @@ class EvalResult:
     """With a ``pretrained`` localiser: its mean absolute error in x, y and z (mm) over the
     evaluation episodes' approach frames (up to the policy's first close, while the object is
     where the reset put it), against the simulator's offset; empty otherwise."""
+    outcomes: dict[str, int] = field(default_factory=dict)
+    """For a task that carries its object (pick-and-place, stack): the evaluation episodes by
+    how they ended (``limbic.runtime.evaluation.OUTCOMES``); empty otherwise."""
 
 
 @dataclass
@@ -755,7 +758,7 @@ class Learner:
         for i in range(d.rank, self.cfg.eval_episodes, d.world_size):
             keep = d.is_main and recorded < videos
             self._check_interrupted("evaluation")
-            ep, located = play(
+            ep, located, outcome = play(
                 self.env,
                 self.policy,
                 self.featurize,
@@ -765,7 +768,7 @@ class Learner:
                 keep_frames=keep,
                 act=self.policy_action(True),
             )
-            tally.add(ep, gamma, located)
+            tally.add(ep, gamma, located, outcome)
             if keep:
                 write_video(
                     self.out / f"eval_{i:02d}.mp4", ep.frames, int(self.cfg.robot.sim.control_hz)
@@ -789,6 +792,7 @@ class Learner:
             by_cell=tally.by_cell(),
             online_by_cell=cell_counts(online_cells.reshape(self.online_cells.shape)),
             localiser_mm=tally.localiser_mm(self.env.arm.max_ee_step_m),
+            outcomes=tally.outcomes(),
         )
 
     def run(self) -> LearnResult:

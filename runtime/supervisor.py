@@ -36,7 +36,7 @@ from limbic.launch.compose import write_config
 from limbic.launch.config import require
 from limbic.runtime.actor import ActorConfig, ActorReport
 from limbic.runtime.backends import EncoderConfig, ModelConfig
-from limbic.runtime.evaluation import format_cells, format_localiser
+from limbic.runtime.evaluation import format_cells, format_localiser, format_outcomes
 from limbic.runtime.learn import LearnConfig
 from limbic.runtime.learner import CHECKPOINT, STATUS, LearnerConfig
 from limbic.runtime.outbox import OutboxConfig
@@ -510,6 +510,8 @@ def print_summary(cfg: TrainConfig, summary: TrainSummary) -> None:
             print(cells)
         if located := format_localiser(curve[-1].get("localiser_mm") or []):
             print(located)
+        if ends := format_outcomes(curve[-1].get("outcomes") or {}):
+            print(ends)
     lag = s.get("weight_lag_s")
     rates = ", ".join(
         f"{a.actor_id} {a.achieved_hz:.2f} Hz (missed ticks {a.missed_ticks}, late actions {a.late_actions})"

@@ -31,6 +31,7 @@ def test_a_saved_policy_repeats_the_loops_evaluation_and_extends_it(tmp_path, ca
     assert first.success_rate == in_loop.success_rate
     assert first.mean_length == pytest.approx(in_loop.mean_length)
     assert first.by_cell == in_loop.by_cell and first.localiser_mm == []
+    assert first.outcomes == in_loop.outcomes == {}  # reach carries nothing
     more = run(job)
     assert sum(n for _won, n in more.by_cell.values()) == 5
     saved = json.loads((out / "eval.json").read_text())

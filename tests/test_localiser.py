@@ -358,6 +358,8 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal):
         # evaluations report its error along their approaches
         result = learner.evaluate(0, time.monotonic())
         assert len(result.localiser_mm) == 3 and np.all(np.isfinite(result.localiser_mm))
+        # and, pick-and-place carrying its cube, how every episode ended
+        assert sum(result.outcomes.values()) == learner.cfg.eval_episodes
         # measured against the simulator's offset, up to the first close: a localiser that says
         # 0 everywhere errs by the offset itself
         head = learner.policy.agent.ema_encoder.waypoint_head
