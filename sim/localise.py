@@ -83,29 +83,26 @@ class PoseRange:
             )
 
 
-def object_position(env) -> np.ndarray:
-    """The position of the object the task's tool goes to first (pick-and-place's and push's
-    cube, reach's named ball); ValueError for a task without one."""
+def _named_position(env, keys: tuple[str, ...], what: str) -> np.ndarray:
     info = env.goal_info()
-    for key in OBJECT_KEYS:
+    for key in keys:
         if key in info:
             return np.asarray(info[key], np.float64)
     raise ValueError(
-        f"task {env.task.name!r} names no single object to localise "
-        f"(goal_info has {sorted(info)}, expected one of {list(OBJECT_KEYS)})"
+        f"task {env.task.name!r} names no {what} to localise "
+        f"(goal_info has {sorted(info)}, expected one of {list(keys)})"
     )
+
+
+def object_position(env) -> np.ndarray:
+    """The position of the object the task's tool goes to first (pick-and-place's and push's
+    cube, reach's named ball); ValueError for a task without one."""
+    return _named_position(env, OBJECT_KEYS, "single object")
 
 
 def goal_position(env) -> np.ndarray:
     """Where the task takes its object (:data:`GOAL_KEYS`); ValueError for a task without one."""
-    info = env.goal_info()
-    for key in GOAL_KEYS:
-        if key in info:
-            return np.asarray(info[key], np.float64)
-    raise ValueError(
-        f"task {env.task.name!r} names no goal to localise "
-        f"(goal_info has {sorted(info)}, expected one of {list(GOAL_KEYS)})"
-    )
+    return _named_position(env, GOAL_KEYS, "goal")
 
 
 def _tool_target(env, obj: np.ndarray, rng: np.random.Generator, poses: PoseRange) -> np.ndarray:
