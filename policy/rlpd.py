@@ -450,6 +450,8 @@ class RLPDAgent(nn.Module):
         torch.manual_seed(seed)
         self.cfg, self.shape = cfg, shape
         self.action_size = shape.action_dim * shape.chunk_len
+        # the waypoint head predicts the offset to the object (and, localising the goal, to it)
+        waypoint_dim = max(shape.action_dim - 1, 1) * (2 if cfg.localise_goal else 1)
 
         def encoder(critic: bool = False) -> ObservationEncoder:
             # a localiser (tokens or pretrained source) serves the actor alone
@@ -467,13 +469,11 @@ class RLPDAgent(nn.Module):
                 cfg.feature_dim,
                 position=cfg.position,
                 pooling=cfg.pooling,
-                waypoint_dim=self.localiser_dim if waypoint else 0,
+                waypoint_dim=waypoint_dim if waypoint else 0,
                 waypoint_input=cfg.waypoint_input and waypoint,
                 waypoint_source=cfg.waypoint_source,
             )
 
-        self.localiser_dim = max(shape.action_dim - 1, 1) * (2 if cfg.localise_goal else 1)
-        """Components of the waypoint head's prediction: the object's offset (and the goal's)."""
         self.actor_encoder = encoder()
         if cfg.head_components > 1:
             self.actor: TanhGaussianActor = MixtureTanhGaussianActor(

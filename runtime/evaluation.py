@@ -15,7 +15,7 @@ import torch
 
 from limbic.policy.vla import VLAPolicy
 from limbic.runtime.rollout import EpisodeRecord, run_episode
-from limbic.sim.localise import goal_position, object_position
+from limbic.sim.localise import OBJECT_OFFSET, goal_position, object_position
 from limbic.sim.tasks import GRID
 
 EVAL_SEED = 3_000_000
@@ -127,7 +127,7 @@ def approach_error(env, policy: VLAPolicy, ep: EpisodeRecord, obj: np.ndarray) -
     device = next(encoder.parameters()).device
     tokens = torch.from_numpy(ep.tokens[:frames].astype(np.float32)).to(device)
     predicted = encoder.locate(tokens, torch.from_numpy(state).to(device)).cpu().numpy()
-    predicted = predicted[:, :3]  # the object's offset (a localiser of the goal too: then its)
+    predicted = predicted[:, OBJECT_OFFSET]  # a localiser of the goal too predicts more
     return np.array([*np.abs(predicted - label).sum(0), frames], dtype=np.float64)
 
 

@@ -60,7 +60,7 @@ from limbic.sim.counterfactual import ApproachRecorder, goal_moved_observations,
 from limbic.sim.curriculum import LayoutCurriculum
 from limbic.sim.envs import make_expert, make_sim_env
 from limbic.sim.expert import ExpertConfig
-from limbic.sim.localise import COLOR_MODES, PoseRange, localiser_views
+from limbic.sim.localise import COLOR_MODES, OBJECT_OFFSET, PoseRange, localiser_views
 from limbic.sim.operator import ScriptedTakeover
 from limbic.sim.tasks import GRID, TASKS
 from limbic.teleop.arbiter import TakeoverConfig
@@ -697,14 +697,14 @@ class Learner:
         }
         # the same figures for the views with the tool near the object, where the grasp is won
         # (the object's offset alone), and, for a localiser of the goal too, each offset's own
-        obj, dim = slice(0, 3), label.shape[-1]
+        obj, dim = OBJECT_OFFSET, label.shape[-1]
         near_step = lc.near_m / self.env.arm.max_ee_step_m
         near = torch.from_numpy(back) & (label[:, :2].abs().amax(-1) <= near_step)
         report["holdout_near_views"] = int(near.sum())
         report["holdout_near_mm"] = (
             agent.localiser_error(tokens[near], state[near], label[near], obj) * mm
         )
-        parts = {"object": obj, "goal": slice(3, dim)} if dim > 3 else {}
+        parts = {"object": obj, "goal": slice(obj.stop, dim)} if dim > obj.stop else {}
         for name, part in parts.items():
             report[f"holdout_{name}_mm"] = (
                 agent.localiser_error(tokens[back], state[back], label[back], part) * mm

@@ -18,6 +18,7 @@ reads them.
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -31,6 +32,8 @@ OPENING_STEPS = 6
 """Still steps with the jaws commanded open after a reset: by then they are open."""
 OBJECT_KEYS = ("cube", "target")
 """Keys of ``goal_info`` naming the object the tool goes to first, in order of preference."""
+OBJECT_OFFSET = slice(0, 3)
+"""Where a label (:func:`localiser_views`) keeps the offset to the object; the goal's follows."""
 GOAL_KEYS = ("bowl", "zone", "base")
 """Keys of ``goal_info`` naming where the task takes the object (pick-and-place's bowl, push's
 zone, stack's base cube)."""
@@ -47,9 +50,8 @@ def random_color(rng: np.random.Generator) -> np.ndarray:
     unseen."""
     heldout = np.array([COLORS[c] for c in HELDOUT_COLORS])
     while True:
-        h, s, v = rng.uniform(0.0, 1.0), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
-        k = (np.array([5.0, 3.0, 1.0]) + h * 6.0) % 6.0
-        rgb = v - v * s * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
+        hsv = rng.uniform(0.0, 1.0), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)
+        rgb = np.array(colorsys.hsv_to_rgb(*hsv))
         if np.linalg.norm(heldout - rgb, axis=1).min() >= HELDOUT_COLOR_MARGIN:
             return rgb
 
