@@ -90,6 +90,10 @@ class ActorConfig:
     is the simulated human taking over when the policy goes wrong (sim robots only)."""
     takeover: TakeoverConfig = field(default_factory=TakeoverConfig)
     """When the ``scripted`` arbiter takes over."""
+    watcher_jaw_gap_m: float | None = None
+    """The gap the ``scripted`` arbiter's expert leaves at the fixed jaw when it grasps (None:
+    the expert's default; ``limbic-train`` passes the demonstrator's ``demo_expert.jaw_gap_m``,
+    so the corrections grasp where the demonstrations do)."""
     envelope: str = "bounds"
     """Safety envelope (a key of ``ENVELOPES``); ``bounds`` enforces the declared action bounds."""
     server_public_key: str = ""
@@ -152,9 +156,15 @@ class ActorConfig:
 
 
 def _scripted_takeover(robot: Any, cfg: ActorConfig) -> InterventionArbiter:
+    from limbic.sim.expert import ExpertConfig
     from limbic.sim.operator import ScriptedTakeover
 
-    return ScriptedTakeover.for_robot(robot, cfg.takeover)
+    watcher = (
+        ExpertConfig()
+        if cfg.watcher_jaw_gap_m is None
+        else ExpertConfig(jaw_gap_m=cfg.watcher_jaw_gap_m)
+    )
+    return ScriptedTakeover.for_robot(robot, cfg.takeover, watcher)
 
 
 ARBITERS: dict[str, Any] = {

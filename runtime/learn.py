@@ -439,7 +439,9 @@ class Learner:
         )
         self.arbiter = (
             ScriptedTakeover(
-                make_expert(self.env, ExpertConfig(), seed=cfg.seed + 1),
+                make_expert(
+                    self.env, ExpertConfig(jaw_gap_m=cfg.demo_expert.jaw_gap_m), seed=cfg.seed + 1
+                ),
                 self.env.action_spec,
                 cfg.takeover,
             )

@@ -354,6 +354,7 @@ class TrainJob:
                     log_every_s=60.0,
                     arbiter="scripted" if cfg.interventions else "policy",
                     takeover=cfg.takeover,
+                    watcher_jaw_gap_m=cfg.demo_expert.jaw_gap_m,
                 )
             )
         return [c for c in out if c.episodes > 0]

@@ -66,6 +66,9 @@ class ExpertConfig:
     """Probability of an episode abandoned part-way."""
     p_fail: float = 0.0
     """Probability of an episode that completes the motion with a wrong goal (a failure)."""
+    jaw_gap_m: float = JAW_MARGIN_M
+    """Gap left between a one-sided gripper's fixed jaw and the cube it grasps (default
+    :data:`JAW_MARGIN_M`). In the learning loop the watching human leaves the demonstrator's gap."""
 
     def __post_init__(self) -> None:
         require(
@@ -79,6 +82,11 @@ class ExpertConfig:
         for name in ("p_slow", "p_partial", "p_fail"):
             v = getattr(self, name)
             require(0.0 <= v <= 1.0, f"expert.{name}", f"must be a probability, got {v}")
+        require(
+            0.0 <= self.jaw_gap_m <= 0.05,
+            "expert.jaw_gap_m",
+            f"must be in [0, 0.05] m, got {self.jaw_gap_m}",
+        )
         total = self.p_slow + self.p_partial + self.p_fail
         require(total <= 1.0, "expert", f"p_slow + p_partial + p_fail must be <= 1, got {total}")
 
@@ -259,7 +267,7 @@ class ScriptedExpert:
         tool_yaw = self.env.controller.tool_pose(data)[1] if self.use_yaw else 0.0
         rel = abs(cube_yaw - tool_yaw) % (np.pi / 2)
         width = self.half * (np.cos(rel) + np.sin(rel))
-        overlap = width + JAW_MARGIN_M * self.scale - clearance
+        overlap = width + self.cfg.jaw_gap_m * self.scale - clearance
         return -away / max(dist, 1e-9) * max(0.0, overlap)
 
     # --- pick and place, stack -------------------------------------------------------------

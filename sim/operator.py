@@ -83,14 +83,17 @@ class ScriptedTakeover(InterventionArbiter):
         """Takeovers by what the operator saw go wrong (``gap`` for the gap rule)."""
 
     @classmethod
-    def for_robot(cls, robot: Any, cfg: TakeoverConfig | None = None) -> ScriptedTakeover:
-        """The arbiter for a simulated robot (it needs the simulator's privileged state)."""
+    def for_robot(
+        cls, robot: Any, cfg: TakeoverConfig | None = None, expert: ExpertConfig | None = None
+    ) -> ScriptedTakeover:
+        """The arbiter for a simulated robot (it needs the simulator's privileged state);
+        ``expert`` configures the watching expert (default: the clean expert)."""
         if not isinstance(robot, SimRobot):
             raise TypeError(
                 f"the scripted takeover arbiter needs a simulated robot, got {type(robot).__name__}"
             )
         robot._require_connected()
-        return cls(make_expert(robot.env, ExpertConfig()), robot.action_spec, cfg)
+        return cls(make_expert(robot.env, expert or ExpertConfig()), robot.action_spec, cfg)
 
     def on_episode_start(self, observation: Observation | None = None) -> None:
         self.expert.reset()

@@ -12,6 +12,7 @@ from limbic.runtime.evaluation import EVAL_SEED
 from limbic.runtime.learn import LearnConfig, Learner
 from limbic.runtime.rollout import run_episode
 from limbic.sim.env import HIL_PICK_CUBE, SimConfig
+from limbic.sim.expert import ExpertConfig
 from limbic.sim.tasks import HELDOUT_CELLS
 
 SMALL_AGENT = AgentConfig(
@@ -203,6 +204,20 @@ def test_online_episodes_with_a_watching_human_feed_the_intervention_partition(t
         assert result.curve[-1].human_share == pytest.approx(interv.size / learner.played_steps)
         batch = learner.replay.sample(64, np.random.default_rng(0), learner.reward, 0.9)
         assert batch["human"].sum() == 32  # demonstrations and interventions share the human half
+    finally:
+        learner.close()
+
+
+def test_the_watching_human_grasps_where_the_demonstrations_do(tmp_path):
+    """The scripted human who takes over aims its grasps as the demonstrator does: it leaves the
+    demonstrating expert's gap at the fixed jaw (``demo_expert.jaw_gap_m``), so the corrections
+    and the demonstrations teach one grasp point."""
+    cfg = reach_config(
+        tmp_path, demos=1, interventions=True, demo_expert=ExpertConfig(jaw_gap_m=0.012)
+    )
+    learner = Learner(cfg)
+    try:
+        assert learner.arbiter.expert.cfg.jaw_gap_m == 0.012
     finally:
         learner.close()
 

@@ -277,6 +277,25 @@ class _OffsetExpert(ScriptedExpert):
         return xy + self.offset, z
 
 
+def test_a_wider_jaw_gap_moves_the_grasp_point_back_along_the_jaws(envs):
+    """``jaw_gap_m`` is the gap the expert leaves between the fixed jaw and the cube: 10 mm more
+    of it moves the grasp point 10 mm along the jaws' axis towards the fixed jaw's side of the
+    tool (the tool, fixed jaw and all, moves that much further out from the cube), and nowhere
+    else."""
+    env = envs("so101", "pick_place")
+    narrow = ScriptedExpert(env, ExpertConfig(jaw_gap_m=0.005), seed=0)
+    wide = ScriptedExpert(env, ExpertConfig(jaw_gap_m=0.015), seed=0)
+    for seed in range(3):
+        env.reset(seed=seed)
+        cube, yaw, *_ = narrow._pick_place_goal()
+        (xy_n, z_n), (xy_w, z_w) = narrow._grasp_point(cube, yaw), wide._grasp_point(cube, yaw)
+        site = env.data.site_xpos[env.controller.kin.site_id][:2]
+        towards_jaw = env.data.geom_xpos[narrow.fixed_jaw][:2] - site
+        towards_jaw /= np.linalg.norm(towards_jaw)
+        np.testing.assert_allclose(xy_w - xy_n, 0.010 * towards_jaw, atol=1e-6)
+        assert z_w == z_n
+
+
 @pytest.mark.parametrize("offset_mm", [-8.0, 8.0])
 def test_the_experts_grasp_holds_a_few_millimetres_off_along_the_jaws(envs, offset_mm):
     """The SO-101's moving jaw slides the cube onto the fixed jaw, which sits on the base side of
@@ -430,6 +449,8 @@ def test_bad_action_is_rejected_with_the_component_named(envs):
         (lambda: CameraConfig(front_fovy_deg=200.0), "camera.front_fovy_deg"),
         (lambda: ActionConfig(kind="torque"), "action.kind"),
         (lambda: ExpertConfig(p_fail=0.7, p_slow=0.6), "expert"),
+        (lambda: ExpertConfig(jaw_gap_m=-0.001), "expert.jaw_gap_m"),
+        (lambda: ExpertConfig(jaw_gap_m=0.2), "expert.jaw_gap_m"),
     ],
 )
 def test_bad_config_is_a_clear_error(make, key):

@@ -154,10 +154,13 @@ def test_the_mistakes_rule_leaves_a_good_policy_alone_and_stops_a_bad_one():
         assert ok and 0 < human
         assert reasons and set(reasons) <= {"jaws shut on nothing", "gripper closed above the cube"}
 
-        # straight back towards the base, beyond the cube, with the jaws open
-        x = spec.names.index("dx")
+        # sideways, away from the cube, with the jaws open
+        env.reset(seed=0, split="train")
+        y = spec.names.index("dy")
+        tool_y = env.data.site_xpos[env.kin.site_id][1]
         away = ((spec.low + spec.high) / 2).astype(np.float32)
-        away[x], away[grip] = spec.low[x], spec.low[grip]
+        away[grip] = spec.low[grip]
+        away[y] = spec.low[y] if env.goal_info()["cube"][1] > tool_y else spec.high[y]
         ok, _, reasons = _watched_episode(
             env, ScriptedTakeover(watcher, spec, mistakes), lambda t: away, seed=0
         )
@@ -276,7 +279,11 @@ def test_scripted_operator_rescues_a_policy_that_does_nothing():
 
     env = make_sim_env(SimConfig(arm="so101", task="pick_place"))
     try:
-        arb = ScriptedTakeover(make_expert(env, ExpertConfig(), seed=0), env.action_spec)
+        # each hand-back half-opens the jaws (the idle action's gripper is mid-range) and drops
+        # a carried cube: the watcher needs long enough a turn to carry it to the bowl
+        arb = ScriptedTakeover(
+            make_expert(env, ExpertConfig(), seed=0), env.action_spec, TakeoverConfig(hold=12)
+        )
         idle = (env.action_spec.low + env.action_spec.high) / 2
         wins = human = steps = 0
         for seed in range(3):
@@ -325,12 +332,16 @@ def test_the_actor_offers_the_scripted_arbiter_for_sim_robots_only():
 
     from limbic.launch.components import make_robot
     from limbic.runtime.actor import ARBITERS, ActorConfig
+    from limbic.sim.expert import JAW_MARGIN_M
 
     robot = make_robot(robot_config(step_limit=5))
     robot.connect()
     try:
         arb = ARBITERS["scripted"](robot, ActorConfig(arbiter="scripted"))
         assert isinstance(arb, ScriptedTakeover)
+        assert arb.expert.cfg.jaw_gap_m == JAW_MARGIN_M
+        gap = ActorConfig(arbiter="scripted", watcher_jaw_gap_m=0.012)
+        assert ARBITERS["scripted"](robot, gap).expert.cfg.jaw_gap_m == 0.012
         obs = robot.start_episode(seed=0, split="train")
         arb.on_episode_start(obs)
         action, _ = arb.choose(obs, np.zeros(robot.action_spec.dim, np.float32))

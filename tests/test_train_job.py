@@ -251,14 +251,23 @@ def _cmdline(proc_dir: Path) -> str:
 
 
 def test_interventions_in_the_job_go_to_the_actors_not_the_learner(tmp_path):
+    from limbic.sim.expert import ExpertConfig
     from limbic.teleop.arbiter import TakeoverConfig
 
     takeover = TakeoverConfig(threshold=0.4, patience=2, hold=5)
     job = TrainJob(
-        small_train_config(tmp_path, interventions=True, takeover=takeover), threading.Event()
+        small_train_config(
+            tmp_path,
+            interventions=True,
+            takeover=takeover,
+            demo_expert=ExpertConfig(jaw_gap_m=0.012),
+        ),
+        threading.Event(),
     )
     assert job._learner_config(resume=False).interventions is False
     actors = job._actor_configs()
     assert actors and all(a.arbiter == "scripted" and a.takeover == takeover for a in actors)
+    # the watching human grasps where the demonstrator does
+    assert all(a.watcher_jaw_gap_m == 0.012 for a in actors)
     plain = TrainJob(small_train_config(tmp_path), threading.Event())
     assert all(a.arbiter == "policy" for a in plain._actor_configs())
