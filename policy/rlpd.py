@@ -124,6 +124,12 @@ class AgentConfig:
     """With ``waypoint_source=pretrained``: the localiser also predicts the offset from the tool
     to the task's goal (pick-and-place's bowl, push's zone, stack's base cube), fitted on the
     same labelled views; the actor reads both offsets."""
+    localiser_target: str = "object"
+    """With ``waypoint_source=pretrained``: where the localiser's (first) offset points.
+    ``object``: the object's centre. ``grasp``: where the tool grasps it, clear of a one-sided
+    gripper's fixed jaw (the demonstrator's ``jaw_gap_m``) and at the grasp depth, so the actor
+    need not work out the jaws' clearance itself (pick and place, stack;
+    ``limbic.sim.localise.localiser_views``)."""
     waypoint_token_noise: float | None = None
     """Token noise of the localiser's input in training (None: ``token_noise`` for the
     ``tokens`` source, 0 for ``pretrained``), so it can learn on cleaner tokens than the actor,
@@ -280,6 +286,17 @@ class AgentConfig:
             not self.localise_goal or pretrained,
             "agent.localise_goal",
             "needs agent.waypoint_source=pretrained (the goal's offset is a label of the "
+            "localiser's fitted views)",
+        )
+        require(
+            self.localiser_target in ("object", "grasp"),
+            "agent.localiser_target",
+            f"expected 'object' or 'grasp', got {self.localiser_target!r}",
+        )
+        require(
+            self.localiser_target == "object" or pretrained,
+            "agent.localiser_target",
+            "needs agent.waypoint_source=pretrained (the grasp point is a label of the "
             "localiser's fitted views)",
         )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")

@@ -15,7 +15,7 @@ import torch
 
 from limbic.policy.vla import VLAPolicy
 from limbic.runtime.rollout import EpisodeRecord, run_episode
-from limbic.sim.localise import OBJECT_OFFSET, goal_position, object_position
+from limbic.sim.localise import OBJECT_OFFSET, goal_position, grasp_finder, object_position
 from limbic.sim.tasks import GRID
 
 EVAL_SEED = 3_000_000
@@ -114,15 +114,17 @@ def reads_localiser(policy: VLAPolicy) -> bool:
 @torch.no_grad()
 def approach_error(env, policy: VLAPolicy, ep: EpisodeRecord, obj: np.ndarray) -> np.ndarray:
     """``policy``'s pre-trained localiser along an episode's approach, the frames up to the
-    first action that closes the gripper (the object still where the reset put it, ``obj``):
-    its summed absolute error in x, y and z (label units: end-effector steps) against the
-    simulator's offset, and the number of frames."""
+    first action that closes the gripper (the object still where the reset put it, ``obj``;
+    or, ``[frames, 3]``, what the localiser points to at every frame: the grasp point of a
+    ``grasp``-target localiser): its summed absolute error in x, y and z (label units:
+    end-effector steps) against the simulator's offset, and the number of frames."""
     closes = np.flatnonzero(ep.action[:, -1] > 0.0)
     frames = int(closes[0]) + 1 if closes.size else len(ep) + 1
     kin, q_dim = env.kin, len(env.kin.qpos_adr)
     state = ep.state[:frames]
     tools = np.stack([kin.fk(s[:q_dim].astype(np.float64))[0] for s in state])
-    label = (obj[None] - tools) / env.arm.max_ee_step_m
+    target = obj[None] if obj.ndim == 1 else obj[:frames]
+    label = (target - tools) / env.arm.max_ee_step_m
     encoder = policy.agent.ema_encoder
     device = next(encoder.parameters()).device
     tokens = torch.from_numpy(ep.tokens[:frames].astype(np.float32)).to(device)
@@ -250,12 +252,23 @@ def play(
     probe = reads_localiser(policy)
     trace = ObjectTrace(env) if ObjectTrace.follows(env) else None
     start: dict[str, np.ndarray] = {}
+    # a grasp-target localiser points where the tool grasps: that moves with the jaws
+    grasp = grasp_finder(env) if probe and policy.cfg.agent.localiser_target == "grasp" else None
+    grasps: list[np.ndarray] = []
 
     def on_reset() -> None:
         if probe:
             start["obj"] = object_position(env)
+            grasps.clear()
         if trace is not None:
             trace.reset()
+
+    if grasp is not None:
+        policy_act = act
+
+        def act(obs, tokens, lang):
+            grasps.append(grasp.grasp_target())
+            return policy_act(obs, tokens, lang)
 
     ep = run_episode(
         env,
@@ -267,7 +280,10 @@ def play(
         keep_frames=keep_frames,
         on_reset=on_reset,
     )
-    located = approach_error(env, policy, ep, start["obj"]) if probe else None
+    if grasp is not None:
+        grasps.append(grasp.grasp_target())  # the last frame's
+    target = np.stack(grasps) if grasp is not None else start.get("obj")
+    located = approach_error(env, policy, ep, target) if probe else None
     return ep, located, (trace.outcome(ep.success) if trace is not None else None)
 
 

@@ -644,6 +644,8 @@ class Learner:
                 lc.pose_range(),
                 colors,
                 goal=self.cfg.policy.agent.localise_goal,
+                target=self.cfg.policy.agent.localiser_target,
+                jaw_gap_m=self.cfg.demo_expert.jaw_gap_m,
             ):
                 if len(labels) % 256 == 0:
                     self._check_interrupted("localiser views")

@@ -294,6 +294,16 @@ class ScriptedExpert:
         )
         return cube[:2] + self._jaw_clearance_shift(cube_yaw), grasp_z
 
+    def grasp_target(self) -> np.ndarray:
+        """Where the tool must be, now, to grasp the task's object: ``[x, y, z]`` (m), the
+        object's centre moved clear of a one-sided gripper's fixed jaw (``jaw_gap_m``) and
+        down to the grasp depth. Pick and place, stack; ValueError for other tasks."""
+        if not self.judges_mistakes:
+            raise ValueError(f"task {self.env.task.name!r} has no object to grasp")
+        cube, cube_yaw, *_ = self._pick_place_goal()
+        xy, z = self._grasp_point(cube, cube_yaw)
+        return np.array([*xy, z], dtype=np.float64)
+
     def _over_work_area(self, xy: np.ndarray) -> np.ndarray:
         """``xy`` moved inside the work area along x, where a lift can reach its carry height."""
         cx, _ = self.env.arm.work_center_xy

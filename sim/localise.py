@@ -37,6 +37,9 @@ OBJECT_OFFSET = slice(0, 3)
 GOAL_KEYS = ("bowl", "zone", "base")
 """Keys of ``goal_info`` naming where the task takes the object (pick-and-place's bowl, push's
 zone, stack's base cube)."""
+TARGETS = ("object", "grasp")
+"""What a label's first offset points to (:func:`localiser_views`): the object's centre, or
+where the tool grasps it (:meth:`~limbic.sim.expert.ScriptedExpert.grasp_target`)."""
 COLOR_MODES = ("task", "random")
 """How :func:`localiser_views` colours the objects: as the split's reset does, or at random."""
 HELDOUT_COLOR_MARGIN = 0.4
@@ -107,6 +110,22 @@ def goal_position(env) -> np.ndarray:
     return _named_position(env, GOAL_KEYS, "goal")
 
 
+def grasp_finder(env, jaw_gap_m: float | None = None):
+    """A scripted expert of ``env`` that says where its tool grasps the object
+    (:meth:`~limbic.sim.expert.ScriptedExpert.grasp_target`), with that gap at the fixed jaw
+    (None: the default); ValueError for a task without an object to grasp."""
+    from limbic.sim.expert import ExpertConfig, ScriptedExpert
+
+    cfg = ExpertConfig() if jaw_gap_m is None else ExpertConfig(jaw_gap_m=jaw_gap_m)
+    finder = ScriptedExpert(env, cfg, seed=0)
+    if not finder.judges_mistakes:
+        raise ValueError(
+            f"task {env.task.name!r} has no object to grasp (a grasp target needs pick_place "
+            "or stack)"
+        )
+    return finder
+
+
 def _tool_target(env, obj: np.ndarray, rng: np.random.Generator, poses: PoseRange) -> np.ndarray:
     cx, cy = env.arm.work_center_xy
     hx, hy = env.arm.work_half_extent_xy
@@ -134,6 +153,8 @@ def localiser_views(
     poses: PoseRange = PoseRange(),
     colors: str = "task",
     goal: bool = False,
+    target: str = "object",
+    jaw_gap_m: float | None = None,
 ) -> Iterator[tuple[Observation, np.ndarray]]:
     """``(observation, label float32[3])`` for ``poses_per_layout`` tool poses on each of
     ``layouts`` layouts (reset seeds ``seed, seed + 1, ...`` of ``split``); with ``goal``,
@@ -143,6 +164,11 @@ def localiser_views(
     ``colors="random"`` gives every coloured object of each layout a random colour
     (:func:`random_color`) in place of the split's palette: the localiser then cannot lean on
     the few colours the training split names.
+
+    ``target="grasp"`` labels the offset to where the tool grasps the object instead of to its
+    centre: clear of a one-sided gripper's fixed jaw by ``jaw_gap_m`` (None: the scripted
+    expert's default) and at the grasp depth, worked out for the arm as posed in the view, as
+    the expert works it out on its way (pick and place, stack).
 
     The label is ``(object - tool) / env.arm.max_ee_step_m``. Poses the arm cannot reach within
     1 mm are skipped, so a layout can give fewer. ``env`` is left at the last pose rendered:
@@ -154,6 +180,9 @@ def localiser_views(
         )
     if colors not in COLOR_MODES:
         raise ValueError(f"colors must be one of {list(COLOR_MODES)}, got {colors!r}")
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
+    grasp = grasp_finder(env, jaw_gap_m) if target == "grasp" else None
     rng = np.random.default_rng([seed, 7])
     color_rng = np.random.default_rng([seed, 11])
     kin, step = env.kin, env.arm.max_ee_step_m
@@ -183,5 +212,7 @@ def localiser_views(
             env.controller.reset(env.data, sol.q, closure=0.0)
             mujoco.mj_forward(env.model, env.data)
             tool = env.data.site_xpos[kin.site_id]
+            if grasp is not None:  # the grasp point moves with the jaws: work it out here
+                targets[0] = grasp.grasp_target()
             label = np.concatenate([(t - tool) / step for t in targets]).astype(np.float32)
             yield env.observe_again(), label
