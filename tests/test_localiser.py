@@ -14,6 +14,7 @@ from limbic.sim.localise import (
     HELDOUT_COLOR_MARGIN,
     PoseRange,
     goal_position,
+    grasp_finder,
     localiser_views,
     object_position,
     random_color,
@@ -162,6 +163,38 @@ def test_views_can_be_labelled_with_the_goal_as_well(env):
             next(localiser_views(reach, 1, 1, seed=0, goal=True))
 
 
+def test_views_can_be_labelled_with_where_the_tool_grasps(env):
+    """``target="grasp"``: the first offset points to the expert's grasp point for the arm as
+    posed in the view, clear of the fixed jaw by the gap asked for; the poses, the goal's
+    offset and everything else stay as they were."""
+    step = env.arm.max_ee_step_m
+    plain = list(localiser_views(env, 3, 4, seed=21, goal=True))
+    grasped = list(localiser_views(env, 3, 4, seed=21, goal=True, target="grasp"))
+    wide = list(localiser_views(env, 3, 4, seed=21, target="grasp", jaw_gap_m=0.0195))
+    assert len(plain) == len(grasped) == len(wide) >= 10
+    finder = grasp_finder(env)
+    for (o1, l1), (o2, l2), (_o3, l3) in zip(plain, grasped, wide, strict=True):
+        np.testing.assert_array_equal(o1.state, o2.state)  # the same pose
+        np.testing.assert_array_equal(l1[3:], l2[3:])  # the goal's offset unchanged
+        shift = (l2[:3] - l1[:3]) * step
+        # the one-sided SO-101 gripper: the grasp sits beside the cube's centre, at its depth
+        assert 0.005 < np.linalg.norm(shift[:2]) < 0.03 and abs(shift[2]) < 0.005
+        # 10 mm more gap: 10 mm further along the same direction
+        extra = (l3[:3] - l2[:3]) * step
+        assert np.linalg.norm(extra[:2]) == pytest.approx(0.010, abs=2e-4)
+        assert float(extra[:2] @ shift[:2]) > 0 and abs(extra[2]) < 1e-6
+    # the last view's label against the scene as it was left
+    tool = env.kin.fk(grasped[-1][0].state[: len(env.kin.qpos_adr)].astype(np.float64))[0]
+    np.testing.assert_allclose(
+        tool + grasped[-1][1][:3].astype(np.float64) * step, finder.grasp_target(), atol=1e-3
+    )
+    with pytest.raises(ValueError, match="target must be one of"):
+        next(localiser_views(env, 1, 1, seed=0, target="edge"))
+    with SimEnv(SimConfig(task="push", camera=CameraConfig(height=32, width=32))) as push:
+        with pytest.raises(ValueError, match="no object to grasp"):
+            next(localiser_views(push, 1, 1, seed=0, target="grasp"))
+
+
 def test_a_task_without_one_object_to_find_is_refused():
     class Scene:
         task = type("Task", (), {"name": "sort"})()
@@ -279,6 +312,10 @@ def test_a_localiser_of_the_goal_predicts_both_offsets_for_the_actor():
 def test_pretrained_source_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="agent.localise_goal"):
         AgentConfig(localise_goal=True)
+    with pytest.raises(ConfigError, match="agent.localiser_target"):
+        AgentConfig(localiser_target="grasp")
+    with pytest.raises(ConfigError, match="agent.localiser_target"):
+        AgentConfig(waypoint_source="pretrained", waypoint_input=True, localiser_target="edge")
     with pytest.raises(ConfigError, match="agent.waypoint_input"):
         AgentConfig(waypoint_source="pretrained")
     with pytest.raises(ConfigError, match="agent.waypoint_weight"):
@@ -297,13 +334,17 @@ def test_pretrained_source_config_errors_name_the_field():
     )
 
 
-@pytest.mark.parametrize("goal", [False, True], ids=["object", "object_and_goal"])
-def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal):
+@pytest.mark.parametrize(
+    ("goal", "target"),
+    [(False, "object"), (True, "object"), (False, "grasp")],
+    ids=["object", "object_and_goal", "grasp"],
+)
+def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal, target):
     from test_learning import SMALL_AGENT, reach_config, reload_and_compare
 
     from limbic.launch.components import RobotConfig
     from limbic.policy.vla import PolicyConfig
-    from limbic.runtime.evaluation import approach_error
+    from limbic.runtime.evaluation import approach_error, play
     from limbic.runtime.learn import Learner, LocaliserConfig
     from limbic.runtime.rollout import run_episode
 
@@ -313,6 +354,7 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal):
             "waypoint_source": "pretrained",
             "waypoint_input": True,
             "localise_goal": goal,
+            "localiser_target": target,
         }
     )
     sim = SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
@@ -390,6 +432,22 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal):
         assert len(np.unique(offsets.round(4), axis=0)) == 4  # the tool moved
         # (the state keeps the joints in float32: a fraction of a millimetre)
         np.testing.assert_allclose(error[:3], np.abs(offsets).sum(0), atol=0.05)
+        # an evaluation measures a grasp-target localiser against the grasp point, frame by
+        # frame (it moves with the jaws), and any other against the object's centre
+        finder, seen = grasp_finder(env), []
+
+        def watched(obs, tokens, lang):
+            point = finder.grasp_target() if target == "grasp" else object_position(env)
+            seen.append(point - env.data.site_xpos[env.kin.site_id])
+            return act(obs, tokens, lang)
+
+        tools.clear()
+        _, located, _ = play(
+            env, learner.policy, learner.featurize, learner.lang, 1, "train", act=watched
+        )
+        assert located[3] == 4
+        expected = np.abs(np.array(seen[:4])).sum(0) / env.arm.max_ee_step_m
+        np.testing.assert_allclose(located[:3], expected, atol=0.05)
     finally:
         learner.close()
     # another simulator has no labels to fit on
