@@ -129,7 +129,8 @@ class AgentConfig:
     ``object``: the object's centre. ``grasp``: where the tool grasps it, clear of a one-sided
     gripper's fixed jaw (the demonstrator's ``jaw_gap_m``) and at the grasp depth, so the actor
     need not work out the jaws' clearance itself (pick and place, stack;
-    ``limbic.sim.localise.localiser_views``)."""
+    ``limbic.sim.localise.localiser_views``). Evaluation measures it along the approach
+    against the grasp point with the expert's default gap."""
     waypoint_token_noise: float | None = None
     """Token noise of the localiser's input in training (None: ``token_noise`` for the
     ``tokens`` source, 0 for ``pretrained``), so it can learn on cleaner tokens than the actor,
