@@ -244,16 +244,44 @@ def mlp(in_dim: int, hidden: int, out_dim: int, layers: int = 2) -> nn.Sequentia
 
 
 class TanhGaussianActor(nn.Module):
-    """Feature -> a squashed Gaussian over ``chunk_len x action_dim`` actions in ``[-1, 1]``."""
+    """Feature -> a squashed Gaussian over ``chunk_len x action_dim`` actions in ``[-1, 1]``.
 
-    def __init__(self, feature_dim: int, action_dim: int, chunk_len: int = 1, hidden: int = 256):
+    ``skip_dim`` > 0: the feature's last ``skip_dim`` numbers (a localiser's offset) also reach
+    the pre-squash mean through a linear map of their own, which starts as the identity from
+    their first ``skip_identity`` numbers to the chunk's first action's first components (and
+    zero elsewhere); the network adds to it."""
+
+    skip_dim = 0
+
+    def __init__(
+        self,
+        feature_dim: int,
+        action_dim: int,
+        chunk_len: int = 1,
+        hidden: int = 256,
+        skip_dim: int = 0,
+        skip_identity: int = 0,
+    ):
         super().__init__()
         self.action_dim, self.chunk_len = action_dim, chunk_len
         self.net = mlp(feature_dim, hidden, 2 * action_dim * chunk_len)
+        self.skip_dim = skip_dim
+        if skip_dim:
+            if not 0 <= skip_identity <= min(skip_dim, action_dim):
+                raise ValueError(
+                    f"skip_identity: expected 0 .. {min(skip_dim, action_dim)}, got {skip_identity}"
+                )
+            self.skip = nn.Linear(skip_dim, action_dim * chunk_len, bias=False)
+            with torch.no_grad():
+                self.skip.weight.zero_()
+                idx = torch.arange(skip_identity)
+                self.skip.weight[idx, idx] = 1.0
 
     def distribution(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Pre-squash mean and standard deviation, ``[B, chunk_len * action_dim]`` each."""
         mean, log_std = self.net(feature).chunk(2, dim=-1)
+        if self.skip_dim:
+            mean = mean + self.skip(feature[..., -self.skip_dim :])
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(log_std) + 1.0)
         return mean, log_std.exp()
 

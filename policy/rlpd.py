@@ -131,6 +131,14 @@ class AgentConfig:
     need not work out the jaws' clearance itself (pick and place, stack;
     ``limbic.sim.localise.localiser_views``). Evaluation measures it along the approach
     against the grasp point with the expert's default gap."""
+    localiser_skip: bool = False
+    """With ``waypoint_source=pretrained`` and an end-effector action space: a learned linear
+    map from the localiser's offset straight to the action head's pre-squash mean, starting as
+    the identity from the offset's x, y, z to the chunk's first move (both are in end-effector
+    steps, so that first move starts out as the demonstrator's: the whole offset, squashed
+    to one step). The actor's own network learns what to add, and its reading of the offset
+    is no longer left to the fit: cloned without it, a policy moved its grasp about half as
+    far as its localiser's offset was moved (README, "A straight path from the localiser")."""
     waypoint_token_noise: float | None = None
     """Token noise of the localiser's input in training (None: ``token_noise`` for the
     ``tokens`` source, 0 for ``pretrained``), so it can learn on cleaner tokens than the actor,
@@ -299,6 +307,16 @@ class AgentConfig:
             "agent.localiser_target",
             "needs agent.waypoint_source=pretrained (the grasp point is a label of the "
             "localiser's fitted views)",
+        )
+        require(
+            not self.localiser_skip or pretrained,
+            "agent.localiser_skip",
+            "needs agent.waypoint_source=pretrained (the map reads the fitted localiser's offset)",
+        )
+        require(
+            not self.localiser_skip or self.head_components == 1,
+            "agent.localiser_skip",
+            f"needs agent.head_components=1 (one Gaussian head), got {self.head_components}",
         )
         require(self.n_q >= 1, "agent.n_q", f"must be >= 1, got {self.n_q}")
         require(
@@ -503,7 +521,12 @@ class RLPDAgent(nn.Module):
             )
         else:
             self.actor = TanhGaussianActor(
-                self.actor_encoder.feature_dim, shape.action_dim, shape.chunk_len, cfg.hidden
+                self.actor_encoder.feature_dim,
+                shape.action_dim,
+                shape.chunk_len,
+                cfg.hidden,
+                skip_dim=waypoint_dim if cfg.localiser_skip else 0,
+                skip_identity=min(3, waypoint_dim, shape.action_dim - 1),
             )
         # the acting copy: a moving average of the actor (the live one when actor_ema is 0)
         self.ema_encoder = copy.deepcopy(self.actor_encoder).requires_grad_(False)

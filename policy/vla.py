@@ -157,6 +157,11 @@ class VLAPolicy(nn.Module):
         self.chunk_len = cfg.chunk_len
         self.lang_dim = lang_dim
         self.action_spec = action_spec
+        if cfg.agent.localiser_skip and tuple(action_spec.names[:3]) != ("dx", "dy", "dz"):
+            raise ValueError(
+                "policy.agent.localiser_skip: needs an end-effector action space (dx, dy, dz "
+                f"first, as the localiser's offset), got components {list(action_spec.names)}"
+            )
         self.backbone = backbone if backbone is not None else make_backbone(cfg.backbone)
         self.n_tokens = self.backbone.num_tokens(cfg.image_hw) // cfg.token_pool**2
         self.compressor = TokenCompressor(

@@ -309,6 +309,71 @@ def test_a_localiser_of_the_goal_predicts_both_offsets_for_the_actor():
     assert torch.equal(feature[:, -6:], enc.locate(tokens[:8], state[:8]))
 
 
+def test_a_straight_path_takes_the_localisers_offset_to_the_first_move():
+    agent = _agent(waypoint_source="pretrained", waypoint_input=True, localiser_skip=True)
+    tokens, state, offset = _labelled(3000, seed=0)
+    agent.fit_localiser(tokens, state, offset, steps=200, holdout=0.2, lr=3e-3)
+    actor = agent.actor
+    assert actor.skip_dim == 3 and actor.skip.weight.shape == (4, 3)
+    feature = agent.actor_encoder(tokens[:16], state[:16], torch.randn(16, 16))
+    located = feature[:, -3:]
+    mean, _ = actor.distribution(feature)
+    own, _ = actor.net(feature).chunk(2, dim=-1)
+    # it starts as the identity: the offset's x, y, z go to dx, dy, dz, and nothing to the gripper
+    assert torch.allclose(mean - own, torch.cat([located, torch.zeros(16, 1)], dim=-1), atol=1e-6)
+    # the acting copy has it, and cloning trains it
+    assert torch.equal(agent.ema_actor.skip.weight, actor.skip.weight)
+    batch = {
+        "tokens": tokens[:32],
+        "state": state[:32],
+        "lang": torch.randn(32, 16),
+        "action": torch.rand(32, 4) * 2 - 1,
+        "human": torch.ones(32, dtype=torch.bool),
+    }
+    before = actor.skip.weight.detach().clone()
+    for _ in range(3):
+        agent.bc_update(batch)
+    assert not torch.equal(before, actor.skip.weight)
+    # without the option the head has no such map
+    assert _agent(waypoint_source="pretrained", waypoint_input=True).actor.skip_dim == 0
+
+
+def test_a_chunk_starts_the_straight_path_at_its_first_action_only():
+    agent = RLPDAgent(
+        AgentConfig(
+            d_model=16,
+            n_queries=1,
+            feature_dim=32,
+            hidden=32,
+            n_q=2,
+            q_subset=2,
+            waypoint_source="pretrained",
+            waypoint_input=True,
+            localiser_skip=True,
+        ),
+        ObsShape(2, 4, 8, 4, 16, 4, 3),
+        seed=0,
+    )
+    weight = agent.actor.skip.weight
+    assert weight.shape == (12, 3)
+    assert torch.equal(weight[:3], torch.eye(3)) and not weight[3:].any()
+
+
+def test_the_straight_path_needs_an_end_effector_action_space():
+    from limbic.contracts import ActionKind, ActionSpec
+    from limbic.policy.vla import PolicyConfig, VLAPolicy
+
+    agent = AgentConfig(waypoint_source="pretrained", waypoint_input=True, localiser_skip=True)
+    joints = ActionSpec(
+        ActionKind.JOINT_DELTA,
+        ("d_a", "d_b", "d_c", "d_d", "gripper"),
+        np.array([-0.1] * 4 + [0.0]),
+        np.array([0.1] * 4 + [1.0]),
+    )
+    with pytest.raises(ValueError, match="policy.agent.localiser_skip.*d_a"):
+        VLAPolicy(PolicyConfig(agent=agent), joints, 6)
+
+
 def test_pretrained_source_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="agent.localise_goal"):
         AgentConfig(localise_goal=True)
@@ -320,6 +385,15 @@ def test_pretrained_source_config_errors_name_the_field():
         AgentConfig(waypoint_source="pretrained")
     with pytest.raises(ConfigError, match="agent.waypoint_weight"):
         AgentConfig(waypoint_source="pretrained", waypoint_input=True, waypoint_weight=1.0)
+    with pytest.raises(ConfigError, match="agent.localiser_skip.*pretrained"):
+        AgentConfig(localiser_skip=True)
+    with pytest.raises(ConfigError, match="agent.localiser_skip.*head_components"):
+        AgentConfig(
+            waypoint_source="pretrained",
+            waypoint_input=True,
+            localiser_skip=True,
+            head_components=2,
+        )
     AgentConfig(waypoint_source="pretrained", waypoint_input=True)  # fine
     from limbic.runtime.learn import LocaliserConfig
 
@@ -335,11 +409,11 @@ def test_pretrained_source_config_errors_name_the_field():
 
 
 @pytest.mark.parametrize(
-    ("goal", "target"),
-    [(False, "object"), (True, "object"), (False, "grasp")],
-    ids=["object", "object_and_goal", "grasp"],
+    ("goal", "target", "skip"),
+    [(False, "object", False), (True, "object", True), (False, "grasp", False)],
+    ids=["object", "object_and_goal_with_a_straight_path", "grasp"],
 )
-def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal, target):
+def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal, target, skip):
     from test_learning import SMALL_AGENT, reach_config, reload_and_compare
 
     from limbic.launch.components import RobotConfig
@@ -355,6 +429,7 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal, tar
             "waypoint_input": True,
             "localise_goal": goal,
             "localiser_target": target,
+            "localiser_skip": skip,
         }
     )
     sim = SimConfig(task="pick_place", camera=CameraConfig(height=64, width=64))
@@ -397,6 +472,10 @@ def test_the_learning_loop_fits_the_localiser_before_cloning(tmp_path, goal, tar
             loaded.agent.ema_encoder.waypoint_head[0].weight,
             learner.policy.agent.ema_encoder.waypoint_head[0].weight,
         )
+        if skip:  # the straight path from the offset, trained and restored
+            trained = learner.policy.agent.ema_actor.skip.weight
+            assert trained.shape == (4 * learner.cfg.policy.chunk_len, 6)
+            assert torch.equal(loaded.agent.ema_actor.skip.weight, trained)
         # evaluations report its error along their approaches
         result = learner.evaluate(0, time.monotonic())
         assert len(result.localiser_mm) == 3 and np.all(np.isfinite(result.localiser_mm))
