@@ -300,6 +300,7 @@ def test_the_watched_preset_adds_the_mistakes_watcher_to_filtered_cloning():
     assert (cfg.policy.agent.actor_ema, plain.policy.agent.actor_ema) == (0.999, 0.995)
     agent = cfg.policy.agent
     assert (agent.waypoint_source, agent.waypoint_input) == ("pretrained", True)
+    assert (agent.localiser_target, agent.localiser_skip) == ("grasp", True)
     assert plain.policy.agent.waypoint_source == "feature"
     job = compose_train("algorithm=filtered_bc_watched")  # the async job hands it to the actors
     assert job.runtime == "async" and job.interventions and job.takeover == cfg.takeover
