@@ -206,9 +206,20 @@ def test_a_task_without_one_object_to_find_is_refused():
         object_position(Scene())
 
 
-def _agent(**cfg) -> RLPDAgent:
+def _agent(chunk_len: int = 1, **cfg) -> RLPDAgent:
     small = dict(d_model=16, n_queries=1, feature_dim=32, hidden=32, n_q=2, q_subset=2)
-    return RLPDAgent(AgentConfig(**small, **cfg), ObsShape(2, 4, 8, 4, 16, 4), seed=0)
+    return RLPDAgent(AgentConfig(**small, **cfg), ObsShape(2, 4, 8, 4, 16, 4, chunk_len), seed=0)
+
+
+def _human_batch(tokens: torch.Tensor, state: torch.Tensor) -> dict[str, torch.Tensor]:
+    """32 human rows of these tokens and states, with random instructions and actions."""
+    return {
+        "tokens": tokens[:32],
+        "state": state[:32],
+        "lang": torch.randn(32, 16),
+        "action": torch.rand(32, 4) * 2 - 1,
+        "human": torch.ones(32, dtype=torch.bool),
+    }
 
 
 def _labelled(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -238,13 +249,7 @@ def test_the_fitted_localiser_is_frozen_and_read_detached_by_the_actor():
     ):
         assert torch.equal(e, p)
     # training reads it on clean tokens and the clean state, as acting does
-    batch = {
-        "tokens": tokens[:32],
-        "state": state[:32],
-        "lang": torch.randn(32, 16),
-        "action": torch.rand(32, 4) * 2 - 1,
-        "human": torch.ones(32, dtype=torch.bool),
-    }
+    batch = _human_batch(tokens, state)
     seen = agent.augment(batch)
     assert torch.equal(seen["waypoint_tokens"], tokens[:32])
     assert torch.equal(seen["waypoint_state"], state[:32])
@@ -323,13 +328,7 @@ def test_a_straight_path_takes_the_localisers_offset_to_the_first_move():
     assert torch.allclose(mean - own, torch.cat([located, torch.zeros(16, 1)], dim=-1), atol=1e-6)
     # the acting copy has it, and cloning trains it
     assert torch.equal(agent.ema_actor.skip.weight, actor.skip.weight)
-    batch = {
-        "tokens": tokens[:32],
-        "state": state[:32],
-        "lang": torch.randn(32, 16),
-        "action": torch.rand(32, 4) * 2 - 1,
-        "human": torch.ones(32, dtype=torch.bool),
-    }
+    batch = _human_batch(tokens, state)
     before = actor.skip.weight.detach().clone()
     for _ in range(3):
         agent.bc_update(batch)
@@ -339,21 +338,7 @@ def test_a_straight_path_takes_the_localisers_offset_to_the_first_move():
 
 
 def test_a_chunk_starts_the_straight_path_at_its_first_action_only():
-    agent = RLPDAgent(
-        AgentConfig(
-            d_model=16,
-            n_queries=1,
-            feature_dim=32,
-            hidden=32,
-            n_q=2,
-            q_subset=2,
-            waypoint_source="pretrained",
-            waypoint_input=True,
-            localiser_skip=True,
-        ),
-        ObsShape(2, 4, 8, 4, 16, 4, 3),
-        seed=0,
-    )
+    agent = _agent(3, waypoint_source="pretrained", waypoint_input=True, localiser_skip=True)
     weight = agent.actor.skip.weight
     assert weight.shape == (12, 3)
     assert torch.equal(weight[:3], torch.eye(3)) and not weight[3:].any()
