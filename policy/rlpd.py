@@ -136,9 +136,8 @@ class AgentConfig:
     map from the localiser's offset straight to the action head's pre-squash mean, starting as
     the identity from the offset's x, y, z to the chunk's first move (both are in end-effector
     steps, so that first move starts out as the demonstrator's: the whole offset, squashed
-    to one step). The actor's own network learns what to add, and its reading of the offset
-    is no longer left to the fit: cloned without it, a policy moved its grasp about half as
-    far as its localiser's offset was moved (README, "A straight path from the localiser")."""
+    to one step). The actor's own network learns what to add, and cloning trains the map too.
+    On in the watched preset (README, "A straight path from the localiser")."""
     waypoint_token_noise: float | None = None
     """Token noise of the localiser's input in training (None: ``token_noise`` for the
     ``tokens`` source, 0 for ``pretrained``), so it can learn on cleaner tokens than the actor,
