@@ -524,6 +524,7 @@ class RLPDAgent(nn.Module):
                 shape.action_dim,
                 shape.chunk_len,
                 cfg.hidden,
+                # the offset's x, y, z onto the first dx, dy, dz (the gripper comes last)
                 skip_dim=waypoint_dim if cfg.localiser_skip else 0,
                 skip_identity=min(3, waypoint_dim, shape.action_dim - 1),
             )
