@@ -30,7 +30,7 @@ from limbic.critic.labels import (
     task_of,
 )
 from limbic.critic.model import ProgressCritic
-from limbic.critic.value import ValueConfig, ValueCurves, value_curves
+from limbic.critic.value import DONE_SOURCES, ValueConfig, ValueCurves, value_curves
 from limbic.data.schema import EpisodeArrays
 from limbic.launch.config import require
 
@@ -57,6 +57,11 @@ class CriticEvalConfig:
     done_threshold: float | None = None
     """Done probability from which a frame counts as done; None: the critic's own, calibrated
     on validation episodes when it was trained (0.5 for a critic that never was)."""
+    done_from: str = "head"
+    """Where the done probability comes from: ``head`` (the done head, which reads the
+    instruction), ``reference`` (the reference done head, ``critic.model.reference_done``,
+    averaged over the episode's goal references; the done head where it has none) or ``mean``
+    (of the two)."""
     plots: bool = True
     """Write a value-curve PNG per episode."""
 
@@ -75,6 +80,11 @@ class CriticEvalConfig:
             self.mismatch_pairs >= 2,
             "eval.mismatch_pairs",
             f"expected >= 2, got {self.mismatch_pairs}",
+        )
+        require(
+            self.done_from in DONE_SOURCES,
+            "eval.done_from",
+            f"expected one of {list(DONE_SOURCES)}, got {self.done_from!r}",
         )
         require(
             self.done_threshold is None or 0 < self.done_threshold < 1,
@@ -154,6 +164,11 @@ def score_episodes(
     """Score every episode; ``tokens`` may hold their precomputed frame tokens (else one
     episode is encoded at a time)."""
     config = config or CriticEvalConfig()
+    require(
+        config.done_from == "head" or critic.config.reference_done,
+        "eval.done_from",
+        f"{config.done_from!r} needs a critic trained with critic.model.reference_done=true",
+    )
     pool = references if references is not None else episodes
     goals = GoalReferences(critic, pool, config.goal_references, config.reference_match)
     instructions = sorted({e.instruction for e in episodes} | {e.instruction for e in pool})
@@ -164,7 +179,7 @@ def score_episodes(
         toks, present = tokens.episode(i) if tokens is not None else episode_tokens(critic, ep)
         lang = lang_all[instructions.index(ep.instruction)]
         goal = goals.for_episode(ep)
-        curves = value_curves(critic, toks, lang, goal, config.value, present)
+        curves = value_curves(critic, toks, lang, goal, config.value, present, config.done_from)
         end = task_end(ep, config.finish_at_success)
         span = slice(0, end + 1)
         rev = value_curves(

@@ -430,6 +430,21 @@ class PairSampler:
         w = w * (1.0 - self.cell_prob[-1]) / max(known, 1e-12)
         return np.append(w.ravel(), 1.0)
 
+    def draw_references(
+        self, episode_b: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A reference goal frame for each frame ``b``: a goal frame of another successful
+        episode with the same instruction (``(episode, frame)`` int64 arrays; ``-1`` where there
+        is none). The reference done head is trained against them."""
+        ep = np.full(len(episode_b), -1, dtype=np.int64)
+        fr = np.full(len(episode_b), -1, dtype=np.int64)
+        for j, i in enumerate(episode_b):
+            goals = self.goal_frames.get(int(self.instruction_of[int(i)]), [])
+            others = [g for g in goals if g[0] != int(i)]
+            if others:
+                ep[j], fr[j] = others[int(rng.integers(len(others)))]
+        return ep, fr
+
     def sample(self, n: int, rng: np.random.Generator) -> PairBatch:
         """``n`` pairs: ``goal_anchor_fraction`` goal-anchored, the rest balanced within episodes;
         then ``mismatch_fraction`` of all of them put under another task's instruction."""

@@ -62,6 +62,13 @@ class CriticModelConfig:
     """Gate progress by an instruction-match head: ``c = tanh(pair) * sigmoid(match)``, where
     ``match`` is trained as a classifier of "this instruction is what the episode is doing"
     (mismatched pairs are its negatives), so a wrong instruction scales progress towards 0."""
+    reference_done: bool = False
+    """A second done head that reads no instruction: is frame ``b`` finished the way a reference
+    demonstration's goal frame is? The goal frame is embedded without language and then takes
+    the instruction's place in embedding ``b`` (FiLM and the pooling queries), so the reference,
+    not the instruction's words, says which object and colour count. Trained on goal frames of
+    other successes with the same instruction; scored with the references
+    ``limbic-eval-critic`` is given (``eval.done_from``)."""
 
     def __post_init__(self) -> None:
         require(
@@ -150,6 +157,14 @@ class ProgressCritic(nn.Module):
             if config.match_gate
             else None
         )
+        if config.reference_done:
+            self.null_lang = nn.Parameter(torch.randn(d) * 0.02)
+            self.goal_cond = nn.Sequential(
+                nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)
+            )
+            self.ref_done_mlp = nn.Sequential(
+                nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
+            )
         self._language: LanguageEncoder | None = None
 
     # ----- stage 1: vision tokens (cacheable with a frozen backbone) -----------------------
@@ -223,6 +238,30 @@ class ProgressCritic(nn.Module):
     def done_head(self, z_b: torch.Tensor, lang_d: torch.Tensor) -> torch.Tensor:
         """Frame embedding of ``b`` -> done logit ``float32[B]`` (apply a sigmoid for the probability)."""
         return self.done_mlp(torch.cat([z_b, lang_d], -1)).squeeze(-1)
+
+    def embed_goal(
+        self, tokens_g: torch.Tensor, view_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Tokens of reference goal frames ``[R, V, N, C]`` -> language-free embeddings ``[R, d]``."""
+        self._need_reference_done()
+        null = self.null_lang.expand(tokens_g.shape[0], -1)
+        return self.embed_frame(tokens_g, null, view_mask)
+
+    def reference_done_logit(
+        self, tokens_b: torch.Tensor, z_goal: torch.Tensor, view_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Done logit ``float32[B]`` of frames ``b`` against goal embeddings ``z_goal: [B, d]``
+        (:meth:`embed_goal`): frame ``b`` is embedded with the goal in the instruction's place."""
+        self._need_reference_done()
+        cond = self.goal_cond(z_goal)
+        z_b = self.embed_frame(tokens_b, cond, view_mask)
+        return self.ref_done_mlp(torch.cat([z_b, z_goal, z_b - z_goal], -1)).squeeze(-1)
+
+    def _need_reference_done(self) -> None:
+        if not self.config.reference_done:
+            raise RuntimeError(
+                "this critic has no reference done head (critic.model.reference_done=false)"
+            )
 
     def head(
         self,

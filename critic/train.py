@@ -29,7 +29,7 @@ from limbic.critic.augment import (
 )
 from limbic.critic.evaluate import CriticEvalConfig, compute_metrics, score_episodes
 from limbic.critic.features import CACHE_DTYPES, FrameTokens
-from limbic.critic.labels import PairSampler, PairSamplingConfig, done_labels
+from limbic.critic.labels import PairBatch, PairSampler, PairSamplingConfig, done_labels
 from limbic.critic.metrics import best_done_threshold
 from limbic.critic.model import CriticModelConfig, ProgressCritic
 from limbic.data.schema import EpisodeArrays
@@ -297,6 +297,13 @@ def train_critic(
                 * d_weight
             ).sum() / d_weight.sum().clamp(min=1.0)
             loss = progress_loss + config.done_loss_weight * done_loss
+            ref_loss = None
+            if critic.config.reference_done:
+                ref_loss = _reference_done_loss(
+                    critic, sampler, tokens, batch, tok_b, views, d_target, config, step, gen
+                )
+                if ref_loss is not None:
+                    loss = loss + config.done_loss_weight * ref_loss
             match_loss = None
             if critic.match_mlp is not None and batch.mismatch.any():
                 # every pair is labelled: 1 under its own task's instruction, 0 under another's
@@ -323,6 +330,8 @@ def train_critic(
                 writer.add_scalar("loss/done", done_loss.item(), done_steps)
                 if match_loss is not None:
                     writer.add_scalar("loss/match", match_loss.item(), done_steps)
+                if ref_loss is not None:
+                    writer.add_scalar("loss/reference_done", ref_loss.item(), done_steps)
                 writer.add_scalar("train/grad_norm", float(grad_norm), done_steps)
                 writer.add_scalar("train/lr", scheduler.get_last_lr()[0], done_steps)
                 bar.set_postfix(
@@ -374,6 +383,39 @@ def train_critic(
         val_metrics,
         best_path if best_path.is_file() else None,
     )
+
+
+def _reference_done_loss(
+    critic: ProgressCritic,
+    sampler: PairSampler,
+    tokens: FrameTokens,
+    batch: PairBatch,
+    tok_b: torch.Tensor,
+    views: torch.Tensor,
+    d_target: torch.Tensor,
+    config: CriticTrainConfig,
+    step: int,
+    gen: torch.Generator,
+) -> torch.Tensor | None:
+    """Class-balanced BCE of the reference done head on the batch's labelled frames ``b``
+    (mismatched pairs left out), each against a goal frame of another success of its instruction.
+    The references come from their own stream of ``(seed, step)``, so turning the head on leaves
+    the pairs, labels and view dropout of every step as they were."""
+    ref_ep, ref_fr = sampler.draw_references(
+        batch.episode_b, np.random.default_rng([config.seed, step, 1])
+    )
+    keep = np.flatnonzero((ref_ep >= 0) & batch.done_mask & ~batch.mismatch)
+    if len(keep) == 0:
+        return None
+    tok_g, present_g = tokens.get(ref_ep[keep], ref_fr[keep])
+    z_goal = critic.embed_goal(tok_g, drop_views(present_g, config.view_dropout, gen))
+    rows = torch.from_numpy(keep).to(tok_b.device)
+    logit = critic.reference_done_logit(tok_b[rows], z_goal, views[rows])
+    target = d_target[rows]
+    ones = torch.ones_like(target)
+    weight = done_weights(target, ones) if config.done_balance else ones
+    bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
+    return (bce * weight).sum() / weight.sum()
 
 
 def validate(

@@ -73,6 +73,11 @@ def backward_value(from_goal: np.ndarray) -> np.ndarray:
     return np.clip(apply_hop(1.0, from_goal), 0.0, 1.0)
 
 
+DONE_SOURCES = ("head", "reference", "mean")
+"""Where a frame's done probability comes from: the done head, the reference done head
+(falling back to the done head where an episode has no reference), or their mean."""
+
+
 def fuse(
     estimates: list[np.ndarray | None], weights: list[float], consistency_tau: float = 0.0
 ) -> np.ndarray:
@@ -98,7 +103,13 @@ class ValueCurves:
     hops: np.ndarray
     """``c(o_{t−1}, o_t)``, ``float32[T − 1]``."""
     done_prob: np.ndarray
-    """Done probability of every frame, ``float32[T]``."""
+    """Done probability of every frame, ``float32[T]``, from the source ``done_from`` named."""
+    done_prob_head: np.ndarray | None = None
+    """The done head's probability (reads the instruction), ``float32[T]``."""
+    done_prob_reference: np.ndarray | None = None
+    """The reference done head's probability, averaged over the goal references, ``float32[T]``;
+    None without references, without the head (``critic.model.reference_done``) or when
+    ``done_from`` is ``head`` (it is not computed then)."""
 
 
 def _batched(fn, n: int, batch_size: int) -> np.ndarray:
@@ -117,12 +128,16 @@ def value_curves(
     goal_tokens: torch.Tensor | None = None,
     config: ValueConfig | None = None,
     view_mask: torch.Tensor | None = None,
+    done_from: str = "head",
 ) -> ValueCurves:
     """Score one episode: ``tokens: [T, V, N, C]`` (from ``encode_frames``), ``lang: [lang_dim]``.
 
     ``goal_tokens: [R, V, N, C]`` are goal frames of ``R`` reference demonstrations; without
     them there is no backward estimate. ``view_mask: bool[T, V]`` marks present views.
+    ``done_from`` is one of :data:`DONE_SOURCES`.
     """
+    if done_from not in DONE_SOURCES:
+        raise ValueError(f"done_from: expected one of {DONE_SOURCES}, got {done_from!r}")
     config = config or ValueConfig()
     was_training = critic.training
     critic.eval()
@@ -146,6 +161,7 @@ def value_curves(
         from_first = pair(z[:1].expand(t, -1), z)
         done_prob = torch.sigmoid(critic.done_head(z, lang_d.expand(t, -1))).cpu().numpy()
         backward = None
+        done_ref = None
         phi0 = 0.0
         if goal_tokens is not None and goal_tokens.shape[0] > 0:
             zg = _embed_all(critic, goal_tokens, lang_d, None, config.batch_size)
@@ -154,6 +170,16 @@ def value_curves(
                 axis=0,
             )
             phi0 = float(backward[0])
+            if critic.config.reference_done and done_from != "head":
+                done_ref = _reference_done(
+                    critic, tokens, goal_tokens, view_mask, config.batch_size
+                )
+        if done_from == "head" or done_ref is None:
+            chosen = done_prob
+        elif done_from == "reference":
+            chosen = done_ref
+        else:
+            chosen = (done_prob + done_ref) / 2
         incremental = incremental_value(hops, phi0)
         forward = forward_value(from_first, phi0)
         fused = fuse([incremental, forward, backward], config.weights, config.consistency_tau)
@@ -163,7 +189,9 @@ def value_curves(
             backward,
             fused,
             hops.astype(np.float32),
+            chosen.astype(np.float32),
             done_prob.astype(np.float32),
+            None if done_ref is None else done_ref.astype(np.float32),
         )
     finally:
         critic.train(was_training)
@@ -183,3 +211,27 @@ def _embed_all(
         mask = None if view_mask is None else view_mask[i : i + batch_size].to(device)
         out.append(critic.embed_frame(chunk, lang_d.expand(chunk.shape[0], -1), mask))
     return torch.cat(out)
+
+
+def _reference_done(
+    critic: ProgressCritic,
+    tokens: torch.Tensor,
+    goal_tokens: torch.Tensor,
+    view_mask: torch.Tensor | None,
+    batch_size: int,
+) -> np.ndarray:
+    """Reference done probability of every frame, averaged over the goal frames."""
+    device = critic.pos_embed.device
+    z_goal = critic.embed_goal(goal_tokens.to(device))
+    probs = []
+    for r in range(z_goal.shape[0]):
+        parts = []
+        for i in range(0, tokens.shape[0], batch_size):
+            chunk = tokens[i : i + batch_size].to(device)
+            mask = None if view_mask is None else view_mask[i : i + batch_size].to(device)
+            logit = critic.reference_done_logit(
+                chunk, z_goal[r : r + 1].expand(len(chunk), -1), mask
+            )
+            parts.append(torch.sigmoid(logit).cpu().numpy())
+        probs.append(np.concatenate(parts))
+    return np.mean(probs, axis=0)

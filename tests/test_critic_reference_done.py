@@ -1,0 +1,150 @@
+"""The reference done head: done judged against a reference demonstration's goal frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from synthetic_episodes import make_episodes
+
+from limbic.critic.evaluate import CriticEvalConfig, score_episodes
+from limbic.critic.labels import PairSampler, PairSamplingConfig
+from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.critic.train import CriticTrainConfig, train_critic
+from limbic.critic.value import value_curves
+from limbic.launch.config import ConfigError
+
+torch.set_num_threads(1)
+
+CFG = CriticModelConfig(
+    backbone="small_cnn", image_hw=[32, 32], d_model=32, pool_heads=2, dropout=0.0
+)
+
+
+def _critic(reference_done: bool = True, seed: int = 0) -> ProgressCritic:
+    torch.manual_seed(seed)
+    return ProgressCritic(CriticModelConfig(**{**CFG.__dict__, "reference_done": reference_done}))
+
+
+def _tokens(critic: ProgressCritic, b: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(1, 256, (b, 2, 32, 32, 3), dtype=torch.uint8, generator=g)
+    with torch.no_grad():
+        return critic.encode_frames(images)
+
+
+def test_the_head_reads_the_goal_frame_and_no_instruction() -> None:
+    critic = _critic().eval()
+    frames, goals = _tokens(critic, 4, 0), _tokens(critic, 2, 1)
+    with torch.no_grad():
+        z_goal = critic.embed_goal(goals)
+        one = critic.reference_done_logit(frames, z_goal[:1].expand(4, -1))
+        other = critic.reference_done_logit(frames, z_goal[1:].expand(4, -1))
+    assert one.shape == (4,)
+    assert not torch.allclose(one, other)  # another goal frame, another judgement
+    # no instruction enters: the goal is embedded under the learned null instruction
+    null = critic.null_lang.expand(2, -1)
+    with torch.no_grad():
+        assert torch.equal(z_goal, critic.embed_frame(goals, null))
+
+
+def test_a_critic_without_the_head_says_which_option_it_needs() -> None:
+    critic = _critic(reference_done=False)
+    with pytest.raises(RuntimeError, match="critic.model.reference_done"):
+        critic.embed_goal(_tokens(critic, 1, 0))
+    episodes = make_episodes(2, seed=0, hw=32)
+    with pytest.raises(ConfigError, match="eval.done_from"):
+        score_episodes(critic, episodes, config=CriticEvalConfig(done_from="reference"))
+    with pytest.raises(ConfigError, match="eval.done_from"):
+        CriticEvalConfig(done_from="value")
+
+
+def test_the_head_travels_in_the_checkpoint_and_older_critics_load_without_it() -> None:
+    critic = _critic().eval()
+    loaded = ProgressCritic.from_state(critic.export_state()).eval()
+    frames, goals = _tokens(critic, 3, 0), _tokens(critic, 1, 1)
+    with torch.no_grad():
+        a = critic.reference_done_logit(frames, critic.embed_goal(goals).expand(3, -1))
+        b = loaded.reference_done_logit(frames, loaded.embed_goal(goals).expand(3, -1))
+    assert torch.equal(a, b)
+    old = _critic(reference_done=False).export_state()
+    del old["config"]["reference_done"]  # a checkpoint from before the option
+    assert not ProgressCritic.from_state(old).config.reference_done
+
+
+def test_references_are_goal_frames_of_another_success_of_the_same_instruction() -> None:
+    # tasks 0 and 1 alternate; the last episode (task 0) is a failure
+    episodes = make_episodes(5, seed=0, hw=16, fail_fraction=0.2)
+    sampler = PairSampler(episodes, PairSamplingConfig(), seed=0)
+    rng = np.random.default_rng(0)
+    ep_b = np.repeat(np.arange(5), 20)
+    ref_ep, ref_fr = sampler.draw_references(ep_b, rng)
+    for b, e, f in zip(ep_b, ref_ep, ref_fr, strict=True):
+        assert e != b and episodes[e].succeeded
+        assert episodes[e].instruction == episodes[b].instruction
+        assert sampler.phi[e][f] >= sampler.config.done_after - 1e-6
+    # episode 3 fails: task 1's only success is episode 1, which then has no reference
+    lone = PairSampler(make_episodes(4, seed=0, hw=16, fail_fraction=0.25), PairSamplingConfig())
+    e, f = lone.draw_references(np.array([1, 3]), rng)
+    assert e[0] == -1 and f[0] == -1 and e[1] == 1
+
+
+def test_turning_the_head_on_trains_it_on_the_same_pairs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    episodes = make_episodes(4, seed=0, hw=32, fail_fraction=0.25)
+    drawn: dict[str, list[np.ndarray]] = {}
+    sample = PairSampler.sample
+
+    def run(name: str, reference_done: bool) -> ProgressCritic:
+        drawn[name] = []
+
+        def recording(self, n, rng):
+            batch = sample(self, n, rng)
+            drawn[name].append(np.stack([batch.episode_a, batch.frame_a, batch.frame_b]))
+            return batch
+
+        monkeypatch.setattr(PairSampler, "sample", recording)
+        model = CriticModelConfig(**{**CFG.__dict__, "reference_done": reference_done})
+        config = CriticTrainConfig(
+            model=model,
+            steps=3,
+            batch_size=16,
+            warmup_steps=1,
+            out_dir=str(tmp_path / name),
+            progress_bar=False,
+        )
+        return train_critic(config, episodes).critic
+
+    run("plain", False)
+    trained = run("with_head", True)
+    # the references come from a stream of their own: every step draws the same pairs
+    assert all(np.array_equal(a, b) for a, b in zip(*drawn.values(), strict=True))
+    untrained = _critic()
+    assert not torch.equal(trained.ref_done_mlp[0].weight, untrained.ref_done_mlp[0].weight)
+    assert not torch.equal(trained.goal_cond[1].weight, untrained.goal_cond[1].weight)
+
+
+def test_done_from_picks_the_source_and_falls_back_to_the_head_without_references() -> None:
+    critic = _critic().eval()
+    tokens, lang, goals = _tokens(critic, 6, 0), torch.randn(384), _tokens(critic, 2, 1)
+    head = value_curves(critic, tokens, lang, goals, done_from="head")
+    ref = value_curves(critic, tokens, lang, goals, done_from="reference")
+    mean = value_curves(critic, tokens, lang, goals, done_from="mean")
+    assert head.done_prob_reference is None
+    assert np.array_equal(ref.done_prob, ref.done_prob_reference)
+    assert np.allclose(mean.done_prob, (mean.done_prob_head + mean.done_prob_reference) / 2)
+    assert np.array_equal(head.done_prob, ref.done_prob_head)
+    # the reference probability is the mean over the goal frames
+    z = critic.embed_goal(goals)
+    with torch.no_grad():
+        each = [
+            torch.sigmoid(critic.reference_done_logit(tokens, z[r : r + 1].expand(6, -1))).numpy()
+            for r in range(2)
+        ]
+    assert np.allclose(ref.done_prob_reference, np.mean(each, axis=0), atol=1e-6)
+    alone = value_curves(critic, tokens, lang, None, done_from="reference")
+    assert alone.done_prob_reference is None
+    assert np.array_equal(alone.done_prob, head.done_prob)
