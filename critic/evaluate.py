@@ -339,9 +339,14 @@ def evaluate_critic(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     scores = score_episodes(critic, episodes, tokens, references=references, config=config)
-    threshold = critic.done_threshold if config.done_threshold is None else config.done_threshold
+    threshold = (
+        critic.done_thresholds.get(config.done_from, critic.done_threshold)
+        if config.done_threshold is None
+        else config.done_threshold
+    )
     result: dict[str, Any] = compute_metrics(episodes, scores, threshold, config.finish_at_success)
     result["done_threshold"] = threshold
+    result["done_from"] = config.done_from
     result["per_task"] = {
         task: compute_metrics(
             *zip(

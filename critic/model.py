@@ -123,6 +123,9 @@ class ProgressCritic(nn.Module):
         self.config = config
         self.done_threshold = DEFAULT_DONE_THRESHOLD
         """Done probability from which a frame counts as done; training calibrates it on validation."""
+        self.done_thresholds: dict[str, float] = {}
+        """The calibrated threshold of each done source (``eval.done_from``) that validation
+        scored: ``done_threshold`` is the one of the source training was told to use."""
         self.views: tuple[str, ...] = tuple(config.views)
         self.image_hw: tuple[int, int] = (int(config.image_hw[0]), int(config.image_hw[1]))
         self.lang_dim = config.lang_dim
@@ -373,6 +376,7 @@ class ProgressCritic(nn.Module):
             "config": asdict(self.config),
             "model": self.state_dict(),
             "done_threshold": float(self.done_threshold),
+            "done_thresholds": {k: float(v) for k, v in self.done_thresholds.items()},
         }
 
     @classmethod
@@ -386,6 +390,9 @@ class ProgressCritic(nn.Module):
         critic = cls(CriticModelConfig(**{"match_gate": False, **state["config"]}))
         critic.load_state_dict(state["model"])
         critic.done_threshold = float(state.get("done_threshold", DEFAULT_DONE_THRESHOLD))
+        critic.done_thresholds = {
+            str(k): float(v) for k, v in state.get("done_thresholds", {}).items()
+        }
         return critic
 
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ from limbic.critic.features import CACHE_DTYPES, FrameTokens
 from limbic.critic.labels import PairBatch, PairSampler, PairSamplingConfig, done_labels
 from limbic.critic.metrics import best_done_threshold
 from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.critic.value import DONE_SOURCES, done_probability
 from limbic.data.schema import EpisodeArrays
 from limbic.launch.config import require
 
@@ -217,6 +218,9 @@ def train_critic(
             )
         critic.load_state_dict(state["critic"]["model"])
         critic.done_threshold = float(state["critic"].get("done_threshold", 0.5))
+        critic.done_thresholds = {
+            str(k): float(v) for k, v in state["critic"].get("done_thresholds", {}).items()
+        }
         best_score = float(state.get("best_score", -math.inf))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -424,22 +428,32 @@ def validate(
     tokens: FrameTokens | None,
     config: CriticTrainConfig,
 ) -> dict[str, float]:
-    """Score the validation episodes; with ``calibrate_done``, first fit the critic's done threshold."""
-    scores = score_episodes(critic, episodes, tokens, config=config.eval)
+    """Score the validation episodes; with ``calibrate_done``, first fit the critic's done
+    threshold, for every done source the critic has (``done_f1_<source>`` in the metrics then)."""
+    sources = list(DONE_SOURCES) if critic.config.reference_done else ["head"]
+    # "mean" computes both heads' probabilities; every source is read from them
+    eval_config = replace(config.eval, done_from="mean" if len(sources) > 1 else "head")
+    scores = score_episodes(critic, episodes, tokens, config=eval_config)
+    extra: dict[str, float] = {}
     if config.calibrate_done:
         labels = [done_labels(e, finish_at_success=config.eval.finish_at_success) for e in episodes]
-        critic.done_threshold, _ = best_done_threshold(
-            np.concatenate([s.curves.done_prob for s in scores]),
-            np.concatenate([lab for lab, _ in labels]),
-            np.concatenate([m for _, m in labels]),
-        )
+        target = np.concatenate([lab for lab, _ in labels])
+        labelled = np.concatenate([m for _, m in labels])
+        for source in sources:
+            prob = np.concatenate([done_probability(s.curves, source) for s in scores])
+            critic.done_thresholds[source], f1 = best_done_threshold(prob, target, labelled)
+            if len(sources) > 1:
+                extra[f"done_f1_{source}"] = f1
+        critic.done_threshold = critic.done_thresholds[config.eval.done_from]
     elif config.eval.done_threshold is not None:
         critic.done_threshold = config.eval.done_threshold
+    for s in scores:
+        s.curves.done_prob = done_probability(s.curves, config.eval.done_from)
     metrics = compute_metrics(
         episodes, scores, critic.done_threshold, config.eval.finish_at_success
     )
     metrics["done_threshold"] = critic.done_threshold
-    return metrics
+    return {**metrics, **extra}
 
 
 SELECTION_KEYS = ("voc", "voc_f1", "done_f1", "cls_acc")

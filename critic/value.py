@@ -78,6 +78,16 @@ DONE_SOURCES = ("head", "reference", "mean")
 (falling back to the done head where an episode has no reference), or their mean."""
 
 
+def done_probability(curves: ValueCurves, done_from: str) -> np.ndarray:
+    """The done probability of ``curves`` from one of :data:`DONE_SOURCES` (the done head's
+    where the reference one was not computed)."""
+    head = curves.done_prob if curves.done_prob_head is None else curves.done_prob_head
+    ref = curves.done_prob_reference
+    if done_from == "head" or ref is None:
+        return head
+    return ref if done_from == "reference" else (head + ref) / 2
+
+
 def fuse(
     estimates: list[np.ndarray | None], weights: list[float], consistency_tau: float = 0.0
 ) -> np.ndarray:
@@ -174,25 +184,21 @@ def value_curves(
                 done_ref = _reference_done(
                     critic, tokens, goal_tokens, view_mask, config.batch_size
                 )
-        if done_from == "head" or done_ref is None:
-            chosen = done_prob
-        elif done_from == "reference":
-            chosen = done_ref
-        else:
-            chosen = (done_prob + done_ref) / 2
         incremental = incremental_value(hops, phi0)
         forward = forward_value(from_first, phi0)
         fused = fuse([incremental, forward, backward], config.weights, config.consistency_tau)
-        return ValueCurves(
+        curves = ValueCurves(
             incremental,
             forward,
             backward,
             fused,
             hops.astype(np.float32),
-            chosen.astype(np.float32),
+            done_prob.astype(np.float32),
             done_prob.astype(np.float32),
             None if done_ref is None else done_ref.astype(np.float32),
         )
+        curves.done_prob = done_probability(curves, done_from).astype(np.float32)
+        return curves
     finally:
         critic.train(was_training)
 

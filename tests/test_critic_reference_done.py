@@ -9,7 +9,7 @@ import pytest
 import torch
 from synthetic_episodes import make_episodes
 
-from limbic.critic.evaluate import CriticEvalConfig, score_episodes
+from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic, score_episodes
 from limbic.critic.labels import PairSampler, PairSamplingConfig
 from limbic.critic.model import CriticModelConfig, ProgressCritic
 from limbic.critic.train import CriticTrainConfig, train_critic
@@ -148,3 +148,37 @@ def test_done_from_picks_the_source_and_falls_back_to_the_head_without_reference
     alone = value_curves(critic, tokens, lang, None, done_from="reference")
     assert alone.done_prob_reference is None
     assert np.array_equal(alone.done_prob, head.done_prob)
+
+
+def test_validation_calibrates_a_threshold_per_source_and_evaluation_uses_its_own(
+    tmp_path: Path,
+) -> None:
+    train = make_episodes(4, seed=0, hw=32, fail_fraction=0.25)
+    val = make_episodes(4, seed=5, hw=32, fail_fraction=0.25, start_index=50)
+    model = CriticModelConfig(**{**CFG.__dict__, "reference_done": True})
+    config = CriticTrainConfig(
+        model=model,
+        steps=2,
+        batch_size=16,
+        warmup_steps=1,
+        eval_every=2,
+        out_dir=str(tmp_path / "run"),
+        progress_bar=False,
+        eval=CriticEvalConfig(plots=False, done_from="reference"),
+    )
+    result = train_critic(config, train, val)
+    assert set(result.val_metrics) >= {"done_f1_head", "done_f1_reference", "done_f1_mean"}
+    loaded = ProgressCritic.from_checkpoint(result.checkpoint)
+    assert set(loaded.done_thresholds) == {"head", "reference", "mean"}
+    assert loaded.done_threshold == loaded.done_thresholds["reference"]
+    assert result.val_metrics["done_f1"] == pytest.approx(result.val_metrics["done_f1_reference"])
+    for source in ("head", "mean"):
+        out = evaluate_critic(
+            loaded,
+            val,
+            tmp_path / source,
+            references=train,
+            config=CriticEvalConfig(plots=False, done_from=source),
+        )
+        assert out["done_threshold"] == loaded.done_thresholds[source]
+        assert out["done_from"] == source
