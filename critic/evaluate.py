@@ -171,6 +171,12 @@ def score_episodes(
     )
     pool = references if references is not None else episodes
     goals = GoalReferences(critic, pool, config.goal_references, config.reference_match)
+    # the reference done head compares with the goal the instruction names: same instruction only
+    done_goals = (
+        GoalReferences(critic, pool, config.goal_references, "instruction")
+        if config.done_from != "head"
+        else None
+    )
     instructions = sorted({e.instruction for e in episodes} | {e.instruction for e in pool})
     others = other_task_instructions([*episodes, *pool])
     lang_all = critic.encode_instructions(instructions)
@@ -179,7 +185,12 @@ def score_episodes(
         toks, present = tokens.episode(i) if tokens is not None else episode_tokens(critic, ep)
         lang = lang_all[instructions.index(ep.instruction)]
         goal = goals.for_episode(ep)
-        curves = value_curves(critic, toks, lang, goal, config.value, present, config.done_from)
+        done_goal = done_goals.for_episode(ep) if done_goals is not None else None
+        if done_goal is None:  # no success of its instruction: the done head alone
+            done_goal = torch.zeros((0, *toks.shape[1:]))
+        curves = value_curves(
+            critic, toks, lang, goal, config.value, present, config.done_from, done_goal
+        )
         end = task_end(ep, config.finish_at_success)
         span = slice(0, end + 1)
         rev = value_curves(

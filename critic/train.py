@@ -347,7 +347,15 @@ def train_critic(
                 (config.eval_every and done_steps % config.eval_every == 0)
                 or done_steps == config.steps
             ):
-                val_metrics = validate(critic, val_episodes, val_tokens, config)
+                # the reference done head needs successes of each instruction to compare with,
+                # which a few validation episodes per task rarely hold: the training episodes
+                val_metrics = validate(
+                    critic,
+                    val_episodes,
+                    val_tokens,
+                    config,
+                    references=episodes if critic.config.reference_done else None,
+                )
                 for k, v in val_metrics.items():
                     if np.isfinite(v):
                         writer.add_scalar(f"val/{k}", v, done_steps)
@@ -427,13 +435,16 @@ def validate(
     episodes: list[EpisodeArrays],
     tokens: FrameTokens | None,
     config: CriticTrainConfig,
+    references: list[EpisodeArrays] | None = None,
 ) -> dict[str, float]:
-    """Score the validation episodes; with ``calibrate_done``, first fit the critic's done
-    threshold, for every done source the critic has (``done_f1_<source>`` in the metrics then)."""
+    """Score the validation episodes (goal references from ``references``, else from the
+    validation episodes themselves, each left out of its own); with ``calibrate_done``, first fit
+    the critic's done threshold, for every done source the critic has (``done_f1_<source>`` in
+    the metrics then)."""
     sources = list(DONE_SOURCES) if critic.config.reference_done else ["head"]
     # "mean" computes both heads' probabilities; every source is read from them
     eval_config = replace(config.eval, done_from="mean" if len(sources) > 1 else "head")
-    scores = score_episodes(critic, episodes, tokens, config=eval_config)
+    scores = score_episodes(critic, episodes, tokens, references=references, config=eval_config)
     extra: dict[str, float] = {}
     if config.calibrate_done:
         labels = [done_labels(e, finish_at_success=config.eval.finish_at_success) for e in episodes]

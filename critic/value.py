@@ -139,12 +139,15 @@ def value_curves(
     config: ValueConfig | None = None,
     view_mask: torch.Tensor | None = None,
     done_from: str = "head",
+    done_goal_tokens: torch.Tensor | None = None,
 ) -> ValueCurves:
     """Score one episode: ``tokens: [T, V, N, C]`` (from ``encode_frames``), ``lang: [lang_dim]``.
 
     ``goal_tokens: [R, V, N, C]`` are goal frames of ``R`` reference demonstrations; without
     them there is no backward estimate. ``view_mask: bool[T, V]`` marks present views.
-    ``done_from`` is one of :data:`DONE_SOURCES`.
+    ``done_from`` is one of :data:`DONE_SOURCES`; the reference done head judges the frames
+    against ``done_goal_tokens`` (default: ``goal_tokens``), which should show the very goal
+    the instruction names (same instruction), as in training.
     """
     if done_from not in DONE_SOURCES:
         raise ValueError(f"done_from: expected one of {DONE_SOURCES}, got {done_from!r}")
@@ -180,10 +183,14 @@ def value_curves(
                 axis=0,
             )
             phi0 = float(backward[0])
-            if critic.config.reference_done and done_from != "head":
-                done_ref = _reference_done(
-                    critic, tokens, goal_tokens, view_mask, config.batch_size
-                )
+        done_goals = goal_tokens if done_goal_tokens is None else done_goal_tokens
+        if (
+            critic.config.reference_done
+            and done_from != "head"
+            and done_goals is not None
+            and done_goals.shape[0] > 0
+        ):
+            done_ref = _reference_done(critic, tokens, done_goals, view_mask, config.batch_size)
         incremental = incremental_value(hops, phi0)
         forward = forward_value(from_first, phi0)
         fused = fuse([incremental, forward, backward], config.weights, config.consistency_tau)

@@ -182,3 +182,20 @@ def test_validation_calibrates_a_threshold_per_source_and_evaluation_uses_its_ow
         )
         assert out["done_threshold"] == loaded.done_thresholds[source]
         assert out["done_from"] == source
+
+
+def test_the_reference_done_compares_only_with_successes_of_the_same_instruction() -> None:
+    critic = _critic().eval()
+    episodes = make_episodes(3, seed=0, hw=32)  # instructions of tasks 0, 1, 0
+    for e in episodes:
+        e.metadata["task"] = "push"  # one task: the backward value may borrow across phrasings
+    config = CriticEvalConfig(done_from="reference", reference_match="task", plots=False)
+    scores = score_episodes(critic, episodes, config=config)
+    # episode 1's instruction has no other success: a backward value from the other
+    # instruction's goals, but no reference done, so its done probability is the head's
+    assert scores[1].curves.backward is not None
+    assert scores[1].curves.done_prob_reference is None
+    assert np.array_equal(scores[1].curves.done_prob, scores[1].curves.done_prob_head)
+    # episodes 0 and 2 share an instruction and are each other's reference
+    for i in (0, 2):
+        assert np.array_equal(scores[i].curves.done_prob, scores[i].curves.done_prob_reference)
