@@ -210,6 +210,15 @@ def value_curves(
         critic.train(was_training)
 
 
+def _chunks(
+    tokens: torch.Tensor, view_mask: torch.Tensor | None, batch_size: int, device: torch.device
+):
+    """``(tokens, view_mask)`` of consecutive frames, ``batch_size`` at a time, on ``device``."""
+    for i in range(0, tokens.shape[0], batch_size):
+        mask = None if view_mask is None else view_mask[i : i + batch_size].to(device)
+        yield tokens[i : i + batch_size].to(device), mask
+
+
 def _embed_all(
     critic: ProgressCritic,
     tokens: torch.Tensor,
@@ -217,13 +226,12 @@ def _embed_all(
     view_mask: torch.Tensor | None,
     batch_size: int,
 ) -> torch.Tensor:
-    device = critic.pos_embed.device
-    out = []
-    for i in range(0, tokens.shape[0], batch_size):
-        chunk = tokens[i : i + batch_size].to(device)
-        mask = None if view_mask is None else view_mask[i : i + batch_size].to(device)
-        out.append(critic.embed_frame(chunk, lang_d.expand(chunk.shape[0], -1), mask))
-    return torch.cat(out)
+    return torch.cat(
+        [
+            critic.embed_frame(chunk, lang_d.expand(chunk.shape[0], -1), mask)
+            for chunk, mask in _chunks(tokens, view_mask, batch_size, critic.pos_embed.device)
+        ]
+    )
 
 
 def _reference_done(
@@ -236,15 +244,19 @@ def _reference_done(
     """Reference done probability of every frame, averaged over the goal frames."""
     device = critic.pos_embed.device
     z_goal = critic.embed_goal(goal_tokens.to(device))
-    probs = []
-    for r in range(z_goal.shape[0]):
-        parts = []
-        for i in range(0, tokens.shape[0], batch_size):
-            chunk = tokens[i : i + batch_size].to(device)
-            mask = None if view_mask is None else view_mask[i : i + batch_size].to(device)
-            logit = critic.reference_done_logit(
-                chunk, z_goal[r : r + 1].expand(len(chunk), -1), mask
-            )
-            parts.append(torch.sigmoid(logit).cpu().numpy())
-        probs.append(np.concatenate(parts))
+    probs = [
+        np.concatenate(
+            [
+                torch.sigmoid(
+                    critic.reference_done_logit(
+                        chunk, z_goal[r : r + 1].expand(len(chunk), -1), mask
+                    )
+                )
+                .cpu()
+                .numpy()
+                for chunk, mask in _chunks(tokens, view_mask, batch_size, device)
+            ]
+        )
+        for r in range(z_goal.shape[0])
+    ]
     return np.mean(probs, axis=0)

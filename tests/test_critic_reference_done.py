@@ -28,6 +28,12 @@ def _critic(reference_done: bool = True, seed: int = 0) -> ProgressCritic:
     return ProgressCritic(CriticModelConfig(**{**CFG.__dict__, "reference_done": reference_done}))
 
 
+def _train_config(out: Path, reference_done: bool, **kw) -> CriticTrainConfig:
+    model = CriticModelConfig(**{**CFG.__dict__, "reference_done": reference_done})
+    settings = {"steps": 3, "batch_size": 16, "warmup_steps": 1, "progress_bar": False, **kw}
+    return CriticTrainConfig(model=model, out_dir=str(out), **settings)
+
+
 def _tokens(critic: ProgressCritic, b: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     images = torch.randint(1, 256, (b, 2, 32, 32, 3), dtype=torch.uint8, generator=g)
@@ -107,16 +113,7 @@ def test_turning_the_head_on_trains_it_on_the_same_pairs(
             return batch
 
         monkeypatch.setattr(PairSampler, "sample", recording)
-        model = CriticModelConfig(**{**CFG.__dict__, "reference_done": reference_done})
-        config = CriticTrainConfig(
-            model=model,
-            steps=3,
-            batch_size=16,
-            warmup_steps=1,
-            out_dir=str(tmp_path / name),
-            progress_bar=False,
-        )
-        return train_critic(config, episodes).critic
+        return train_critic(_train_config(tmp_path / name, reference_done), episodes).critic
 
     run("plain", False)
     trained = run("with_head", True)
@@ -155,15 +152,11 @@ def test_validation_calibrates_a_threshold_per_source_and_evaluation_uses_its_ow
 ) -> None:
     train = make_episodes(4, seed=0, hw=32, fail_fraction=0.25)
     val = make_episodes(4, seed=5, hw=32, fail_fraction=0.25, start_index=50)
-    model = CriticModelConfig(**{**CFG.__dict__, "reference_done": True})
-    config = CriticTrainConfig(
-        model=model,
+    config = _train_config(
+        tmp_path / "run",
+        True,
         steps=2,
-        batch_size=16,
-        warmup_steps=1,
         eval_every=2,
-        out_dir=str(tmp_path / "run"),
-        progress_bar=False,
         eval=CriticEvalConfig(plots=False, done_from="reference"),
     )
     result = train_critic(config, train, val)
