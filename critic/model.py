@@ -379,6 +379,14 @@ class ProgressCritic(nn.Module):
             "done_thresholds": {k: float(v) for k, v in self.done_thresholds.items()},
         }
 
+    def load_thresholds(self, state: dict[str, Any]) -> None:
+        """The calibrated done thresholds of an :meth:`export_state` payload (0.5 and none
+        per source for a critic that was never calibrated)."""
+        self.done_threshold = float(state.get("done_threshold", DEFAULT_DONE_THRESHOLD))
+        self.done_thresholds = {
+            str(k): float(v) for k, v in state.get("done_thresholds", {}).items()
+        }
+
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> ProgressCritic:
         """Inverse of :meth:`export_state`."""
@@ -389,10 +397,7 @@ class ProgressCritic(nn.Module):
         # critics saved before the match gate existed have none
         critic = cls(CriticModelConfig(**{"match_gate": False, **state["config"]}))
         critic.load_state_dict(state["model"])
-        critic.done_threshold = float(state.get("done_threshold", DEFAULT_DONE_THRESHOLD))
-        critic.done_thresholds = {
-            str(k): float(v) for k, v in state.get("done_thresholds", {}).items()
-        }
+        critic.load_thresholds(state)
         return critic
 
     @classmethod

@@ -217,10 +217,7 @@ def train_critic(
                 f"resume: {ckpt_path} was trained with model config {state['critic']['config']}, not {asdict(config.model)}; use a new out_dir or resume=false"
             )
         critic.load_state_dict(state["critic"]["model"])
-        critic.done_threshold = float(state["critic"].get("done_threshold", 0.5))
-        critic.done_thresholds = {
-            str(k): float(v) for k, v in state["critic"].get("done_thresholds", {}).items()
-        }
+        critic.load_thresholds(state["critic"])
         best_score = float(state.get("best_score", -math.inf))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
