@@ -11,7 +11,8 @@ arm holds still (nothing is sent; in simulation time does not advance) and the t
 as a late action. So does a tick whose action came from weights older than
 ``min_policy_version`` (a server just restarted holds its initial weights until the learner
 publishes again). A tick that starts after its slot because the previous one overran counts
-as a missed tick. The loop logs every missed tick and reports its real rate.
+as a missed tick. The loop logs every missed tick with where the time went (the previous
+tick's phases and its CPU time, or a wait that woke late) and reports its real rate.
 
 The progress critic, when the server hosts one, scores every new frame in a background
 thread (potential ``phi`` and done probability per frame, DESIGN.md's incremental and
@@ -377,9 +378,11 @@ class ActorLoop:
             self.clock.begin()
             tick_ns = time.time_ns()
             obs = robot.get_observation()
+            self.clock.mark("observe")
             try:
                 policy_action = self.broker.act(obs)
                 version, action_ns = self.broker.chunk_meta
+                self.clock.mark("act")
             except (InferenceError, ChunkStarvationError, _PolicyNotReadyError) as e:
                 self.broker.reset()  # never execute a late chunk later
                 self.report.held_ticks += 1
@@ -396,6 +399,7 @@ class ActorLoop:
             action, intervened = self.arbiter.choose(obs, policy_action)
             sent = robot.send_action(self.envelope.filter(obs, action))
             success = bool(robot.success())
+            self.clock.mark("step")
             if version not in self.report.first_action_ns:
                 self.report.first_action_ns[version] = action_ns
             buf.step(
@@ -410,6 +414,7 @@ class ActorLoop:
             )
             self.report.steps += 1
             nxt = robot.get_observation()
+            self.clock.mark("observe next")
             buf.frame(nxt)
             if self.critic is not None:
                 self.critic.add(nxt)

@@ -5,7 +5,7 @@ into the ``episode`` message for the learner. :class:`CriticTrack` asks the serv
 critic about each new frame in a background thread, off the control path, and fuses the
 incremental and forward estimates into the potential ``phi`` as the in-process
 :class:`~limbic.critic.potential.OnlinePotential` does. :class:`TickClock` keeps the loop's
-fixed rate and counts the tick slots it loses.
+fixed rate, counts the tick slots it loses and says where the time before each went.
 """
 
 from __future__ import annotations
@@ -36,10 +36,12 @@ class TickClock:
         self.ticks = 0
         self.intervals = 0
         self.interval_s = 0.0
+        self._marks: list[tuple[str, float]] = []
+        self._cpu_start = 0.0
 
     def begin(self) -> float:
         """Wait for the next slot; returns the tick's start time (monotonic seconds)."""
-        now = time.monotonic()
+        now = called = time.monotonic()
         if self.next_s is None:
             self.next_s = now
         elif now < self.next_s:
@@ -49,19 +51,51 @@ class TickClock:
         if late > 0.5 * self.period_s:
             lost = int(late / self.period_s + 0.5)
             self.missed += lost
-            log.info("missed %d tick(s): this tick began %.1f ms after its slot", lost, late * 1e3)
+            log.info(
+                "missed %d tick(s): this tick began %.1f ms after its slot; %s",
+                lost,
+                late * 1e3,
+                self._account(called, self.next_s, late),
+            )
             self.next_s = now
         self.next_s += self.period_s
         if self._last_start is not None:
             self.intervals += 1
             self.interval_s += now - self._last_start
         self._last_start = now
+        self._marks = []
+        self._cpu_start = time.thread_time()
         self.ticks += 1
         return now
+
+    def mark(self, phase: str) -> None:
+        """The running tick finished ``phase``; a missed tick's log line shows where time went."""
+        self._marks.append((phase, time.monotonic()))
+
+    def _account(self, called: float, slot: float, late: float) -> str:
+        """Where the time before a late tick went: the previous tick's work, or the wait."""
+        if self._last_start is None:
+            return "no previous tick"
+        work = called - self._last_start
+        phases, t = [], self._last_start
+        for phase, at in self._marks:
+            phases.append(f"{phase} {(at - t) * 1e3:.0f}")
+            t = at
+        if called - t > 0.0005:
+            phases.append(f"rest {(called - t) * 1e3:.0f}")
+        cpu = time.thread_time() - self._cpu_start
+        spent = (
+            f"the previous tick's work took {work * 1e3:.0f} ms ({', '.join(phases) or 'no phases'}"
+            f" ms), {cpu * 1e3:.0f} ms of it on a CPU in this thread"
+        )
+        if called <= slot:
+            return f"{spent} and ended before the slot: the wait woke {late * 1e3:.0f} ms late"
+        return spent
 
     def pause(self) -> None:
         """Stop the schedule (between episodes): the next tick starts a fresh one."""
         self.next_s = self._last_start = None
+        self._marks = []
 
     @property
     def achieved_hz(self) -> float:

@@ -52,6 +52,7 @@ from limbic.runtime.learn import (
     StopRequestedError,
     plot_curves,
 )
+from limbic.runtime.priority import lower_priority
 from limbic.runtime.protocol import EpisodeUpload, ErrorCode, ProtocolError
 from limbic.runtime.replay import after_last_handback
 from limbic.runtime.rollout import EpisodeRecord
@@ -88,7 +89,9 @@ class LearnerConfig(LearnConfig):
     max_message_bytes: int = 256 * 2**20
     """Largest episode message accepted."""
     nice: int = 10
-    """Added to the process's niceness, so control loops and the server win shared cores."""
+    """Added to the process's niceness, and to its autogroup's when it leads its own session (as
+    under ``limbic-train``), so control loops and the server win shared cores
+    (:mod:`limbic.runtime.priority`)."""
     linger_s: float = 3.0
     """After finishing, keep answering actors this long (late re-sends get their acknowledgement)."""
     curve_secret_key: str = ""
@@ -104,6 +107,11 @@ class LearnerConfig(LearnConfig):
         require(self.checkpoint_every >= 1, "learner.checkpoint_every", "must be >= 1")
         require(bool(self.endpoint), "learner.endpoint", "must not be empty")
         require(self.max_message_bytes >= 2**20, "learner.max_message_bytes", "must be >= 1 MiB")
+        require(
+            0 <= self.nice <= 19,
+            "learner.nice",
+            f"must be in [0, 19] (lowers priority only), got {self.nice}",
+        )
         from lerobot.datasets.video_utils import VALID_VIDEO_CODECS
 
         require(
@@ -639,6 +647,6 @@ def record_to_upload(ep: EpisodeRecord, episode_id: str, source: str, seed: int)
 def run_learner(cfg: LearnerConfig, stop: threading.Event | None = None) -> LearnResult:
     """Run the learner process's work until it finishes its budget or ``stop`` is set."""
     if cfg.nice:
-        os.nice(cfg.nice)
+        log.info("learner priority: %s", lower_priority(cfg.nice))
     learner = AsyncLearner(cfg, stop)
     return learner.run()
