@@ -23,6 +23,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "learner": ("limbic.bench.learner", "learner updates/s and batch-assembly share"),
     "ddp": ("limbic.bench.ddp", "data-parallel learner updates/s on N ranks beside one process"),
     "train": ("limbic.bench.train", "the asynchronous limbic-train job end to end"),
+    "priority": (
+        "limbic.bench.priority",
+        "control loops' tick timing beside a busy learner: autogroup-aware priority vs os.nice",
+    ),
     "cues": (
         "limbic.bench.cues",
         "what a pick-and-place policy's first chunk follows: the cube or the bowl",

@@ -87,3 +87,19 @@ def test_train_benchmark_prints_its_summary_line(tmp_path):
         last,
     ), last
     assert "in-process baseline" in res.stdout and "actor-0:" in res.stdout
+
+
+def test_priority_benchmark_prints_its_summary_line():
+    res = run_bench("priority", "--seconds", "1.5", "--work-ms", "10", "--server-ms", "5")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["idle", "os_nice", "autogroup"]
+    assert "autogroup niceness" in lines[3] or "no autogroup" in lines[3], lines[3]
+    assert re.fullmatch(
+        r"late_actions=\d+ missed_ticks=\d+ work_p99_ms=[\d.]+ learner_updates_per_s=[\d.]+ "
+        r"baseline_late_actions=\d+ baseline_missed_ticks=\d+ baseline_work_p99_ms=[\d.]+ "
+        r"baseline_learner_updates_per_s=[\d.]+ idle_late_actions=\d+ idle_work_p99_ms=[\d.]+",
+        lines[-1],
+    ), lines[-1]
+    refused = run_bench("priority", "--work-ms", "60", "--server-ms", "30")
+    assert refused.returncode == 2 and "do not fit" in refused.stderr
