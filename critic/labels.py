@@ -83,8 +83,19 @@ class PairSamplingConfig:
     """Label with the recording's true task progress where it stores one (``task_progress``:
     simulated recordings); false: the time-based progress of successes, and no progress
     labels for failures, as for recordings without it (an ablation)."""
+    reference_negative_fraction: float = 0.0
+    """Reference done head only: share of the done frames of successes that are judged against a
+    goal frame of *another goal* of their task (label 0: "finished the way this reference
+    is" is false), so the head learns to compare what the goal is made of (the colours named)
+    rather than only that something was finished. Needs episodes that record their ``goal``
+    (``limbic-record`` stores it); episodes without one are left out of it."""
 
     def __post_init__(self) -> None:
+        require(
+            0.0 <= self.reference_negative_fraction < 1.0,
+            "critic.pairs.reference_negative_fraction",
+            f"expected [0, 1), got {self.reference_negative_fraction}",
+        )
         require(
             0.0 <= self.mismatch_fraction < 0.5,
             "critic.pairs.mismatch_fraction",
@@ -215,6 +226,15 @@ def task_of(episode: EpisodeArrays) -> str:
     return str(episode.metadata.get("task") or episode.instruction)
 
 
+def goal_of(episode: EpisodeArrays) -> tuple | None:
+    """What an episode was asked to reach: its task and recorded ``goal`` (slot -> colour in
+    simulation), comparable across phrasings; None when the recording stores no goal."""
+    goal = episode.metadata.get("goal")
+    if not goal:
+        return None
+    return (task_of(episode), tuple(sorted((str(k), str(v)) for k, v in goal.items())))
+
+
 def other_task_instructions(episodes: list[EpisodeArrays]) -> dict[str, list[str]]:
     """For each instruction, the sorted instructions of every other task."""
     task_of_instruction = {e.instruction: task_of(e) for e in episodes}
@@ -313,6 +333,14 @@ class PairSampler:
             if e.succeeded and self.phi[i] is not None:
                 for t in np.flatnonzero(self.phi[i] >= config.done_after - 1e-6):
                     self.goal_frames.setdefault(int(self.instruction_of[i]), []).append((i, int(t)))
+        # Goal frames of successes per (task, goal), for the reference head's negatives.
+        self.goal_key = [goal_of(e) for e in episodes]
+        self.frames_of_goal: dict[tuple, list[tuple[int, int]]] = {}
+        for i, key in enumerate(self.goal_key):
+            if key is not None:
+                for g in self.goal_frames.get(int(self.instruction_of[i]), []):
+                    if g[0] == i:
+                        self.frames_of_goal.setdefault(key, []).append(g)
         self.cell_prob = self._estimate_cell_prob(np.random.default_rng([seed, 0x5EED]))
         self.cell_weight = self._cell_weights()
 
@@ -431,19 +459,41 @@ class PairSampler:
         return np.append(w.ravel(), 1.0)
 
     def draw_references(
-        self, episode_b: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+        self, episode_b: np.ndarray, rng: np.random.Generator, done_b: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A reference goal frame for each frame ``b``: a goal frame of another successful
         episode with the same instruction (``(episode, frame)`` int64 arrays; ``-1`` where there
-        is none). The reference done head is trained against them."""
-        ep = np.full(len(episode_b), -1, dtype=np.int64)
-        fr = np.full(len(episode_b), -1, dtype=np.int64)
+        is none), and which references are negatives (bool).
+
+        With ``reference_negative_fraction`` > 0 and ``done_b`` (the frames' done labels), that
+        share of the done frames instead gets a goal frame of another goal of the same task
+        (:func:`goal_of`): a negative, whose label is 0. The reference done head is trained
+        against them."""
+        n = len(episode_b)
+        ep = np.full(n, -1, dtype=np.int64)
+        fr = np.full(n, -1, dtype=np.int64)
+        negative = np.zeros(n, dtype=bool)
+        frac = self.config.reference_negative_fraction
+        flip = rng.random(n) < frac if frac > 0 and done_b is not None else negative
         for j, i in enumerate(episode_b):
-            goals = self.goal_frames.get(int(self.instruction_of[int(i)]), [])
-            others = [g for g in goals if g[0] != int(i)]
+            i = int(i)
+            if flip[j] and done_b[j] > 0.5 and self.goal_key[i] is not None:
+                task = self.goal_key[i][0]
+                others = [
+                    g
+                    for key, frames in self.frames_of_goal.items()
+                    if key[0] == task and key != self.goal_key[i]
+                    for g in frames
+                ]
+                if others:
+                    ep[j], fr[j] = others[int(rng.integers(len(others)))]
+                    negative[j] = True
+                    continue
+            goals = self.goal_frames.get(int(self.instruction_of[i]), [])
+            others = [g for g in goals if g[0] != i]
             if others:
                 ep[j], fr[j] = others[int(rng.integers(len(others)))]
-        return ep, fr
+        return ep, fr, negative
 
     def sample(self, n: int, rng: np.random.Generator) -> PairBatch:
         """``n`` pairs: ``goal_anchor_fraction`` goal-anchored, the rest balanced within episodes;

@@ -407,11 +407,12 @@ def _reference_done_loss(
     gen: torch.Generator,
 ) -> torch.Tensor | None:
     """Class-balanced BCE of the reference done head on the batch's labelled frames ``b``
-    (mismatched pairs left out), each against a goal frame of another success of its instruction.
-    The references come from their own stream of ``(seed, step)``, so turning the head on leaves
+    (mismatched pairs left out), each against a goal frame of another success of its instruction,
+    or, for ``reference_negative_fraction`` of the done frames, of another goal of its task
+    (label 0). The references come from their own stream of ``(seed, step)``, so turning the head on leaves
     the pairs, labels and view dropout of every step as they were."""
-    ref_ep, ref_fr = sampler.draw_references(
-        batch.episode_b, np.random.default_rng([config.seed, step, 1])
+    ref_ep, ref_fr, negative = sampler.draw_references(
+        batch.episode_b, np.random.default_rng([config.seed, step, 1]), done_b=batch.done
     )
     keep = np.flatnonzero((ref_ep >= 0) & batch.done_mask & ~batch.mismatch)
     if len(keep) == 0:
@@ -420,7 +421,7 @@ def _reference_done_loss(
     z_goal = critic.embed_goal(tok_g, drop_views(present_g, config.view_dropout, gen))
     rows = torch.from_numpy(keep).to(tok_b.device)
     logit = critic.reference_done_logit(tok_b[rows], z_goal, views[rows])
-    target = d_target[rows]
+    target = d_target[rows] * torch.from_numpy(~negative[keep]).to(d_target)  # negatives: 0
     ones = torch.ones_like(target)
     weight = done_weights(target, ones) if config.done_balance else ones
     bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")

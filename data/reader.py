@@ -74,7 +74,8 @@ def load_episodes(
     (default: every image/video feature). ``metadata`` carries ``repo_id``, ``root``,
     ``policy_version`` and ``capture_time_ns`` per frame, ``progress`` when the dataset
     has a :data:`TASK_PROGRESS` feature, and ``task`` (the task's name, e.g. ``pick_place``)
-    when limbic recorded the episode.
+    and ``goal`` (what the episode asked for: object slot -> colour in simulation) when limbic
+    recorded the episode.
     """
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
 
@@ -145,6 +146,8 @@ def load_episodes(
         record = records.get(int(ep_index), {})
         if "task" in record:
             metadata["task"] = str(record["task"])
+        if isinstance(record.get("goal"), dict):
+            metadata["goal"] = {str(k): str(v) for k, v in record["goal"].items()}
         out.append(
             EpisodeArrays(
                 episode_index=ep_index,

@@ -107,6 +107,7 @@ def record(cfg: RecordConfig):
                 cfg.episodes,
                 seed=cfg.seed,
                 episode_info={"task": env.cfg.task, "arm": env.cfg.arm},
+                episode_goal=lambda: env.task.goal,
                 progress=cfg.progress,
                 settle_steps=cfg.settle_steps,
                 settle_share=cfg.settle_share,

@@ -88,6 +88,12 @@ class SimRobot(Robot):
         return self.env.instruction
 
     @property
+    def split(self) -> str:
+        """The held-out split the current episode was drawn from (``train`` or ``heldout``)."""
+        self._require_connected()
+        return str(self.env.split)
+
+    @property
     def step_limit(self) -> int:
         """Steps before the current episode is truncated."""
         self._require_connected()

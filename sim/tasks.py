@@ -77,6 +77,9 @@ class Task(abc.ABC):
     """The mocap body marking where the object goes, when the approach to the object does not
     depend on it (see :mod:`limbic.sim.counterfactual`); None for tasks without one."""
 
+    distractors: tuple[str, ...] = ()
+    """Slots of :attr:`colors` that the instruction does not name (not part of the goal)."""
+
     def __init__(self, arm: ArmSpec):
         self.arm = arm
         self.scale = arm.cube_half_m / 0.0125
@@ -90,6 +93,13 @@ class Task(abc.ABC):
         """The cell to put the named object in at the next reset (a layout curriculum's choice),
         on the split's own side of the held-out cells; used once, then cleared. None: anywhere
         on that side."""
+
+    @property
+    def goal(self) -> dict[str, str]:
+        """What the current episode asks for: the colour of every object the instruction names
+        (slot -> colour; distractors left out). Two episodes share a goal when these match,
+        whatever their phrasing."""
+        return {k: v for k, v in self.colors.items() if k not in self.distractors}
 
     # --- scene -------------------------------------------------------------------------
     @abc.abstractmethod
@@ -272,6 +282,7 @@ class ReachTask(Task):
 
     name = "reach"
     step_limit = 50
+    distractors = ("distractor",)
     phrasings = Phrasings(
         train=("reach the {c} ball", "move the gripper to the {c} ball", "touch the {c} sphere"),
         heldout=("bring your hand to the {c} ball",),

@@ -6,6 +6,7 @@ start an episode, ask the operator for an action, send it, record what the arm d
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def record_episodes(
     seed: int = 0,
     split: str | None = None,
     episode_info: dict[str, Any] | None = None,
+    episode_goal: Callable[[], dict[str, str]] | None = None,
     progress: bool = True,
     settle_steps: int = 0,
     settle_share: float = 0.0,
@@ -73,6 +75,10 @@ def record_episodes(
     with ``share = 0.05`` these are exactly the frames that the critic's labels over the whole
     recording call done (:func:`limbic.critic.labels.done_labels` with
     ``finish_at_success=False``; by default every finished frame is done anyway).
+
+    ``episode_goal``, called once an episode ends, names what the episode was asked to reach
+    (object slot -> colour in simulation); it is stored as the episode's ``goal``, which tells
+    the critic which recordings share a goal whatever their phrasing.
 
     Ctrl-C or SIGTERM stops at the next step: the unfinished episode is dropped, the dataset
     finalised, and every episode saved so far stays readable.
@@ -132,12 +138,15 @@ def record_episodes(
                     break  # the unfinished episode is dropped by finalize()
                 info = {
                     "seed": ep_seed,
-                    "split": split or "train",
+                    # the split the episode was drawn from, also when the robot's config set it
+                    "split": str(split or getattr(robot, "split", None) or "train"),
                     "success": success,
                     "instruction": robot.instruction,
                     "operator": operator.name,
                     **(episode_info or {}),
                 }
+                if episode_goal is not None:
+                    info["goal"] = dict(episode_goal())
                 mode = getattr(operator, "mode", None)
                 if mode is not None:
                     info["mode"] = str(mode)

@@ -86,15 +86,98 @@ def test_references_are_goal_frames_of_another_success_of_the_same_instruction()
     sampler = PairSampler(episodes, PairSamplingConfig(), seed=0)
     rng = np.random.default_rng(0)
     ep_b = np.repeat(np.arange(5), 20)
-    ref_ep, ref_fr = sampler.draw_references(ep_b, rng)
+    ref_ep, ref_fr, negative = sampler.draw_references(ep_b, rng)
+    assert not negative.any()  # no negatives unless asked for
     for b, e, f in zip(ep_b, ref_ep, ref_fr, strict=True):
         assert e != b and episodes[e].succeeded
         assert episodes[e].instruction == episodes[b].instruction
         assert sampler.phi[e][f] >= sampler.config.done_after - 1e-6
     # episode 3 fails: task 1's only success is episode 1, which then has no reference
     lone = PairSampler(make_episodes(4, seed=0, hw=16, fail_fraction=0.25), PairSamplingConfig())
-    e, f = lone.draw_references(np.array([1, 3]), rng)
+    e, f, _ = lone.draw_references(np.array([1, 3]), rng)
     assert e[0] == -1 and f[0] == -1 and e[1] == 1
+
+
+def _with_goals(episodes, goals):
+    """The episodes as one task whose recordings store ``goals`` (None: no goal stored)."""
+    for e, g in zip(episodes, goals, strict=True):
+        e.metadata["task"] = "reach"
+        if g is not None:
+            e.metadata["goal"] = {"target": g}
+    return episodes
+
+
+def test_negative_references_show_another_goal_of_the_same_task() -> None:
+    # one task, two phrasings; episodes 0-3 reach red or blue, episode 4 stores no goal
+    episodes = _with_goals(make_episodes(5, seed=0, hw=16), ["red", "blue", "red", "blue", None])
+    config = PairSamplingConfig(reference_negative_fraction=0.5)
+    sampler = PairSampler(episodes, config, seed=0)
+    rng = np.random.default_rng(0)
+    ep_b = np.repeat(np.arange(5), 40)
+    done_b = np.tile(np.r_[np.ones(20), np.zeros(20)], 5)
+    ref_ep, ref_fr, negative = sampler.draw_references(ep_b, rng, done_b=done_b)
+    goal = [e.metadata.get("goal", {}).get("target") for e in episodes]
+    assert negative.any() and not negative.all()
+    assert not negative[done_b == 0].any()  # only done frames become negatives
+    assert not negative[ep_b == 4].any()  # no recorded goal: never a negative
+    for b, e, f, neg in zip(ep_b, ref_ep, ref_fr, negative, strict=True):
+        assert e != b and episodes[e].succeeded
+        assert sampler.phi[e][f] >= config.done_after - 1e-6
+        if neg:
+            assert goal[e] is not None and goal[e] != goal[b]
+        else:
+            assert episodes[e].instruction == episodes[b].instruction
+    share = negative[done_b == 1].sum() / (done_b[ep_b < 4] == 1).sum()
+    assert 0.3 < share < 0.7
+    with pytest.raises(ConfigError, match="critic.pairs.reference_negative_fraction"):
+        PairSamplingConfig(reference_negative_fraction=1.0)
+
+
+def test_negative_references_are_trained_as_not_done(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import limbic.critic.train as train_module
+
+    episodes = _with_goals(make_episodes(4, seed=0, hw=32), ["red", "blue", "red", "blue"])
+    seen: dict[str, list] = {"batch": [], "refs": [], "targets": []}
+    sample, draw = PairSampler.sample, PairSampler.draw_references
+    loss, weights = train_module._reference_done_loss, train_module.done_weights
+    inside = [False]
+
+    def sampled(self, n, rng):
+        seen["batch"].append(batch := sample(self, n, rng))
+        return batch
+
+    def drawn(self, *args, **kwargs):
+        seen["refs"].append(out := draw(self, *args, **kwargs))
+        return out
+
+    def reference_loss(*args, **kwargs):
+        inside[0] = True
+        try:
+            return loss(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    def weighted(target, mask):
+        if inside[0]:
+            seen["targets"].append(target.detach().clone())
+        return weights(target, mask)
+
+    monkeypatch.setattr(PairSampler, "sample", sampled)
+    monkeypatch.setattr(PairSampler, "draw_references", drawn)
+    monkeypatch.setattr(train_module, "_reference_done_loss", reference_loss)
+    monkeypatch.setattr(train_module, "done_weights", weighted)
+    pairs = PairSamplingConfig(reference_negative_fraction=0.5, mismatch_fraction=0.0)
+    train_critic(_train_config(tmp_path, True, pairs=pairs, steps=3, batch_size=32), episodes)
+    negatives = 0
+    for batch, (ref_ep, _, negative), target in zip(*seen.values(), strict=True):
+        keep = (ref_ep >= 0) & batch.done_mask & ~batch.mismatch
+        assert not (negative & ~keep).any()  # only frames the loss keeps
+        positives = keep & (batch.done > 0.5) & ~negative
+        assert int(target.sum()) == int(positives.sum())  # every negative trained as not done
+        negatives += int(negative[keep].sum())
+    assert negatives > 0
 
 
 def test_turning_the_head_on_trains_it_on_the_same_pairs(

@@ -73,6 +73,9 @@ def test_record_round_trip_through_lerobot(tmp_path):
         r["success"] and r["mode"] == "expert" and r["task"] == "pick_place" for r in records
     )
     assert records[0]["instruction"] == ds[0]["task"]
+    # the goal: the cube's colour, which the instruction names in whatever phrasing
+    for r in records:
+        assert set(r["goal"]) == {"cube"} and f"{r['goal']['cube']} " in r["instruction"]
 
 
 def test_settle_steps_record_the_finished_task_after_success(tmp_path):
@@ -191,6 +194,7 @@ def test_simulated_recordings_store_the_true_progress_of_every_frame(tmp_path):
     assert np.all(phi[shown_done] == 1.0) and np.all(phi[~shown_done] <= SHORT_OF_SUCCESS)
     assert phi[np.argmax(shown_done) - 1] > 0.7  # the approach, grasp and carry all count
     np.testing.assert_array_equal(episode_progress(ok), phi)
+    assert ok.metadata["task"] == "pick_place" and set(ok.metadata["goal"]) == {"cube"}
 
     (failed,) = run(tmp_path / "failed", ExpertConfig(p_fail=1.0))
     assert not failed.succeeded
@@ -473,3 +477,27 @@ def test_a_save_cut_by_a_hard_kill_is_rolled_back_and_the_episode_saved_again(
     assert ds.num_episodes == 3 and ds.num_frames == 12
     assert [float(ds[i][schema.STATE][0]) for i in (0, 4, 8)] == [0.0, 1.0, 2.0]
     assert [r["episode_id"] for r in read_limbic_episodes(root)] == ["e0", "e1", "e2"]
+
+
+def test_a_held_out_recording_says_so_and_names_its_goal(tmp_path):
+    """The split set in the robot's config is the one recorded, and each episode's goal is what
+    its instruction names (a held-out phrasing and colours here)."""
+    from limbic.sim.tasks import HELDOUT_COLORS
+
+    root = tmp_path / "heldout"
+    record(
+        RecordConfig(
+            robot=RobotConfig(sim=SimConfig(arm="so101", task="reach", split="heldout")),
+            operator=OperatorConfig(expert=ExpertConfig()),
+            dataset=DatasetConfig(root=str(root), use_videos=False),
+            episodes=2,
+            seed=100000,
+            progress=False,
+        )
+    )
+    records = read_limbic_episodes(root)
+    assert [r["split"] for r in records] == ["heldout", "heldout"]
+    for r in records:
+        assert set(r["goal"]) == {"target"}  # the distractor is no part of the goal
+        assert f"{r['goal']['target']} " in r["instruction"]
+    assert any(r["goal"]["target"] in HELDOUT_COLORS for r in records)
