@@ -89,7 +89,7 @@ def _actor(seconds: float, units: int, hz: float, endpoint: str, out: Path) -> N
         sock.send(seq.to_bytes(8, "little"))
         answered = False
         while (left := start + deadline_s - time.monotonic()) > 0:
-            if sock.poll(left * 1e3) and int.from_bytes(sock.recv(), "little") == seq:
+            if sock.poll(max(1, int(left * 1e3))) and int.from_bytes(sock.recv(), "little") == seq:
                 answered = True  # (an older, late reply is dropped)
                 break
         if not answered:
