@@ -24,6 +24,7 @@ from limbic.policy.vla import PolicyConfig
 from limbic.runtime.actor import ActorConfig
 from limbic.runtime.learner import LearnerConfig
 from limbic.runtime.outbox import OutboxConfig
+from limbic.runtime.priority import autogroup_nice
 from limbic.runtime.server import ServeConfig
 from limbic.runtime.supervisor import ActorSettings, TrainConfig, TrainJob
 
@@ -148,6 +149,11 @@ def test_killing_the_learner_and_an_actor_loses_no_episode_and_training_resumes(
         job.server.start()
         for actor in job.actors:
             actor.start()
+        learner_pid = job.learner.proc.pid
+        assert os.getpriority(os.PRIO_PROCESS, learner_pid) >= cfg.nice
+        if autogroup_nice() is not None:  # its own session: the session's autogroup too
+            group = Path(f"/proc/{learner_pid}/autogroup").read_text()
+            assert int(group.split()[-1]) >= cfg.nice, group
         wait_until(
             lambda: status(out).get("episodes", 0) >= 2 and status(out).get("updates", 0) >= 2,
             180,
