@@ -165,9 +165,12 @@ def _arm(arm: str, a: argparse.Namespace, units: tuple[int, int], tmp: Path) -> 
     try:
         server = _spawn(["--role", "server", "--units", str(units[1]), "--out", str(address)])
         procs.append(server)
+        deadline = time.monotonic() + 60.0
         while not address.exists() or not address.read_text():
             if server.poll() is not None:
                 raise RuntimeError(f"the server stand-in exited with {server.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server stand-in did not bind within 60 s")
             time.sleep(0.05)
         if arm != "idle":
             learner = ["--role", "learner", "--mode", arm, "--seconds", str(a.seconds + 2)]

@@ -327,20 +327,27 @@ class PairSampler:
         self.done = [d[0] for d in dl]
         self.done_mask = [d[1] for d in dl]
         self.segments = [still_segments(e.images, config.still_threshold) for e in episodes]
-        # Goal frames of successful episodes, per instruction, for goal-anchored pairs.
+        # Goal frames of successful episodes, per instruction (goal-anchored pairs and the
+        # reference head's references) and per (task, goal) (the reference head's negatives).
+        self.goal_key = [goal_of(e) for e in episodes]
         self.goal_frames: dict[int, list[tuple[int, int]]] = {}
+        frames_of_goal: dict[tuple, list[tuple[int, int]]] = {}
         for i, e in enumerate(episodes):
             if e.succeeded and self.phi[i] is not None:
                 for t in np.flatnonzero(self.phi[i] >= config.done_after - 1e-6):
                     self.goal_frames.setdefault(int(self.instruction_of[i]), []).append((i, int(t)))
-        # Goal frames of successes per (task, goal), for the reference head's negatives.
-        self.goal_key = [goal_of(e) for e in episodes]
-        self.frames_of_goal: dict[tuple, list[tuple[int, int]]] = {}
-        for i, key in enumerate(self.goal_key):
-            if key is not None:
-                for g in self.goal_frames.get(int(self.instruction_of[i]), []):
-                    if g[0] == i:
-                        self.frames_of_goal.setdefault(key, []).append(g)
+                    if self.goal_key[i] is not None:
+                        frames_of_goal.setdefault(self.goal_key[i], []).append((i, int(t)))
+        self.other_goal_frames: dict[tuple, list[tuple[int, int]]] = {
+            key: [
+                g
+                for k, frames in frames_of_goal.items()
+                if k[0] == key[0] and k != key
+                for g in frames
+            ]
+            for key in set(filter(None, self.goal_key))
+        }
+        """Per (task, goal): the goal frames of successes of the task's other goals."""
         self.cell_prob = self._estimate_cell_prob(np.random.default_rng([seed, 0x5EED]))
         self.cell_weight = self._cell_weights()
 
@@ -478,13 +485,7 @@ class PairSampler:
         for j, i in enumerate(episode_b):
             i = int(i)
             if flip[j] and done_b[j] > 0.5 and self.goal_key[i] is not None:
-                task = self.goal_key[i][0]
-                others = [
-                    g
-                    for key, frames in self.frames_of_goal.items()
-                    if key[0] == task and key != self.goal_key[i]
-                    for g in frames
-                ]
+                others = self.other_goal_frames[self.goal_key[i]]
                 if others:
                     ep[j], fr[j] = others[int(rng.integers(len(others)))]
                     negative[j] = True
