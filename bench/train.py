@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     for a in summary.actors:
         print(
             f"  {a.actor_id}: {a.episodes} episodes, {a.steps} steps, {a.achieved_hz:.2f} Hz, missed ticks "
-            f"{a.missed_ticks}, late actions {a.late_actions}, held {a.held_ticks}"
+            f"{a.missed_ticks}, late actions {a.late_actions}, held {a.held_ticks}, chunks "
+            f"{a.chunks} ({a.skipped_actions} actions skipped)"
         )
     lag = status.get("weight_lag_s")
     print(

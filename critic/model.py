@@ -42,7 +42,9 @@ class CriticModelConfig:
     """Architecture of the progress critic."""
 
     backbone: str = "efficientnet_lite0:stride16"
-    """Vision backbone: ``efficientnet_lite0[:stride16]`` (frozen, ImageNet), ``small_cnn`` or ``hf:<folder>``.
+    """Vision backbone: ``efficientnet_lite0[:stride16]`` (frozen, ImageNet), ``small_cnn`` or
+    ``hf:<folder>``; with ``+rgb`` appended, each token also carries its image cell's mean colour
+    (``PatchColour``), which the critic projects on its own, beside the backbone's features.
 
     The default takes EfficientNet-Lite0's stride-16 features: on the toy push task they gave
     held-out VOC 0.95 against 0.85 for the stride-32 head features, at half the backbone cost."""
@@ -69,6 +71,10 @@ class CriticModelConfig:
     not the instruction's words, says which object and colour count. Trained on goal frames of
     other successes with the same instruction; scored with the references
     ``limbic-eval-critic`` is given (``eval.done_from``)."""
+    reference_abs_diff: bool = False
+    """Also give the reference done head ``|z_b − z_goal|``: "how far is ``b`` from the goal
+    frame" as features a linear read-out can use for objects and colours training never showed,
+    where ``z_b − z_goal`` alone leaves the head to learn sameness colour by colour."""
 
     def __post_init__(self) -> None:
         require(
@@ -132,8 +138,12 @@ class ProgressCritic(nn.Module):
         self.backbone = backbone if backbone is not None else make_backbone(config.backbone)
         self.num_tokens = self.backbone.num_tokens(self.image_hw)
         d, v = config.d_model, len(self.views)
-        c = self.backbone.feature_dim
+        k = int(getattr(self.backbone, "colour_dim", 0))
+        c = self.backbone.feature_dim - k
+        self.colour_dim = k
+        """Trailing token channels that are pixel colour (``+rgb`` backbones), projected apart."""
         self.token_proj = nn.Sequential(nn.LayerNorm(c), nn.Linear(c, d))
+        self.colour_proj = nn.Linear(k, d) if k else None
         self.view_embed = nn.Parameter(torch.randn(v, 1, d) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, self.num_tokens, d) * 0.02)
         self.lang_proj = nn.Sequential(nn.Linear(config.lang_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -165,8 +175,9 @@ class ProgressCritic(nn.Module):
             self.goal_cond = nn.Sequential(
                 nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)
             )
+            parts = 4 if config.reference_abs_diff else 3
             self.ref_done_mlp = nn.Sequential(
-                nn.Linear(3 * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
+                nn.Linear(parts * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
             )
         self._language: LanguageEncoder | None = None
 
@@ -199,7 +210,13 @@ class ProgressCritic(nn.Module):
             raise ValueError(
                 f"tokens: expected (B, {len(self.views)}, {self.num_tokens}, C), got {tuple(tokens.shape)}"
             )
-        x = self.token_proj(tokens.float()) + self.view_embed + self.pos_embed  # [B, V, N, d]
+        tokens = tokens.float()
+        if self.colour_proj is not None:
+            k = self.colour_dim
+            x = self.token_proj(tokens[..., :-k]) + self.colour_proj(tokens[..., -k:])
+        else:
+            x = self.token_proj(tokens)
+        x = x + self.view_embed + self.pos_embed  # [B, V, N, d]
         x = x.reshape(b, v * n, -1)
         for block in self.film_blocks:
             x = block(x, lang_d)
@@ -258,7 +275,10 @@ class ProgressCritic(nn.Module):
         self._need_reference_done()
         cond = self.goal_cond(z_goal)
         z_b = self.embed_frame(tokens_b, cond, view_mask)
-        return self.ref_done_mlp(torch.cat([z_b, z_goal, z_b - z_goal], -1)).squeeze(-1)
+        parts = [z_b, z_goal, z_b - z_goal]
+        if self.config.reference_abs_diff:
+            parts.append((z_b - z_goal).abs())
+        return self.ref_done_mlp(torch.cat(parts, -1)).squeeze(-1)
 
     def _need_reference_done(self) -> None:
         if not self.config.reference_done:

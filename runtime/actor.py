@@ -42,7 +42,7 @@ from limbic.launch.config import require
 from limbic.robot.base import EpisodicRobot
 from limbic.robot.safety import ActionBoundsEnvelope, SafetyEnvelope
 from limbic.runtime import auth
-from limbic.runtime.chunking import ActionChunkBroker, ChunkStarvationError
+from limbic.runtime.chunking import FETCH_MODES, ActionChunkBroker, ChunkStarvationError
 from limbic.runtime.client import InferenceClient, InferenceError
 from limbic.runtime.episode_buffer import CriticTrack, EpisodeBuffer, TickClock
 from limbic.runtime.outbox import EpisodeSender, Outbox, OutboxConfig
@@ -68,6 +68,12 @@ class ActorConfig:
     """Control rate (wall clock)."""
     action_deadline_s: float = 0.0
     """An action not there this long after the tick began is dropped; 0: 80 % of the period."""
+    chunk_fetch: str = "auto"
+    """How the next action chunk is fetched (``runtime/chunking.py``): ``inline`` (when the chunk
+    runs out, ask with this tick's view and wait: every chunk runs from its first action, as the
+    policy planned it and as evaluation runs it), ``prefetch`` (ask early, never wait, skip the
+    actions already past: the first of every chunk at least), or ``auto``: inline while the
+    worst recent round trip takes at most half the action deadline."""
     episodes: int = 0
     """Episodes to run, counted across restarts of this actor (0: until stopped)."""
     seed: int = 2_000_000
@@ -112,6 +118,11 @@ class ActorConfig:
             f"must be in (0, 1000], got {self.control_hz}",
         )
         require(self.action_deadline_s >= 0, "actor.action_deadline_s", "must be >= 0")
+        require(
+            self.chunk_fetch in FETCH_MODES,
+            "actor.chunk_fetch",
+            f"expected one of {list(FETCH_MODES)}, got {self.chunk_fetch!r}",
+        )
         if self.action_deadline_s:
             require(
                 self.action_deadline_s < 1.0 / self.control_hz,
@@ -199,6 +210,10 @@ class ActorReport:
     """Actions that missed their deadline: dropped, the arm held still."""
     held_ticks: int = 0
     """Ticks the arm was held still (late actions, no server, policy not ready)."""
+    chunks: int = 0
+    """Action chunks the arm ran."""
+    skipped_actions: int = 0
+    """Actions of those chunks skipped as already past when they arrived (prefetching)."""
     critic_misses: int = 0
     """Frames whose progress judgement failed (potential carried over)."""
     acked: int = 0
@@ -217,7 +232,8 @@ class ActorReport:
         return (
             f"{self.actor_id}: {self.episodes} episodes ({self.successes} successes), {self.steps} steps, "
             f"{self.achieved_hz:.2f} Hz, missed ticks {self.missed_ticks}, late actions {self.late_actions}, "
-            f"held {self.held_ticks}, acked {self.acked}, unacked {self.unacked}"
+            f"held {self.held_ticks}, chunks {self.chunks} ({self.skipped_actions} actions skipped), "
+            f"acked {self.acked}, unacked {self.unacked}"
         )
 
 
@@ -260,7 +276,9 @@ class ActorLoop:
             server_public_key=server_key,
             client_secret_key=cfg.client_secret_key or None,
         )
-        self.broker = ActionChunkBroker(self._infer, cfg.period_s, timeout_s=cfg.deadline_s)
+        self.broker = ActionChunkBroker(
+            self._infer, cfg.period_s, timeout_s=cfg.deadline_s, fetch=cfg.chunk_fetch
+        )
         spool = cfg.outbox.spool_dir or str(cfg.home / "outbox")
         self.outbox = Outbox(spool, cfg.outbox.memory_episodes, cfg.outbox.max_episodes)
         # An episode spooled just before a crash that came before the counter advanced: go past it.
@@ -475,6 +493,8 @@ class ActorLoop:
         r.missed_ticks = clock.missed
         r.achieved_hz = clock.achieved_hz
         r.critic_misses = self.critic.misses if self.critic is not None else 0
+        r.chunks = self.broker.chunks_used
+        r.skipped_actions = self.broker.skipped_actions
         r.acked = self.outbox.acked
         r.unacked = len(self.outbox)
         r.seconds = time.monotonic() - started

@@ -1,14 +1,24 @@
-"""Real-time action chunking: one action per control tick, the next chunk fetched early.
+"""Real-time action chunking: one action per control tick, the next chunk fetched inline or early.
 
 The policy answers with a chunk of actions starting at the tick of the observation it saw.
-:class:`ActionChunkBroker` hands them out one per tick and, while enough of the current
-chunk is left to cover the server's round trip, asks for the next chunk in the background
-with the latest observation. When the new chunk arrives ``k`` ticks after its observation,
-its first ``k`` actions are already in the past and are skipped, so the arm switches to the
-new plan at the action meant for *now* and never waits for the network. Only a chunk that
-runs out before its successor arrives makes the arm wait (counted in ``starved_ticks``).
+:class:`ActionChunkBroker` hands them out one per tick, and gets the next chunk one of two ways:
 
-With ``chunk_len = 1`` there is nothing to prefetch; the broker then asks every tick.
+* **inline**: when the chunk runs out, ask with this tick's observation and wait for the
+  answer within the tick. Every chunk is then run as the policy planned it, from its first
+  action, exactly as the in-process loop and evaluation run it. This needs the round trip to
+  fit inside the tick's deadline.
+* **prefetch**: while enough of the current chunk is left to cover the server's round trip,
+  ask for the next chunk in the background with the latest observation. When the new chunk
+  arrives ``k`` ticks after its observation, its first ``k`` actions are already in the past
+  and are skipped, so the arm switches to the new plan at the action meant for *now* and never
+  waits for the network. Only a chunk that runs out before its successor arrives makes the arm
+  wait (counted in ``starved_ticks``). The price: at least one action of every chunk, its
+  first (the one planned from the freshest view), is never run, and the arm acts on a view at
+  least a tick old.
+
+``fetch="auto"`` (the default) fetches inline while the worst recent round trip takes at most
+``inline_share`` of the deadline, and prefetches past that. With ``chunk_len = 1`` there is
+nothing to prefetch; the broker then asks every tick.
 """
 
 from __future__ import annotations
@@ -31,13 +41,20 @@ class ChunkStarvationError(TimeoutError):
     """The current chunk ran out and the next one did not arrive within the deadline."""
 
 
+FETCH_MODES = ("auto", "inline", "prefetch")
+"""How the broker gets the next chunk (module docstring)."""
+
+
 class ActionChunkBroker:
     """Turns ``infer(obs) -> float32[chunk, A]`` into ``act(obs) -> float32[A]`` once per tick.
 
     ``control_dt_s`` is the control period; ``margin_ticks`` extra ticks of slack on top of
-    the worst recent round trip; ``timeout_s`` bounds any wait for a chunk. ``infer`` may
-    also return ``(chunk, meta)``; :attr:`chunk_meta` is then the meta of the chunk the last
-    action came from (an actor loop keeps the policy version there).
+    the worst recent round trip; ``timeout_s`` bounds any wait for a chunk (the tick's
+    deadline). ``fetch`` is ``auto``, ``inline`` or ``prefetch`` (module docstring);
+    ``inline_share`` is the share of ``timeout_s`` the worst recent round trip may take for
+    ``auto`` to fetch inline. ``infer`` may also return ``(chunk, meta)``; :attr:`chunk_meta` is
+    then the meta of the chunk the last action came from (an actor loop keeps the policy
+    version there).
     """
 
     def __init__(
@@ -48,9 +65,23 @@ class ActionChunkBroker:
         margin_ticks: int = 1,
         timeout_s: float = 1.0,
         latency_window: int = 20,
+        fetch: str = "auto",
+        inline_share: float = 0.5,
     ):
         if control_dt_s <= 0:
             raise ValueError(f"control_dt_s must be > 0, got {control_dt_s}")
+        if fetch not in FETCH_MODES:
+            raise ValueError(f"fetch: expected one of {list(FETCH_MODES)}, got {fetch!r}")
+        if not 0.0 < inline_share <= 1.0:
+            raise ValueError(f"inline_share must be in (0, 1], got {inline_share}")
+        self.fetch = fetch
+        self.inline_share = inline_share
+        # counts over the broker's life (resets keep them): chunks run, their actions skipped
+        # as already past, ticks that waited for a late prefetch, planned inline fetches
+        self.chunks_used = 0
+        self.skipped_actions = 0
+        self.starved_ticks = 0
+        self.inline_fetches = 0
         self.infer = infer
         self.control_dt_s = control_dt_s
         self.margin_ticks = margin_ticks
@@ -67,9 +98,6 @@ class ActionChunkBroker:
         self._chunk_tick = 0
         self.chunk_meta: Any = None
         self._pending: tuple[int, Future] | None = None
-        self.starved_ticks = 0
-        self.chunks_used = 0
-        self.skipped_actions = 0
         self.last_error: BaseException | None = None
 
     @property
@@ -77,6 +105,14 @@ class ActionChunkBroker:
         """Ticks before a chunk runs out at which the next one is requested."""
         worst = max(self._latencies, default=0.0)
         return math.ceil(worst / self.control_dt_s) + self.margin_ticks
+
+    @property
+    def prefetching(self) -> bool:
+        """Whether the next chunk is asked for early (else inline, when this one runs out)."""
+        if self.fetch != "auto":
+            return self.fetch == "prefetch"
+        worst = max(self._latencies, default=0.0)
+        return worst > self.inline_share * self.timeout_s
 
     @property
     def in_flight(self) -> bool:
@@ -130,12 +166,20 @@ class ActionChunkBroker:
             self._collect()
             if not self._covers_now():
                 if self._chunk is not None:
-                    self.starved_ticks += 1
+                    if self._pending is None and not self.prefetching:
+                        self.inline_fetches += 1  # planned: the chunk ran out, ask now
+                    else:
+                        self.starved_ticks += 1
                 self._wait_for_chunk(obs)
             index = self.tick - self._chunk_tick
             action = self._chunk[index]
             left = len(self._chunk) - index - 1
-            if self._pending is None and len(self._chunk) > 1 and left <= self.lead_ticks:
+            if (
+                self._pending is None
+                and len(self._chunk) > 1
+                and left <= self.lead_ticks
+                and self.prefetching
+            ):
                 self._pending = (self.tick, self._pool.submit(self._timed_infer, obs))
             self.tick += 1
             return action

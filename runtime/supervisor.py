@@ -70,6 +70,9 @@ class ActorSettings:
     """Control rate (wall clock)."""
     action_deadline_s: float = 0.0
     """Later actions are dropped (0: 80 % of the control period)."""
+    chunk_fetch: str = "auto"
+    """How actors fetch the next action chunk: ``auto``, ``inline`` or ``prefetch``
+    (``ActorConfig.chunk_fetch``)."""
     max_learner_backlog: int = 200
     """Wait between episodes while the learner owes more updates than this (0: never)."""
     min_policy_version: int = 1
@@ -342,6 +345,7 @@ class TrainJob:
                     learner=self.learner_endpoint,
                     control_hz=a.control_hz,
                     action_deadline_s=a.action_deadline_s,
+                    chunk_fetch=a.chunk_fetch,
                     episodes=share,
                     seed=ONLINE_SEED + 100_000 * k,
                     split="train",

@@ -51,7 +51,7 @@ class SimPolicy(SmallConvPolicy):
     While held, every forward waits until released: the server then answers late.
     """
 
-    def __init__(self, sim: SimConfig | None = None, seed: int = 0):
+    def __init__(self, sim: SimConfig | None = None, seed: int = 0, chunk_len: int = 1):
         sim = sim or sim_config()
         spec = make_action_spec(get_arm(sim.arm), sim.action)
         super().__init__(
@@ -59,7 +59,7 @@ class SimPolicy(SmallConvPolicy):
             image_hw=HW,
             state_dim=get_arm(sim.arm).n_joints + 1,
             action_dim=spec.dim,
-            chunk_len=1,
+            chunk_len=chunk_len,
             lang_dim=LANG,
             seed=seed,
         )

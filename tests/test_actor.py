@@ -6,6 +6,7 @@ import socket
 import threading
 
 import numpy as np
+import pytest
 from runtime_helpers import (
     HW,
     LANG,
@@ -18,6 +19,7 @@ from runtime_helpers import (
 )
 from serving import wait_until
 
+from limbic.launch.config import ConfigError
 from limbic.runtime.actor import ActorConfig, ActorLoop, run_actor
 from limbic.runtime.backends import TorchRunner
 from limbic.runtime.client import InferenceClient
@@ -100,6 +102,43 @@ def test_the_actor_runs_its_budget_and_every_episode_reaches_the_learner(tmp_pat
             assert len(learner.stored_order) == 5
     finally:
         learner.close()
+
+
+def test_inline_fetching_runs_every_chunk_whole_and_prefetching_skips_its_start(tmp_path):
+    """Chunks of 4 over 8-step episodes: fetched inline, each episode runs two chunks from their
+    first actions, as evaluation runs them; prefetched, chunks are asked for early and the
+    actions already past when one arrives are skipped."""
+    learner = RecordingLearner()
+    try:
+        with serving(SimPolicy(chunk_len=4)) as server:
+            robot = robot_config(step_limit=8)
+            kw = dict(episodes=2, robot=robot, control_hz=10.0)
+            inline = run_actor(
+                actor_config(
+                    tmp_path / "inline",
+                    server.endpoint,
+                    learner.endpoint,
+                    chunk_fetch="inline",
+                    **kw,
+                )
+            )
+            assert inline.steps == 16 and inline.late_actions == 0
+            assert inline.chunks == 4 and inline.skipped_actions == 0
+            early = run_actor(
+                actor_config(
+                    tmp_path / "early",
+                    server.endpoint,
+                    learner.endpoint,
+                    chunk_fetch="prefetch",
+                    **kw,
+                )
+            )
+            assert early.steps == 16 and early.chunks > 4 and early.skipped_actions > 0
+            assert "actions skipped" in early.summary()
+    finally:
+        learner.close()
+    with pytest.raises(ConfigError, match="actor.chunk_fetch"):
+        actor_config(tmp_path, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", chunk_fetch="eager")
 
 
 def test_late_actions_are_dropped_and_the_arm_holds_still(tmp_path):

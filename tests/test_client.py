@@ -189,7 +189,9 @@ class Scripted:
 def test_chunk_broker_prefetches_and_skips_the_stale_prefix():
     infer = Scripted(chunk_len=6)
     rng = np.random.default_rng(4)
-    with ActionChunkBroker(infer, control_dt_s=0.1, margin_ticks=2, timeout_s=10) as broker:
+    with ActionChunkBroker(
+        infer, control_dt_s=0.1, margin_ticks=2, timeout_s=10, fetch="prefetch"
+    ) as broker:
         infer.release.release()
         out = [broker.act(make_obs(rng, 0))[0]]  # first chunk: the arm waits once, at start
         assert broker.lead_ticks >= 2
@@ -211,6 +213,54 @@ def test_chunk_broker_prefetches_and_skips_the_stale_prefix():
         assert out[5:] == [20 + 5 - requested, 20 + 6 - requested]  # chunk 2 joined at "now"
         assert broker.starved_ticks == 0 and broker.skipped_actions == 5 - requested
         infer.release.release(5)  # let any further prefetch finish so the broker closes at once
+
+
+class Timed:
+    """An infer function that takes ``seconds`` a call: chunk k holds 10*k + index."""
+
+    def __init__(self, chunk_len: int, seconds: float):
+        self.chunk_len, self.seconds = chunk_len, seconds
+        self.calls: list[int] = []
+
+    def __call__(self, obs) -> np.ndarray:
+        self.calls.append(obs.step)
+        threading.Event().wait(self.seconds)
+        return (10 * len(self.calls) + np.arange(self.chunk_len, dtype=np.float32))[:, None]
+
+
+def test_chunk_broker_inline_runs_every_chunk_from_its_first_action():
+    """Inline: the next chunk is asked for at the tick the current one runs out, with that
+    tick's observation, and runs whole: nothing skipped, nothing asked early."""
+    infer = Timed(chunk_len=4, seconds=0.0)
+    rng = np.random.default_rng(6)
+    with ActionChunkBroker(infer, control_dt_s=0.1, timeout_s=10, fetch="inline") as broker:
+        out = [float(broker.act(make_obs(rng, step))[0]) for step in range(10)]
+    assert out == [10, 11, 12, 13, 20, 21, 22, 23, 30, 31]
+    assert infer.calls == [0, 4, 8]
+    assert broker.skipped_actions == 0 and broker.starved_ticks == 0
+    assert broker.chunks_used == 3 and broker.inline_fetches == 2
+
+
+def test_chunk_broker_auto_fetches_inline_while_round_trips_are_short():
+    """Auto: inline while the worst recent round trip takes at most ``inline_share`` of the
+    deadline; a slower server makes it ask early instead (and skip what is past)."""
+    rng = np.random.default_rng(7)
+    fast = Timed(chunk_len=4, seconds=0.0)
+    with ActionChunkBroker(fast, control_dt_s=0.1, timeout_s=10) as broker:
+        assert broker.fetch == "auto"
+        for step in range(8):
+            broker.act(make_obs(rng, step))
+        assert not broker.prefetching and fast.calls == [0, 4]
+    slow = Timed(chunk_len=4, seconds=0.06)  # over half of a 0.08 s deadline
+    with ActionChunkBroker(slow, control_dt_s=0.1, timeout_s=0.08) as broker:
+        broker.act(make_obs(rng, 0))
+        assert broker.prefetching
+        for step in range(1, 4):
+            broker.act(make_obs(rng, step))
+            threading.Event().wait(0.1)  # a control period: the prefetch arrives in it
+        assert len(slow.calls) >= 2 and slow.calls[1] < 4  # asked before the chunk ran out
+    with pytest.raises(ValueError, match="fetch: expected one of"):
+        ActionChunkBroker(fast, control_dt_s=0.1, fetch="eager")
 
 
 def test_chunk_broker_with_a_live_server_hands_out_the_right_actions():

@@ -160,3 +160,30 @@ def test_a_critic_saved_before_the_match_gate_loads_without_one(tmp_path: Path) 
         torch.testing.assert_close(loaded(a, b, lang), old(a, b, lang))
     with pytest.raises(RuntimeError, match="no match gate"):
         loaded.match_logit(torch.zeros(1, 32), torch.zeros(1, 32), torch.zeros(1, 32))
+
+
+def test_pixel_colour_channels_are_projected_apart_from_the_features() -> None:
+    """With a ``+rgb`` backbone the last three token channels (each cell's mean colour) reach the
+    frame embedding through their own projection, not through the features' layer norm, so
+    two frames whose features agree and whose colours differ embed differently."""
+    torch.manual_seed(0)
+    cfg = CriticModelConfig(
+        backbone="small_cnn+rgb", image_hw=[32, 32], d_model=32, pool_heads=2, dropout=0.0
+    )
+    critic = ProgressCritic(cfg).eval()
+    assert critic.colour_dim == 3 and critic.colour_proj is not None
+    assert critic.token_proj[1].in_features == critic.backbone.feature_dim - 3
+    tokens = torch.randn(2, 2, critic.num_tokens, critic.backbone.feature_dim)
+    recoloured = tokens.clone()
+    recoloured[..., -3:] = torch.tensor([-1.0, 0.7, 0.8])  # another colour everywhere
+    lang = critic.embed_lang(torch.randn(2, 384))
+    with torch.no_grad():
+        assert not torch.allclose(
+            critic.embed_frame(tokens, lang), critic.embed_frame(recoloured, lang)
+        )
+        critic.colour_proj.weight.zero_()
+        torch.testing.assert_close(
+            critic.embed_frame(tokens, lang), critic.embed_frame(recoloured, lang)
+        )
+    plain = ProgressCritic(CriticModelConfig(**{**cfg.__dict__, "backbone": "small_cnn"}))
+    assert plain.colour_dim == 0 and plain.colour_proj is None

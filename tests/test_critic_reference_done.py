@@ -275,3 +275,28 @@ def test_the_reference_done_compares_only_with_successes_of_the_same_instruction
     # episodes 0 and 2 share an instruction and are each other's reference
     for i in (0, 2):
         assert np.array_equal(scores[i].curves.done_prob, scores[i].curves.done_prob_reference)
+
+
+def test_the_head_can_also_read_how_far_b_is_from_the_goal() -> None:
+    """``reference_abs_diff``: ``|z_b − z_goal|`` joins the head's input; it round-trips in
+    the checkpoint, and critics saved before the option load without it."""
+    torch.manual_seed(0)
+    critic = ProgressCritic(
+        CriticModelConfig(**{**CFG.__dict__, "reference_done": True, "reference_abs_diff": True})
+    ).eval()
+    d = critic.config.d_model
+    assert critic.ref_done_mlp[0].in_features == 4 * d
+    frames, goals = _tokens(critic, 3, 0), _tokens(critic, 1, 1)
+    with torch.no_grad():
+        z_goal = critic.embed_goal(goals).expand(3, -1)
+        logit = critic.reference_done_logit(frames, z_goal)
+        # the |z_b − z_goal| block is read: zeroing its weights changes the logit
+        critic.ref_done_mlp[0].weight[:, 3 * d :] = 0
+        assert not torch.allclose(logit, critic.reference_done_logit(frames, z_goal))
+    loaded = ProgressCritic.from_state(critic.export_state()).eval()
+    with torch.no_grad():
+        again = loaded.reference_done_logit(frames, loaded.embed_goal(goals).expand(3, -1))
+        torch.testing.assert_close(again, critic.reference_done_logit(frames, z_goal))
+    old = _critic().export_state()
+    old["config"].pop("reference_abs_diff", None)
+    assert ProgressCritic.from_state(old).ref_done_mlp[0].in_features == 3 * d

@@ -94,6 +94,37 @@ def test_small_cnn_is_trainable() -> None:
     assert all(p.grad is not None for p in cnn.parameters())
 
 
+def test_rgb_suffix_appends_each_cells_mean_colour() -> None:
+    """``+rgb``: the wrapped backbone's tokens, then the mean colour of the pixels under each
+    token, in ``[-1, 1]``, on its 4×4 grid (stride 16 on 64×64 frames)."""
+    torch.manual_seed(0)
+    inner = make_backbone("small_cnn")
+    torch.manual_seed(0)
+    rgb = make_backbone("small_cnn+rgb")
+    assert rgb.name == "small_cnn+rgb" and rgb.feature_dim == inner.feature_dim + 3
+    assert not rgb.frozen and rgb.colour_dim == 3
+    images = torch.zeros(1, 64, 64, 3, dtype=torch.uint8)
+    images[:, :, :32, 0] = 255  # left half red
+    images[:, :, 32:, 2] = 255  # right half blue
+    images[:, 48:, 48:] = 255  # the bottom-right cell white
+    tokens = rgb(images)
+    assert tokens.shape == (1, 16, inner.feature_dim + 3)
+    torch.testing.assert_close(tokens[..., :-3], inner(images))
+    colour = tokens[0, :, -3:].reshape(4, 4, 3)
+    torch.testing.assert_close(colour[1, 0], torch.tensor([1.0, -1.0, -1.0]))
+    torch.testing.assert_close(colour[1, 3], torch.tensor([-1.0, -1.0, 1.0]))
+    torch.testing.assert_close(colour[3, 3], torch.tensor([1.0, 1.0, 1.0]))
+    frozen = make_backbone("efficientnet_lite0:stride16+rgb")
+    assert frozen.frozen and frozen.name == "efficientnet_lite0:stride16+rgb"
+    assert frozen.num_tokens((128, 128)) == 64 and frozen.feature_dim == 115
+
+
+def test_rgb_suffix_refuses_tokens_without_pixel_cells() -> None:
+    rgb = make_backbone("small_cnn+rgb")
+    with pytest.raises(ValueError, match="small_cnn\\+rgb.*15 tokens.*not a grid"):
+        rgb.grid(15, (64, 64))
+
+
 def test_registry_is_a_plain_dict_and_rejects_unknown_names() -> None:
     assert set(BACKBONES) == {"efficientnet_lite0", "small_cnn", "hf", "hf_trainable"}
     with pytest.raises(ValueError, match="unknown name 'resnet9'.*efficientnet_lite0"):

@@ -8,7 +8,9 @@ attention pooling) decide *where* to look, and lets a frozen backbone's tokens b
 once per frame and cached across many training pairs.
 
 ``make_backbone("efficientnet_lite0[:stride16]" | "small_cnn" | "hf:<local folder>")`` builds one; the
-registry :data:`BACKBONES` is a plain dict from name to constructor.
+registry :data:`BACKBONES` is a plain dict from name to constructor. A ``+rgb`` suffix on any of
+them (``efficientnet_lite0:stride16+rgb``) appends each token's mean pixel colour
+(:class:`PatchColour`).
 """
 
 from __future__ import annotations
@@ -190,6 +192,46 @@ class HFVisionBackbone(VisionBackbone):
         return _flatten_map(out) if out.ndim == 4 else out
 
 
+class PatchColour(VisionBackbone):
+    """Another backbone's tokens with the mean colour of each token's image cell appended.
+
+    ImageNet features are trained to name objects whatever their colour, so a small object's
+    colour is faint in them and pooling loses it. The last :attr:`colour_dim` channels of every
+    token are here the red, green and blue means of the pixels under that token (its cell of the
+    token grid), scaled to ``[-1, 1]``, so a head can compare colours it never saw in training.
+    The wrapped backbone's tokens must form a grid of the image's aspect (CNN feature maps do;
+    a transformer's class token does not)."""
+
+    colour_dim = 3
+
+    def __init__(self, inner: VisionBackbone) -> None:
+        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        self.inner = inner
+        self.feature_dim = inner.feature_dim + self.colour_dim
+        self.frozen = inner.frozen
+        self.name = f"{inner.name}+rgb"
+
+    def grid(self, n: int, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The ``(rows, columns)`` of ``n`` tokens laid out over an ``image_hw`` frame."""
+        h, w = image_hw
+        rows = max(1, round((n * h / w) ** 0.5))
+        cols = n // rows
+        if rows * cols != n:
+            raise ValueError(
+                f"backbone {self.name!r}: {self.inner.name!r} gives {n} tokens for a {h}×{w} frame, "
+                "not a grid of the frame's aspect, so its tokens have no pixel cells to colour"
+            )
+        return rows, cols
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``uint8[B, H, W, 3]`` -> ``float32[B, N, inner.feature_dim + 3]``."""
+        tokens = self.inner(images)
+        rgb = to_float_chw(images)
+        rows, cols = self.grid(tokens.shape[1], (rgb.shape[2], rgb.shape[3]))
+        colour = _flatten_map(F.adaptive_avg_pool2d(rgb, (rows, cols))) * 2.0 - 1.0
+        return torch.cat([tokens, colour.to(tokens.dtype)], dim=-1)
+
+
 BackboneFactory = Callable[[str], VisionBackbone]
 
 
@@ -227,7 +269,10 @@ BACKBONES: dict[str, BackboneFactory] = {
 
 
 def make_backbone(spec: str) -> VisionBackbone:
-    """Build a backbone from ``name`` or ``name:argument`` (see :data:`BACKBONES`)."""
+    """Build a backbone from ``name`` or ``name:argument`` (see :data:`BACKBONES`); a ``+rgb``
+    suffix wraps it in :class:`PatchColour`."""
+    if spec.endswith("+rgb"):
+        return PatchColour(make_backbone(spec[: -len("+rgb")]))
     name, _, arg = spec.partition(":")
     if name not in BACKBONES:
         raise ValueError(
