@@ -73,7 +73,7 @@ class ActorConfig:
     runs out, ask with this tick's view and wait: every chunk runs from its first action, as the
     policy planned it and as evaluation runs it), ``prefetch`` (ask early, never wait, skip the
     actions already past: the first of every chunk at least), or ``auto``: inline while the
-    worst recent round trip takes at most half the action deadline."""
+    worst recent round trip takes at most three quarters of the action deadline."""
     episodes: int = 0
     """Episodes to run, counted across restarts of this actor (0: until stopped)."""
     seed: int = 2_000_000

@@ -66,7 +66,7 @@ class ActionChunkBroker:
         timeout_s: float = 1.0,
         latency_window: int = 20,
         fetch: str = "auto",
-        inline_share: float = 0.5,
+        inline_share: float = 0.75,
     ):
         if control_dt_s <= 0:
             raise ValueError(f"control_dt_s must be > 0, got {control_dt_s}")

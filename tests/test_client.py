@@ -251,8 +251,8 @@ def test_chunk_broker_auto_fetches_inline_while_round_trips_are_short():
         for step in range(8):
             broker.act(make_obs(rng, step))
         assert not broker.prefetching and fast.calls == [0, 4]
-    slow = Timed(chunk_len=4, seconds=0.06)  # over half of a 0.08 s deadline
-    with ActionChunkBroker(slow, control_dt_s=0.1, timeout_s=0.08) as broker:
+    slow = Timed(chunk_len=4, seconds=0.1)  # over a tenth of the 1 s deadline
+    with ActionChunkBroker(slow, control_dt_s=0.1, timeout_s=1.0, inline_share=0.1) as broker:
         broker.act(make_obs(rng, 0))
         assert broker.prefetching
         for step in range(1, 4):
