@@ -30,6 +30,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ class ActorConfig:
     runs out, ask with this tick's view and wait: every chunk runs from its first action, as the
     policy planned it and as evaluation runs it), ``prefetch`` (ask early, never wait, skip the
     actions already past: the first of every chunk at least), or ``auto``: inline while the
-    worst recent round trip takes at most three quarters of the action deadline."""
+    worst recent round trip fits in the action deadline."""
     episodes: int = 0
     """Episodes to run, counted across restarts of this actor (0: until stopped)."""
     seed: int = 2_000_000
@@ -214,6 +215,8 @@ class ActorReport:
     """Action chunks the arm ran."""
     skipped_actions: int = 0
     """Actions of those chunks skipped as already past when they arrived (prefetching)."""
+    round_trip_ms: list[float] = field(default_factory=list)
+    """Median and 99th percentile of the server round trips of the last 2000 chunk requests."""
     critic_misses: int = 0
     """Frames whose progress judgement failed (potential carried over)."""
     acked: int = 0
@@ -233,6 +236,7 @@ class ActorReport:
             f"{self.actor_id}: {self.episodes} episodes ({self.successes} successes), {self.steps} steps, "
             f"{self.achieved_hz:.2f} Hz, missed ticks {self.missed_ticks}, late actions {self.late_actions}, "
             f"held {self.held_ticks}, chunks {self.chunks} ({self.skipped_actions} actions skipped), "
+            f"round trip p50/p99 {'/'.join(f'{t:.0f}' for t in self.round_trip_ms) or '-'} ms, "
             f"acked {self.acked}, unacked {self.unacked}"
         )
 
@@ -263,6 +267,8 @@ class ActorLoop:
     def __init__(self, cfg: ActorConfig, stop: threading.Event):
         self.cfg, self.stop = cfg, stop
         self.report = ActorReport(cfg.actor_id)
+        self.round_trips: deque[float] = deque(maxlen=2000)
+        self._round_trip_lock = threading.Lock()
         cfg.home.mkdir(parents=True, exist_ok=True)
         self.state = _ActorState(cfg.home / "state.json")
         server_key = auth.load_public_key(cfg.server_public_key) if cfg.server_public_key else None
@@ -304,7 +310,10 @@ class ActorLoop:
         self.clock = TickClock(cfg.period_s, stop)
 
     def _infer(self, obs: Observation) -> tuple[np.ndarray, tuple[int, int]]:
+        started = time.monotonic()
         reply = self.client.act(obs)
+        with self._round_trip_lock:  # the broker's worker appends, the loop reads
+            self.round_trips.append(time.monotonic() - started)
         if reply.policy_version < self.cfg.min_policy_version:
             raise _PolicyNotReadyError(reply.policy_version)
         return reply.actions, (reply.policy_version, time.time_ns())
@@ -495,6 +504,10 @@ class ActorLoop:
         r.critic_misses = self.critic.misses if self.critic is not None else 0
         r.chunks = self.broker.chunks_used
         r.skipped_actions = self.broker.skipped_actions
+        with self._round_trip_lock:
+            trips = list(self.round_trips)
+        if trips:
+            r.round_trip_ms = [float(x) for x in np.percentile(trips, [50, 99]) * 1e3]
         r.acked = self.outbox.acked
         r.unacked = len(self.outbox)
         r.seconds = time.monotonic() - started

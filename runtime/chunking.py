@@ -16,8 +16,9 @@ The policy answers with a chunk of actions starting at the tick of the observati
   first (the one planned from the freshest view), is never run, and the arm acts on a view at
   least a tick old.
 
-``fetch="auto"`` (the default) fetches inline while the worst recent round trip takes at most
-``inline_share`` of the deadline, and prefetches past that. With ``chunk_len = 1`` there is
+``fetch="auto"`` (the default) fetches inline while the worst recent round trip fits in
+``inline_share`` of the deadline (all of it by default), and prefetches past that: a server
+further away than a tick. With ``chunk_len = 1`` there is
 nothing to prefetch; the broker then asks every tick.
 """
 
@@ -66,7 +67,7 @@ class ActionChunkBroker:
         timeout_s: float = 1.0,
         latency_window: int = 20,
         fetch: str = "auto",
-        inline_share: float = 0.75,
+        inline_share: float = 1.0,
     ):
         if control_dt_s <= 0:
             raise ValueError(f"control_dt_s must be > 0, got {control_dt_s}")

@@ -124,6 +124,8 @@ def test_inline_fetching_runs_every_chunk_whole_and_prefetching_skips_its_start(
             )
             assert inline.steps == 16 and inline.late_actions == 0
             assert inline.chunks == 4 and inline.skipped_actions == 0
+            p50, p99 = inline.round_trip_ms
+            assert 0 < p50 <= p99 and "round trip p50/p99" in inline.summary()
             early = run_actor(
                 actor_config(
                     tmp_path / "early",
