@@ -18,8 +18,8 @@ The policy answers with a chunk of actions starting at the tick of the observati
 
 ``fetch="auto"`` (the default) fetches inline while the worst recent round trip fits in
 ``inline_share`` of the deadline (all of it by default), and prefetches past that: a server
-further away than a tick. With ``chunk_len = 1`` there is
-nothing to prefetch; the broker then asks every tick.
+further away than a tick. With ``chunk_len = 1`` there is nothing to prefetch; the broker then
+asks every tick.
 """
 
 from __future__ import annotations
