@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             f"  {a.actor_id}: {a.episodes} episodes, {a.steps} steps, {a.achieved_hz:.2f} Hz, missed ticks "
             f"{a.missed_ticks}, late actions {a.late_actions}, held {a.held_ticks}, chunks "
             f"{a.chunks} ({a.skipped_actions} actions skipped), round trip p50/p99 "
-            f"{'/'.join(f'{t:.0f}' for t in a.round_trip_ms) or '-'} ms"
+            f"{a.round_trips_text} ms"
         )
     lag = status.get("weight_lag_s")
     print(

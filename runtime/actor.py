@@ -30,7 +30,6 @@ import logging
 import os
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,13 +229,18 @@ class ActorReport:
     seconds: float = 0.0
     interrupted: bool = False
 
+    @property
+    def round_trips_text(self) -> str:
+        """``p50/p99`` of :attr:`round_trip_ms` in whole milliseconds, ``-`` before any."""
+        return "/".join(f"{t:.0f}" for t in self.round_trip_ms) or "-"
+
     def summary(self) -> str:
         """One line for logs."""
         return (
             f"{self.actor_id}: {self.episodes} episodes ({self.successes} successes), {self.steps} steps, "
             f"{self.achieved_hz:.2f} Hz, missed ticks {self.missed_ticks}, late actions {self.late_actions}, "
             f"held {self.held_ticks}, chunks {self.chunks} ({self.skipped_actions} actions skipped), "
-            f"round trip p50/p99 {'/'.join(f'{t:.0f}' for t in self.round_trip_ms) or '-'} ms, "
+            f"round trip p50/p99 {self.round_trips_text} ms, "
             f"acked {self.acked}, unacked {self.unacked}"
         )
 
@@ -267,8 +271,6 @@ class ActorLoop:
     def __init__(self, cfg: ActorConfig, stop: threading.Event):
         self.cfg, self.stop = cfg, stop
         self.report = ActorReport(cfg.actor_id)
-        self.round_trips: deque[float] = deque(maxlen=2000)
-        self._round_trip_lock = threading.Lock()
         cfg.home.mkdir(parents=True, exist_ok=True)
         self.state = _ActorState(cfg.home / "state.json")
         server_key = auth.load_public_key(cfg.server_public_key) if cfg.server_public_key else None
@@ -310,10 +312,7 @@ class ActorLoop:
         self.clock = TickClock(cfg.period_s, stop)
 
     def _infer(self, obs: Observation) -> tuple[np.ndarray, tuple[int, int]]:
-        started = time.monotonic()
         reply = self.client.act(obs)
-        with self._round_trip_lock:  # the broker's worker appends, the loop reads
-            self.round_trips.append(time.monotonic() - started)
         if reply.policy_version < self.cfg.min_policy_version:
             raise _PolicyNotReadyError(reply.policy_version)
         return reply.actions, (reply.policy_version, time.time_ns())
@@ -504,10 +503,7 @@ class ActorLoop:
         r.critic_misses = self.critic.misses if self.critic is not None else 0
         r.chunks = self.broker.chunks_used
         r.skipped_actions = self.broker.skipped_actions
-        with self._round_trip_lock:
-            trips = list(self.round_trips)
-        if trips:
-            r.round_trip_ms = [float(x) for x in np.percentile(trips, [50, 99]) * 1e3]
+        r.round_trip_ms = self.broker.round_trip_ms()
         r.acked = self.outbox.acked
         r.unacked = len(self.outbox)
         r.seconds = time.monotonic() - started

@@ -43,6 +43,8 @@ class ChunkStarvationError(TimeoutError):
 
 
 FETCH_MODES = ("auto", "inline", "prefetch")
+ROUND_TRIP_HISTORY = 2000
+"""Round trips kept for :meth:`ActionChunkBroker.round_trip_ms`."""
 """How the broker gets the next chunk (module docstring)."""
 
 
@@ -88,6 +90,9 @@ class ActionChunkBroker:
         self.margin_ticks = margin_ticks
         self.timeout_s = timeout_s
         self._latencies: deque[float] = deque(maxlen=latency_window)
+        self._history: deque[float] = deque(maxlen=ROUND_TRIP_HISTORY)
+        # the worker thread appends round trips while the control loop reads them
+        self._latency_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="limbic-chunk")
         self._lock = threading.Lock()
         self.reset()
@@ -104,16 +109,25 @@ class ActionChunkBroker:
     @property
     def lead_ticks(self) -> int:
         """Ticks before a chunk runs out at which the next one is requested."""
-        worst = max(self._latencies, default=0.0)
-        return math.ceil(worst / self.control_dt_s) + self.margin_ticks
+        return math.ceil(self._worst_latency() / self.control_dt_s) + self.margin_ticks
 
     @property
     def prefetching(self) -> bool:
         """Whether the next chunk is asked for early (else inline, when this one runs out)."""
         if self.fetch != "auto":
             return self.fetch == "prefetch"
-        worst = max(self._latencies, default=0.0)
-        return worst > self.inline_share * self.timeout_s
+        return self._worst_latency() > self.inline_share * self.timeout_s
+
+    def _worst_latency(self) -> float:
+        with self._latency_lock:
+            return max(self._latencies, default=0.0)
+
+    def round_trip_ms(self) -> list[float]:
+        """Median and 99th percentile of the last :data:`ROUND_TRIP_HISTORY` round trips, in
+        milliseconds (empty before the first)."""
+        with self._latency_lock:
+            trips = list(self._history)
+        return [float(x) for x in np.percentile(trips, [50, 99]) * 1e3] if trips else []
 
     @property
     def in_flight(self) -> bool:
@@ -130,7 +144,9 @@ class ActionChunkBroker:
         out = self.infer(obs)
         chunk, meta = out if isinstance(out, tuple) else (out, None)
         chunk = np.asarray(chunk, dtype=np.float32)
-        self._latencies.append(time.monotonic() - t0)
+        with self._latency_lock:
+            self._latencies.append(time.monotonic() - t0)
+            self._history.append(self._latencies[-1])
         if chunk.ndim != 2 or chunk.shape[0] < 1:
             raise ValueError(
                 f"infer returned shape {chunk.shape}, expected [chunk_len, action_dim]"
