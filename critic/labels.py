@@ -49,6 +49,8 @@ from limbic.launch.config import require
 
 PROGRESS_KEY = "progress"
 """``EpisodeArrays.metadata`` key of an optional per-frame true progress ``float32[T]`` in [0, 1]."""
+REFERENCE_MATCHES = ("instruction", "goal")
+"""How the reference done head's positive references are chosen (``reference_match``)."""
 
 
 @dataclass
@@ -89,8 +91,19 @@ class PairSamplingConfig:
     is" is false), so the head learns to compare what the goal is made of (the colours named)
     rather than only that something was finished. Needs episodes that record their ``goal``
     (``limbic-record`` stores it); episodes without one are left out of it."""
+    reference_match: str = "instruction"
+    """Reference done head only: which successes give a frame its positive references:
+    ``instruction`` (the same instruction) or ``goal`` (the same recorded goal whatever the
+    phrasing, :func:`goal_of`; the same instruction for episodes that store no goal). With many
+    colours and phrasings few successes share an instruction; a goal looks the same however it
+    was asked for."""
 
     def __post_init__(self) -> None:
+        require(
+            self.reference_match in REFERENCE_MATCHES,
+            "critic.pairs.reference_match",
+            f"expected one of {list(REFERENCE_MATCHES)}, got {self.reference_match!r}",
+        )
         require(
             0.0 <= self.reference_negative_fraction < 1.0,
             "critic.pairs.reference_negative_fraction",
@@ -338,6 +351,8 @@ class PairSampler:
                     self.goal_frames.setdefault(int(self.instruction_of[i]), []).append((i, int(t)))
                     if self.goal_key[i] is not None:
                         frames_of_goal.setdefault(self.goal_key[i], []).append((i, int(t)))
+        self.same_goal_frames = frames_of_goal
+        """Per (task, goal): the goal frames of its successes, whatever their phrasing."""
         self.other_goal_frames: dict[tuple, list[tuple[int, int]]] = {
             key: [
                 g
@@ -469,8 +484,9 @@ class PairSampler:
         self, episode_b: np.ndarray, rng: np.random.Generator, done_b: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """A reference goal frame for each frame ``b``: a goal frame of another successful
-        episode with the same instruction (``(episode, frame)`` int64 arrays; ``-1`` where there
-        is none), and which references are negatives (bool).
+        episode with the same instruction, or with ``reference_match="goal"`` the same goal
+        (``(episode, frame)`` int64 arrays; ``-1`` where there is none), and which references
+        are negatives (bool).
 
         With ``reference_negative_fraction`` > 0 and ``done_b`` (the frames' done labels), that
         share of the done frames instead gets a goal frame of another goal of the same task
@@ -490,7 +506,10 @@ class PairSampler:
                     ep[j], fr[j] = others[int(rng.integers(len(others)))]
                     negative[j] = True
                     continue
-            goals = self.goal_frames.get(int(self.instruction_of[i]), [])
+            if self.config.reference_match == "goal" and self.goal_key[i] is not None:
+                goals = self.same_goal_frames.get(self.goal_key[i], [])
+            else:
+                goals = self.goal_frames.get(int(self.instruction_of[i]), [])
             others = [g for g in goals if g[0] != i]
             if others:
                 ep[j], fr[j] = others[int(rng.integers(len(others)))]

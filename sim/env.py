@@ -21,7 +21,7 @@ from limbic.sim.arms import ArmSpec, get_arm
 from limbic.sim.control import ActionConfig, Controller, make_action_spec
 from limbic.sim.kinematics import ArmKinematics
 from limbic.sim.scene import FRONT_CAMERA, AppearanceJitter, CameraConfig, build_scene_spec
-from limbic.sim.tasks import TASKS, Split, Task, make_task, task_progress
+from limbic.sim.tasks import PALETTES, TASKS, Split, Task, make_task, task_progress
 
 HOME_HEIGHT_M = {"so101": 0.09, "panda": 0.25}
 
@@ -65,6 +65,10 @@ class SimConfig:
     """Task: ``reach``, ``push``, ``pick_place`` or ``stack``."""
     split: str = "train"
     """``train`` or ``heldout`` (colours, positions and phrasings never used for training)."""
+    palette: str = "train"
+    """The training split's object colours: ``train`` (six) or ``wide`` (those and eight more,
+    each named in the instruction; ``limbic.sim.tasks.WIDE_COLORS``), for recordings that teach
+    a critic colours beyond six. The held-out split keeps its own colours either way."""
     control_hz: float = 10.0
     """Control rate; each step advances physics by 1 / control_hz seconds."""
     step_limit: int = 0
@@ -125,6 +129,16 @@ class SimConfig:
             )
         splits = [s.value for s in Split]
         require(self.split in splits, "sim.split", f"{self.split!r} is not one of {splits}")
+        require(
+            self.palette in PALETTES,
+            "sim.palette",
+            f"{self.palette!r} is not one of {sorted(PALETTES)}",
+        )
+        require(
+            self.palette == "train" or self.env == "limbic",
+            "sim.palette",
+            f"{self.env} colours its own objects; palette={self.palette!r} needs env=limbic",
+        )
         require(
             1.0 <= self.control_hz <= 100.0,
             "sim.control_hz",
@@ -248,6 +262,7 @@ class SimEnv(ObservingEnv):
         self.q_home = self._solve_home()
         self.rng = np.random.default_rng()
         self.split = Split(cfg.split)
+        self.task.palette = PALETTES[cfg.palette]
         self.instruction = ""
         self.episode_id = ""
         self.t = 0

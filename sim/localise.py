@@ -26,7 +26,7 @@ import mujoco
 import numpy as np
 
 from limbic.contracts import Observation
-from limbic.sim.tasks import COLORS, HELDOUT_COLORS
+from limbic.sim.tasks import COLORS, HELDOUT_COLOR_MARGIN, HELDOUT_COLORS
 
 OPENING_STEPS = 6
 """Still steps with the jaws commanded open after a reset: by then they are open."""
@@ -41,10 +41,9 @@ TARGETS = ("object", "grasp")
 """What a label's first offset points to (:func:`localiser_views`): the object's centre, or
 where the tool grasps it (:meth:`~limbic.sim.expert.ScriptedExpert.grasp_target`)."""
 COLOR_MODES = ("task", "random")
-"""How :func:`localiser_views` colours the objects: as the split's reset does, or at random."""
-HELDOUT_COLOR_MARGIN = 0.4
-"""A random colour stays at least this far (RGB distance, channels in [0, 1]) from every
-held-out colour; every training colour is at least 0.5 from them."""
+"""How :func:`localiser_views` colours the objects: as the split's reset does, or at random
+(never within :data:`~limbic.sim.tasks.HELDOUT_COLOR_MARGIN` of a held-out colour; every
+training colour is at least 0.5 from them)."""
 
 
 def random_color(rng: np.random.Generator) -> np.ndarray:

@@ -25,9 +25,25 @@ COLORS: dict[str, tuple[float, float, float]] = {
     "orange": (1.0, 0.5, 0.05),
     "cyan": (0.1, 0.85, 0.9),
     "pink": (1.0, 0.45, 0.75),
+    "brown": (0.45, 0.25, 0.08),
+    "gray": (0.5, 0.5, 0.5),
+    "black": (0.1, 0.1, 0.1),
+    "lime": (0.6, 0.95, 0.1),
+    "navy": (0.08, 0.1, 0.45),
+    "teal": (0.0, 0.5, 0.5),
+    "violet": (0.5, 0.3, 1.0),
+    "mint": (0.6, 1.0, 0.7),
 }
 TRAIN_COLORS = ("red", "green", "blue", "yellow", "purple", "orange")
 HELDOUT_COLORS = ("cyan", "pink")
+WIDE_COLORS = (*TRAIN_COLORS, "brown", "gray", "black", "lime", "navy", "teal", "violet", "mint")
+"""The ``wide`` palette: the training colours and eight more, every one at least
+:data:`HELDOUT_COLOR_MARGIN` from a held-out colour. More named colours on the training side
+teach a critic to compare colours (and colour words) in general rather than six of them."""
+PALETTES: dict[str, tuple[str, ...]] = {"train": TRAIN_COLORS, "wide": WIDE_COLORS}
+"""The training split's palettes (``robot.sim.palette``); the held-out split keeps its own."""
+HELDOUT_COLOR_MARGIN = 0.4
+"""Least RGB distance from a held-out colour of any colour the training side may show."""
 
 GRID = 4
 HELDOUT_CELLS = frozenset({(0, 1), (1, 3), (2, 0), (3, 2)})
@@ -86,6 +102,9 @@ class Task(abc.ABC):
         self.half = arm.cube_half_m
         self.instruction = ""
         self.colors: dict[str, str] = {}
+        self.palette: tuple[str, ...] = TRAIN_COLORS
+        """The training split's colours (:data:`PALETTES`); the held-out split names its own
+        colours and draws the others from :data:`TRAIN_COLORS` whatever this is."""
         self.cell: tuple[int, int] | None = None
         """The grid cell of the work area (``GRID`` x ``GRID``; ``(i, j)``, ``i`` along x away
         from the arm's base, ``j`` along y) the named object was placed in at the last reset."""
@@ -231,9 +250,10 @@ class Task(abc.ABC):
 
     def pick_colors(self, rng: np.random.Generator, split: Split, n: int) -> list[str]:
         """``n`` distinct colour names; the first (the named object's) is held out iff the split is."""
-        first_pool = HELDOUT_COLORS if split is Split.HELDOUT else TRAIN_COLORS
+        heldout = split is Split.HELDOUT
+        first_pool = HELDOUT_COLORS if heldout else self.palette
         first = first_pool[int(rng.integers(len(first_pool)))]
-        rest = [c for c in TRAIN_COLORS if c != first]
+        rest = [c for c in (TRAIN_COLORS if heldout else self.palette) if c != first]
         others = list(rng.choice(rest, size=n - 1, replace=False)) if n > 1 else []
         return [first, *[str(c) for c in others]]
 

@@ -133,6 +133,28 @@ def test_negative_references_show_another_goal_of_the_same_task() -> None:
         PairSamplingConfig(reference_negative_fraction=1.0)
 
 
+def test_references_by_goal_cross_phrasings_and_keep_to_the_goal() -> None:
+    # instructions alternate A B A B A; the goals cross them, episode 4 stores none
+    episodes = _with_goals(make_episodes(5, seed=0, hw=16), ["red", "red", "blue", "blue", None])
+    goal = [e.metadata.get("goal", {}).get("target") for e in episodes]
+    assert episodes[0].instruction != episodes[1].instruction
+    ep_b = np.repeat(np.arange(5), 30)
+    by_goal = PairSampler(episodes, PairSamplingConfig(reference_match="goal"), seed=0)
+    ref_ep, _, _ = by_goal.draw_references(ep_b, np.random.default_rng(0))
+    for b, e in zip(ep_b, ref_ep, strict=True):
+        assert e != b and episodes[e].succeeded
+        if goal[b] is not None:  # the same goal, asked for in other words
+            assert goal[e] == goal[b] and episodes[e].instruction != episodes[b].instruction
+        else:  # no stored goal: the same instruction
+            assert episodes[e].instruction == episodes[b].instruction
+    # by instruction, a red reach is referenced on a blue one: what the goal option avoids
+    by_text = PairSampler(episodes, PairSamplingConfig(), seed=0)
+    ref_ep, _, _ = by_text.draw_references(ep_b, np.random.default_rng(0))
+    assert any(goal[e] != goal[b] for b, e in zip(ep_b[ep_b < 4], ref_ep[ep_b < 4], strict=True))
+    with pytest.raises(ConfigError, match="critic.pairs.reference_match"):
+        PairSamplingConfig(reference_match="colour")
+
+
 def test_negative_references_are_trained_as_not_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,11 +14,14 @@ from limbic.sim.gym_env import ENV_IDS, register_envs
 from limbic.sim.robot import SimRobot
 from limbic.sim.scene import CameraConfig
 from limbic.sim.tasks import (
+    COLORS,
     HELDOUT_CELLS,
+    HELDOUT_COLOR_MARGIN,
     HELDOUT_COLORS,
     SHORT_OF_SUCCESS,
     TASKS,
     TRAIN_COLORS,
+    WIDE_COLORS,
     task_progress,
 )
 
@@ -370,6 +373,49 @@ def test_heldout_split_uses_its_own_colours_and_phrasings(envs):
     assert train_instr <= set(env.task.phrasings.train)
     assert held_instr <= set(env.task.phrasings.heldout)
     env.reset(split="train")
+
+
+def test_the_wide_palette_keeps_clear_of_the_held_out_colours():
+    assert set(TRAIN_COLORS) < set(WIDE_COLORS) and not set(HELDOUT_COLORS) & set(WIDE_COLORS)
+    held = np.array([COLORS[c] for c in HELDOUT_COLORS])
+    wide = np.array([COLORS[c] for c in WIDE_COLORS])
+    assert np.linalg.norm(wide[:, None] - held[None], axis=-1).min() >= HELDOUT_COLOR_MARGIN
+    gaps = np.linalg.norm(wide[:, None] - wide[None], axis=-1) + np.eye(len(wide))
+    assert gaps.min() > 0.25  # every name a colour of its own
+
+
+@pytest.mark.parametrize("task", ["reach", "push", "stack"])
+def test_the_wide_palette_names_its_colours_on_the_training_side_only(task):
+    wide = SimEnv(SimConfig(task=task, palette="wide", randomize=False))
+    plain = SimEnv(SimConfig(task=task, randomize=False))
+    seen = set()
+    try:
+        for seed in range(40):
+            wide.reset(seed=seed, split="train")
+            seen |= set(wide.task.colors.values())
+            for name in wide.task.colors.values():
+                assert name in WIDE_COLORS
+            for name in wide.task.goal.values():  # the instruction names what the scene shows
+                assert name in wide.instruction
+            rgb = {k: wide.model.geom(k).rgba[:3] for k in wide.task.colors}
+            for k, name in wide.task.colors.items():
+                assert np.allclose(rgb[k], COLORS[name])
+            # the held-out split is the same episode whichever palette the training side has
+            wide.reset(seed=seed, split="heldout")
+            plain.reset(seed=seed, split="heldout")
+            assert wide.instruction == plain.instruction
+            assert wide.task.colors == plain.task.colors
+        assert seen - set(TRAIN_COLORS)  # some of the eight new colours came up
+    finally:
+        wide.close()
+        plain.close()
+
+
+def test_a_bad_palette_is_named():
+    with pytest.raises(ConfigError, match="sim.palette"):
+        SimConfig(palette="rainbow")
+    with pytest.raises(ConfigError, match="sim.palette"):
+        SimConfig(env="gym_hil/PandaPickCube", arm="panda", task="pick_cube", palette="wide")
 
 
 @pytest.mark.parametrize(("task", "key"), [("pick_place", "cube"), ("reach", "target")])
