@@ -3,9 +3,10 @@
 Runs ``limbic-train`` (server, learner, K actors as processes) on the default task, then, as
 the baseline, the in-process loop on the same config and seeds. Prints both learning curves,
 the actors' achieved rates and missed ticks, the weight lag (median delay from a weight
-publication to the first action computed with it) and ends with
-``success=... episodes=... minutes=... weight_lag_s=... actor_hz=...`` (then the missed ticks
-and the baseline's success and minutes). The job's learner and the baseline run at ``nice``
+publication to the first action computed with it), the acting lag (median, over online
+episodes, of the updates the learner had made beyond the weights that began the episode) and
+ends with ``success=... episodes=... minutes=... weight_lag_s=... actor_hz=...`` (then the
+missed ticks, the acting lag and the baseline's success and minutes). The job's learner and the baseline run at ``nice``
 (+10) below the caller, like ``limbic-train``'s learner: run the benchmark itself at normal
 priority, or the control loops and the server compete at the learner's. Extra arguments are
 ``limbic-train`` overrides::
@@ -72,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"weight lag: median {lag if lag is not None else float('nan'):.3f} s over {status.get('weight_lag_samples', 0)} publications"
     )
+    acting = status.get("acting_lag_updates")
+    acting = float("nan") if acting is None else acting
+    print(
+        f"acting lag: median {acting:.0f} updates behind the learner's over "
+        f"{status.get('acting_lag_samples', 0)} online episodes"
+    )
     if summary.restarts and any(summary.restarts.values()):
         print(f"restarts: {summary.restarts}")
     base_success, base_minutes = float("nan"), float("nan")
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"success={summary.success:.2f} episodes={status.get('episodes', 0)} minutes={summary.minutes:.1f} "
         f"weight_lag_s={lag if lag is not None else float('nan'):.3f} actor_hz={summary.actor_hz:.2f} "
-        f"missed_ticks={missed} baseline_success={base_success:.2f} baseline_minutes={base_minutes:.1f}"
+        f"missed_ticks={missed} acting_lag_updates={acting:.0f} baseline_success={base_success:.2f} "
+        f"baseline_minutes={base_minutes:.1f}"
     )
     return 0 if summary.finished else 1

@@ -56,7 +56,7 @@ from limbic.runtime.priority import lower_priority
 from limbic.runtime.protocol import EpisodeUpload, ErrorCode, ProtocolError
 from limbic.runtime.replay import after_last_handback
 from limbic.runtime.rollout import EpisodeRecord
-from limbic.runtime.weight_sync import WeightLag, WeightSync
+from limbic.runtime.weight_sync import ActingLag, WeightLag, WeightSync
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ class AsyncLearner(Learner):
         self.cond = threading.Condition()
         self.online_steps: list[int] = []  # cumulative online steps after each online episode
         self.lag = WeightLag()
+        self.acting_lag = ActingLag()
         self.sync: WeightSync | None = None
         self.inbox: EpisodeInbox | None = None
         self.phase = "starting"
@@ -258,6 +259,11 @@ class AsyncLearner(Learner):
                 ep.policy_version,
                 ep.tick_ns,
                 ep.action_ns,
+            )
+            self.acting_lag.add_episode(
+                self.sync.published if self.sync else [],
+                ep.policy_version,
+                self.state.online_updates,
             )
 
     def _add_to_replay(self, source: str, instruction: str, arrays: dict[str, np.ndarray]) -> None:
@@ -371,6 +377,8 @@ class AsyncLearner(Learner):
             "curve": curve,
             "weight_lag_s": self.lag.median_s if self.lag.samples else None,
             "weight_lag_samples": len(self.lag.samples),
+            "acting_lag_updates": self.acting_lag.median if self.acting_lag.samples else None,
+            "acting_lag_samples": len(self.acting_lag.samples),
             "replay_episodes": len(self.store) if self.store else 0,
             "resumed": self.resumed,
             "finished": self.finished,
@@ -519,7 +527,7 @@ class AsyncLearner(Learner):
                 agent.update(batch)
                 self.state.online_updates += 1
                 if self.state.online_updates % cfg.publish_every == 0 and self.sync is not None:
-                    self.sync.offer(self.snapshot())
+                    self.sync.offer(self.snapshot(), self.state.online_updates)
                 if self.state.online_updates % cfg.checkpoint_every == 0:
                     self.checkpoint()
             self._evaluate_due()
@@ -550,7 +558,7 @@ class AsyncLearner(Learner):
                     if cfg.server_public_key
                     else None,
                 ).start()
-                self.sync.offer(self.snapshot())
+                self.sync.offer(self.snapshot(), self.state.online_updates)
             keys = auth.load_keypair(cfg.curve_secret_key) if cfg.curve_secret_key else None
             self.inbox = EpisodeInbox(
                 cfg.endpoint,
@@ -575,7 +583,7 @@ class AsyncLearner(Learner):
                 self.phase = "finished"
                 self.write_status(force=True)
                 if self.sync is not None:
-                    self.sync.offer(self.snapshot())
+                    self.sync.offer(self.snapshot(), self.state.online_updates)
                     self.sync.wait_published(10.0)
                 self.stop.wait(cfg.linger_s)
             return self._result()

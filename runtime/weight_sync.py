@@ -11,7 +11,9 @@ next version above the server's.
 :class:`WeightLag` turns publications and the per-step ``policy_version`` and times of the
 episodes actors send into the **weight lag**: for each publication, the delay to the first
 action computed with it (or a newer version), counted where an actor was acting through the
-publication (an idle actor would only measure its idleness).
+publication (an idle actor would only measure its idleness). :class:`ActingLag` counts the
+same thing in updates: how many gradient updates the learner had made, when an episode reached
+it, beyond those in the weights that began the episode (the in-process loop's is 0).
 """
 
 from __future__ import annotations
@@ -57,12 +59,15 @@ class WeightSync:
         )
         self._cond = threading.Condition()
         self._pending: dict[str, np.ndarray] | None = None
+        self._pending_updates: int | None = None
         self._last: dict[str, np.ndarray] | None = None
+        self._last_updates: int | None = None
         self.next_version = max(1, first_version)
         self.live_version = -1
         """The version the server last said is live (-1: unknown)."""
         self.published: list[dict[str, Any]] = []
-        """``{version, publish_ns, live_ns, bytes}`` of every publication the server acknowledged."""
+        """``{version, publish_ns, live_ns, bytes}`` of every publication the server acknowledged,
+        and ``updates`` where the snapshot was offered with its update count."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -81,10 +86,12 @@ class WeightSync:
             self._thread = None
         self._publisher.close()
 
-    def offer(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Hand over a snapshot (numpy arrays the caller no longer changes); the newest wins."""
+    def offer(self, tensors: Mapping[str, np.ndarray], updates: int | None = None) -> None:
+        """Hand over a snapshot (numpy arrays the caller no longer changes) and, optionally, the
+        gradient updates it holds (recorded with its publication); the newest wins."""
         with self._cond:
             self._pending = dict(tensors)
+            self._pending_updates = updates
             self._cond.notify_all()
 
     def wait_published(self, timeout_s: float) -> bool:
@@ -115,17 +122,17 @@ class WeightSync:
             with self._cond:
                 if self._pending is None:
                     self._cond.wait(self.check_interval_s)
-                snapshot = self._pending
+                snapshot, updates = self._pending, self._pending_updates
             if self._stop.is_set():
                 return
             if snapshot is None:
                 self._watch()
                 continue
-            if self._publish(snapshot):
+            if self._publish(snapshot, updates):
                 with self._cond:
                     if self._pending is snapshot:
                         self._pending = None
-                    self._last = snapshot
+                    self._last, self._last_updates = snapshot, updates
                     self._cond.notify_all()
             else:
                 self._stop.wait(self.check_interval_s)
@@ -149,9 +156,9 @@ class WeightSync:
             )
             with self._cond:
                 if self._pending is None:
-                    self._pending = self._last
+                    self._pending, self._pending_updates = self._last, self._last_updates
 
-    def _publish(self, tensors: dict[str, np.ndarray]) -> bool:
+    def _publish(self, tensors: dict[str, np.ndarray], updates: int | None = None) -> bool:
         version = self.next_version
         t0 = time.time_ns()
         try:
@@ -173,6 +180,8 @@ class WeightSync:
             "live_ns": time.time_ns(),
             "bytes": int(sum(a.nbytes for a in tensors.values())),
         }
+        if updates is not None:
+            record["updates"] = int(updates)
         self.published.append(record)
         self.live_version = ack.version
         self.next_version = ack.version + 1
@@ -232,3 +241,32 @@ class WeightLag:
     def median_s(self) -> float:
         """Median over publications (NaN before any sample)."""
         return float(np.median(list(self.samples.values()))) if self.samples else float("nan")
+
+
+class ActingLag:
+    """Updates behind: per online episode, the learner's update count when the episode reached it
+    minus the update count of the weights its first action was computed with (from the
+    publications' ``updates``; episodes acted on weights this learner did not publish, as
+    before a restart, are left out)."""
+
+    def __init__(self):
+        self.samples: list[int] = []
+
+    def add_episode(
+        self, published: list[dict[str, Any]], policy_version: np.ndarray, updates_now: int
+    ) -> None:
+        """Record one episode's lag against the publications so far."""
+        acted = np.asarray(policy_version)[np.asarray(policy_version) > 0]
+        if not len(acted):
+            return
+        first = int(acted[0])
+        for pub in reversed(published):
+            if pub["version"] == first:
+                if "updates" in pub:
+                    self.samples.append(max(0, int(updates_now) - int(pub["updates"])))
+                return
+
+    @property
+    def median(self) -> float:
+        """Median over episodes (NaN before any sample)."""
+        return float(np.median(self.samples)) if self.samples else float("nan")

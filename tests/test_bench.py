@@ -83,7 +83,7 @@ def test_train_benchmark_prints_its_summary_line(tmp_path):
     last = res.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
         r"success=\d\.\d\d episodes=2 minutes=\d+\.\d weight_lag_s=(\d+\.\d{3}|nan) actor_hz=\d+\.\d\d "
-        r"missed_ticks=\d+ baseline_success=\d\.\d\d baseline_minutes=\d+\.\d",
+        r"missed_ticks=\d+ acting_lag_updates=\d+ baseline_success=\d\.\d\d baseline_minutes=\d+\.\d",
         last,
     ), last
     assert "in-process baseline" in res.stdout and "actor-0:" in res.stdout

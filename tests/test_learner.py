@@ -239,6 +239,21 @@ def test_weight_lag_counts_actors_acting_through_a_publication_only():
     assert lag.samples[2] == pytest.approx(0.07) and lag.median_s == pytest.approx(0.07)
 
 
+def test_acting_lag_counts_the_updates_past_the_weights_that_began_an_episode():
+    from limbic.runtime.weight_sync import ActingLag
+
+    lag = ActingLag()
+    pubs = [{"version": 1, "updates": 0}, {"version": 2, "updates": 10}, {"version": 3}]
+    lag.add_episode(pubs, np.array([0, 1, 1, 2, 2]), updates_now=25)  # held first, began on v1
+    lag.add_episode(pubs, np.array([2, 2, 2]), updates_now=25)
+    assert lag.samples == [25, 15] and lag.median == 20
+    lag.add_episode(pubs, np.array([3, 3]), updates_now=30)  # published without its updates
+    lag.add_episode(pubs, np.array([7, 7]), updates_now=30)  # weights of an earlier learner
+    lag.add_episode(pubs, np.array([0, 0]), updates_now=30)  # held throughout
+    assert lag.samples == [25, 15]
+    assert np.isnan(ActingLag().median)
+
+
 def test_an_episode_from_an_actor_lands_in_the_replay_as_the_in_process_loop_stores_it(learner):
     learner.setup()
     ep = run_episode(
@@ -291,18 +306,19 @@ def test_weights_reach_a_restarted_server_and_versions_only_grow(tmp_path):
         weights, tmp_path / "weights.jsonl", first_version=1, check_interval_s=0.1
     ).start()
     try:
-        sync.offer(state)
+        sync.offer(state, updates=40)
         wait_until(
             lambda: server.policy.version == 5, 30, "v5 after catching up with the server's v4"
         )
         server.stop()
         server = start(version=0)  # a restarted server holds its initial weights
         wait_until(lambda: server.policy.version > 5, 30, "the weights published again")
-        versions = [
-            json.loads(line)["version"]
-            for line in (tmp_path / "weights.jsonl").read_text().splitlines()
+        records = [
+            json.loads(line) for line in (tmp_path / "weights.jsonl").read_text().splitlines()
         ]
+        versions = [r["version"] for r in records]
         assert versions == sorted(set(versions)) and versions[0] == 5
+        assert {r["updates"] for r in records} == {40}  # the same snapshot, the same updates
     finally:
         sync.stop()
         server.stop()
