@@ -19,8 +19,9 @@ thread (potential ``phi`` and done probability per frame, DESIGN.md's incrementa
 forward estimates fused), off the control path. Finished episodes go to the
 :class:`~limbic.runtime.outbox.Outbox`, whose sender delivers them to the learner and keeps
 them until acknowledged. Between episodes the actor waits while the server has no ready
-policy, while the outbox is full, or while the learner owes more than
-``max_learner_backlog`` updates (so a slow learner is not flooded with stale data).
+policy, while the outbox is full, while more than ``max_unacked_episodes`` of its episodes wait
+for a live learner to store them, or while the learner owes more than ``max_learner_backlog``
+updates (so a slow learner is not flooded with stale data).
 """
 
 from __future__ import annotations
@@ -88,6 +89,12 @@ class ActorConfig:
     """Frames sent to the inference server: ``raw`` or ``jpeg``."""
     max_learner_backlog: int = 0
     """Wait before an episode while the learner owes more updates than this (0: never wait)."""
+    max_unacked_episodes: int = 0
+    """Wait before an episode while more of this actor's episodes than this are unacknowledged
+    by a learner that answers (0: never wait). The learner counts updates owed only for episodes
+    it has stored, so a learner whose storing falls behind the arms looks caught up while the
+    episodes queue in the actors' outboxes, and the arms act on weights trained without them. A
+    learner that does not answer never stops the arm: the outbox keeps the episodes."""
     out_dir: str = "runs/actors"
     """Per-actor state (episode counter), spooled episodes and the final report go under here."""
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
@@ -130,6 +137,16 @@ class ActorConfig:
                 f"must be below the control period {1.0 / self.control_hz:.3f} s",
             )
         require(self.episodes >= 0, "actor.episodes", "must be >= 0")
+        require(
+            self.max_learner_backlog >= 0,
+            "actor.max_learner_backlog",
+            f"must be >= 0, got {self.max_learner_backlog}",
+        )
+        require(
+            self.max_unacked_episodes >= 0,
+            "actor.max_unacked_episodes",
+            f"must be >= 0, got {self.max_unacked_episodes}",
+        )
         require(
             self.critic in ("auto", "on", "off"),
             "actor.critic",
@@ -376,10 +393,13 @@ class ActorLoop:
         if self.outbox.full:
             return False
         status = self.sender.status if self.sender is not None else None
-        limit = self.cfg.max_learner_backlog
-        if not limit or status is None or not self.sender.learner_alive:
+        if status is None or not self.sender.learner_alive:
             return True  # a learner that is away does not stop acting; the outbox keeps episodes
-        return status.backlog_updates <= limit
+        unacked = self.cfg.max_unacked_episodes
+        if unacked and len(self.outbox) > unacked:
+            return False
+        limit = self.cfg.max_learner_backlog
+        return not limit or status.backlog_updates <= limit
 
     # ------------------------------------------------------------ one episode
 

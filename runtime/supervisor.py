@@ -75,6 +75,9 @@ class ActorSettings:
     (``ActorConfig.chunk_fetch``)."""
     max_learner_backlog: int = 200
     """Wait between episodes while the learner owes more updates than this (0: never)."""
+    max_unacked_episodes: int = 1
+    """Wait between episodes while more of the actor's episodes than this wait for the learner to
+    store them (0: never; ``ActorConfig.max_unacked_episodes``)."""
     min_policy_version: int = 1
     """Hold the arm until the learner has published weights at least this new."""
     critic: str = "auto"
@@ -353,6 +356,7 @@ class TrainJob:
                     critic=a.critic,
                     image_format=a.image_format,
                     max_learner_backlog=a.max_learner_backlog,
+                    max_unacked_episodes=a.max_unacked_episodes,
                     out_dir=str(self.out / "actors"),
                     outbox=a.outbox,
                     log_every_s=60.0,

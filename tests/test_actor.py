@@ -143,6 +143,46 @@ def test_inline_fetching_runs_every_chunk_whole_and_prefetching_skips_its_start(
         actor_config(tmp_path, "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", chunk_fetch="eager")
 
 
+@pytest.mark.parametrize("limit", [1, 0])
+def test_an_actor_waits_while_a_live_learner_has_not_stored_its_episodes(tmp_path, limit):
+    # the learner answers status at once but stores nothing until released: with a limit the
+    # actor plays one episode past its unstored one and waits; without one it plays them all
+    learner = RecordingLearner()
+    learner.hold.set()
+    try:
+        with serving(SimPolicy()) as server:
+            cfg = actor_config(
+                tmp_path, server.endpoint, learner.endpoint, episodes=4, max_unacked_episodes=limit
+            )
+            run = Running(cfg)
+            played = limit + 1 if limit else 4
+            wait_until(lambda: len(run.loop.outbox) == played, 60, f"{played} episodes played")
+            assert not run.stop.wait(1.0)  # a chance to overrun the limit
+            assert len(run.loop.outbox) == played and run.loop.state.next_seq == played
+            learner.hold.clear()
+            run.join()
+            assert run.report.episodes == 4 and run.report.acked == 4
+            assert learner.stored_order == run.report.episode_ids
+    finally:
+        learner.close()
+
+
+def test_a_learner_that_does_not_answer_never_stops_the_arm(tmp_path):
+    # nothing listens at the learner's endpoint: the outbox keeps the episodes, the arm plays on
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        nowhere = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    with serving(SimPolicy()) as server:
+        cfg = actor_config(tmp_path, server.endpoint, nowhere, episodes=3, max_unacked_episodes=1)
+        run = Running(cfg)
+        wait_until(lambda: run.loop.state.next_seq >= 3, 60, "three episodes with no learner")
+        assert len(run.loop.outbox) == 3
+        run.stop.set()
+        run.join()
+    with pytest.raises(ConfigError, match="actor.max_unacked_episodes"):
+        actor_config(tmp_path, "tcp://127.0.0.1:1", nowhere, max_unacked_episodes=-1)
+
+
 def test_late_actions_are_dropped_and_the_arm_holds_still(tmp_path):
     learner = RecordingLearner()
     policy = SimPolicy()
