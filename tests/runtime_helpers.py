@@ -4,6 +4,7 @@ a live server, and a stand-in learner endpoint that records what it is sent."""
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -99,6 +100,13 @@ def serving(
     finally:
         server.stop()
     server.check()
+
+
+def free_endpoint() -> str:
+    """A loopback TCP endpoint nothing listens on (a port just freed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 class RecordingLearner:

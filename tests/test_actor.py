@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import numpy as np
@@ -13,6 +12,7 @@ from runtime_helpers import (
     RecordingLearner,
     SimPolicy,
     episode,
+    free_endpoint,
     robot_config,
     runner,
     serving,
@@ -169,9 +169,7 @@ def test_an_actor_waits_while_a_live_learner_has_not_stored_its_episodes(tmp_pat
 
 def test_a_learner_that_does_not_answer_never_stops_the_arm(tmp_path):
     # nothing listens at the learner's endpoint: the outbox keeps the episodes, the arm plays on
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        nowhere = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    nowhere = free_endpoint()
     with serving(SimPolicy()) as server:
         cfg = actor_config(tmp_path, server.endpoint, nowhere, episodes=3, max_unacked_episodes=1)
         run = Running(cfg)
@@ -218,9 +216,7 @@ def test_late_actions_are_dropped_and_the_arm_holds_still(tmp_path):
 
 
 def test_a_dead_server_makes_the_actor_hold_the_arm_until_it_is_back(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        endpoint = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    endpoint = free_endpoint()
     learner = RecordingLearner()
     policy = SimPolicy()
     try:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import pytest
 import zmq
-from runtime_helpers import RecordingLearner, episode
+from runtime_helpers import RecordingLearner, episode, free_endpoint
 from serving import wait_until
 
 from limbic.runtime.codec import ErrorCode
@@ -28,12 +26,6 @@ def payload(episode_id: str, seed: int = 0) -> bytes:
     ep = episode(episode_id, seed=seed)
     ep.action[:, -1] = 0.5
     return encode_inline(ep)
-
-
-def free_endpoint() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
 def fast(**kw) -> OutboxConfig:
