@@ -6,10 +6,10 @@ the actors' achieved rates and missed ticks, the weight lag (median delay from a
 publication to the first action computed with it), the acting lag (median, over online
 episodes, of the updates the learner had made beyond the weights that began the episode) and
 ends with ``success=... episodes=... minutes=... weight_lag_s=... actor_hz=...`` (then the
-missed ticks, the acting lag and the baseline's success and minutes). The job's learner and the baseline run at ``nice``
-(+10) below the caller, like ``limbic-train``'s learner: run the benchmark itself at normal
-priority, or the control loops and the server compete at the learner's. Extra arguments are
-``limbic-train`` overrides::
+missed ticks, the acting lag and the baseline's success and minutes). The job's learner and the
+baseline run at ``nice`` (+10) below the caller, like ``limbic-train``'s learner: run the
+benchmark itself at normal priority, or the control loops and the server compete at the
+learner's. Extra arguments are ``limbic-train`` overrides::
 
     limbic-bench train                                    # the default job (long on a CPU)
     limbic-bench train --no-baseline task=reach online_episodes=50

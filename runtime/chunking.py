@@ -43,9 +43,9 @@ class ChunkStarvationError(TimeoutError):
 
 
 FETCH_MODES = ("auto", "inline", "prefetch")
+"""How the broker gets the next chunk (module docstring)."""
 ROUND_TRIP_HISTORY = 2000
 """Round trips kept for :meth:`ActionChunkBroker.round_trip_ms`."""
-"""How the broker gets the next chunk (module docstring)."""
 
 
 class ActionChunkBroker:

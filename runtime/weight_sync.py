@@ -256,7 +256,8 @@ class ActingLag:
         self, published: list[dict[str, Any]], policy_version: np.ndarray, updates_now: int
     ) -> None:
         """Record one episode's lag against the publications so far."""
-        acted = np.asarray(policy_version)[np.asarray(policy_version) > 0]
+        versions = np.asarray(policy_version)
+        acted = versions[versions > 0]  # 0: a tick held before any weights
         if not len(acted):
             return
         first = int(acted[0])

@@ -284,17 +284,13 @@ def test_an_episode_from_an_actor_lands_in_the_replay_as_the_in_process_loop_sto
 
 
 def test_weights_reach_a_restarted_server_and_versions_only_grow(tmp_path):
-    import socket
-
-    from runtime_helpers import SimPolicy, runner
+    from runtime_helpers import SimPolicy, free_endpoint, runner
     from serving import wait_until
 
     from limbic.runtime.server import InferenceServer, ServerConfig
     from limbic.runtime.weight_sync import WeightSync
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        weights = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    weights = free_endpoint()
 
     def start(version: int) -> InferenceServer:
         cfg = ServerConfig(endpoint="tcp://127.0.0.1:*", weights_endpoint=weights)
