@@ -93,7 +93,8 @@ class CriticTrainConfig:
     resume: bool = True
     """Continue from ``<out_dir>/checkpoints/last.pt`` when it exists."""
     init_from: str = ""
-    """Start from the weights of this critic checkpoint (fine-tuning, e.g. on one demonstration);
+    """Start from the weights and calibrated done thresholds of this critic checkpoint
+    (fine-tuning, e.g. on one demonstration; validation passes calibrate the thresholds again);
     a run that resumes from its own ``last.pt`` ignores it."""
     cache_dtype: str = "float16"
     """Dtype of cached frame tokens (frozen backbones): float16, bfloat16 or float32."""
@@ -203,7 +204,12 @@ def train_critic(
     torch.manual_seed(config.seed)
     critic = ProgressCritic(config.model).to(device)
     if config.init_from:
-        critic.load_state_dict(ProgressCritic.from_checkpoint(config.init_from).state_dict())
+        # a fine-tune starts from the weights and the calibrated done thresholds: without
+        # validation to calibrate them again it must not fall back to 0.5
+        init = ProgressCritic.from_checkpoint(config.init_from)
+        critic.load_state_dict(init.state_dict())
+        critic.done_threshold = init.done_threshold
+        critic.done_thresholds = dict(init.done_thresholds)
     params = [p for p in critic.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

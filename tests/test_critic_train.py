@@ -220,3 +220,23 @@ def test_tokens_kept_on_disk_are_reused_and_train_the_same_critic(tmp_path: Path
     assert healed.store.misses == 1
     assert torch.equal(healed.tokens, changed.tokens)
     assert not list(cache.glob("*.tmp*"))  # written under a temporary name, then renamed
+
+
+def test_a_fine_tune_starts_from_the_weights_and_thresholds_of_its_checkpoint(
+    tmp_path: Path,
+) -> None:
+    episodes = make_episodes(3, seed=0, hw=32, fail_fraction=0.34)
+    base = ProgressCritic(_config(tmp_path, "small_cnn", 1).model)
+    base.done_threshold = 0.73
+    base.done_thresholds = {"head": 0.73, "reference": 0.61}
+    torch.save({"critic": base.export_state()}, tmp_path / "base.pt")
+    # a learning rate too small to move the weights: what comes out is where it started
+    cfg = _config(tmp_path / "ft", "small_cnn", 2, init_from=str(tmp_path / "base.pt"), lr=1e-12)
+    result = train_critic(cfg, episodes)
+    start, tuned = base.state_dict(), result.critic.state_dict()
+    for k in start:
+        assert torch.allclose(start[k], tuned[k], atol=1e-6), k
+    # no validation to calibrate again: the checkpoint's thresholds are kept, not reset to 0.5
+    for critic in (result.critic, ProgressCritic.from_checkpoint(result.checkpoint)):
+        assert critic.done_threshold == pytest.approx(0.73)
+        assert critic.done_thresholds == pytest.approx({"head": 0.73, "reference": 0.61})
