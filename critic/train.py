@@ -207,6 +207,11 @@ def train_critic(
         # a fine-tune starts from the weights and the calibrated done thresholds: without
         # validation to calibrate them again it must not fall back to 0.5
         init = ProgressCritic.from_checkpoint(config.init_from)
+        if asdict(init.config) != asdict(config.model):
+            raise ValueError(
+                f"critic.init_from: {config.init_from} was trained with model config "
+                f"{asdict(init.config)}, not {asdict(config.model)}; give the same critic.model options"
+            )
         critic.load_state_dict(init.state_dict())
         critic.done_threshold = init.done_threshold
         critic.done_thresholds = dict(init.done_thresholds)

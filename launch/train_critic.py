@@ -9,6 +9,7 @@ the typed schema is :class:`TrainCriticJob`.
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import hydra
@@ -35,6 +36,13 @@ class TrainCriticJob:
     val_fraction: float = 0.0
     """Without ``val_datasets``: hold out this fraction of each training dataset's episodes (its
     last ones, unseen seeds) for validation, threshold calibration and the best checkpoint."""
+    repeats: list[int] = field(default_factory=list)
+    """Per training dataset, how many times each of its episodes enters training (empty: once
+    each); e.g. a one-demo fine-tune weights its demonstrations up: ``repeats='[4,1]'``."""
+    max_episodes: list[int] = field(default_factory=list)
+    """Per training dataset, train on at most this many of its episodes, drawn at random with
+    ``critic.seed`` (0: all; empty: all of every dataset); e.g. a fine-tune mixes a sample of the
+    original recordings with the new demonstrations. Validation episodes are held out first."""
     critic: CriticTrainConfig = field(default_factory=CriticTrainConfig)
     """Model, labels and optimisation."""
 
@@ -54,6 +62,21 @@ class TrainCriticJob:
             "val_fraction",
             "give either val_datasets or val_fraction, not both",
         )
+        for key in ("repeats", "max_episodes"):
+            values = getattr(self, key)
+            require(
+                not values or len(values) == len(self.datasets),
+                key,
+                f"expected one value per training dataset ({len(self.datasets)}), got {len(values)}",
+            )
+        require(
+            all(r >= 1 for r in self.repeats), "repeats", f"expected >= 1 each, got {self.repeats}"
+        )
+        require(
+            all(n >= 0 for n in self.max_episodes),
+            "max_episodes",
+            f"expected >= 0 each (0: all), got {self.max_episodes}",
+        )
 
 
 ConfigStore.instance().store(name="train_critic_schema", node=TrainCriticJob)
@@ -62,22 +85,22 @@ ConfigStore.instance().store(name="train_critic_schema", node=TrainCriticJob)
 def run(job: TrainCriticJob) -> None:
     """Load the episodes and train; prints where the checkpoint went."""
     views = job.critic.model.views
-    if job.val_fraction:
-        episodes, val = [], []
-        for folder in job.datasets:
-            mine = load_many([folder], split=job.split, views=views)
+    rng = random.Random(job.critic.seed)
+    episodes, val = [], []
+    for i, folder in enumerate(job.datasets):
+        mine = load_many([folder], split=job.split, views=views)
+        if job.val_fraction:
             n_val = int(round(len(mine) * job.val_fraction))
             cut = len(mine) - n_val if 0 < n_val < len(mine) else len(mine)
-            episodes += mine[:cut]
-            val += mine[cut:]
-        val = val or None
-    else:
-        episodes = load_many(job.datasets, split=job.split, views=views)
-        val = (
-            load_many(job.val_datasets, split=job.val_split, views=views)
-            if job.val_datasets
-            else None
-        )
+            mine, val = mine[:cut], val + mine[cut:]
+        limit = job.max_episodes[i] if job.max_episodes else 0
+        if 0 < limit < len(mine):
+            keep = sorted(rng.sample(range(len(mine)), limit))
+            mine = [mine[k] for k in keep]
+        episodes += mine * (job.repeats[i] if job.repeats else 1)
+    if job.val_datasets:
+        val = load_many(job.val_datasets, split=job.val_split, views=views)
+    val = val or None
     print(
         f"training on {len(episodes)} episodes ({sum(e.succeeded for e in episodes)} successful)"
         + (f", validating on {len(val)}" if val else "")

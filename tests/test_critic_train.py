@@ -240,3 +240,8 @@ def test_a_fine_tune_starts_from_the_weights_and_thresholds_of_its_checkpoint(
     for critic in (result.critic, ProgressCritic.from_checkpoint(result.checkpoint)):
         assert critic.done_threshold == pytest.approx(0.73)
         assert critic.done_thresholds == pytest.approx({"head": 0.73, "reference": 0.61})
+    # a checkpoint of another model is named, not half-loaded
+    other = _config(tmp_path / "ft2", "small_cnn", 2, init_from=str(tmp_path / "base.pt"))
+    other.model.d_model = 64
+    with pytest.raises(ValueError, match="critic.init_from: .* model config"):
+        train_critic(other, episodes)
