@@ -118,7 +118,9 @@ def test_train_config_errors_name_the_key(tmp_path: Path) -> None:
                 to_object(compose("train_critic", overrides=["datasets=[a]", bad]), TrainCriticJob)
 
 
-def test_val_fraction_holds_out_the_last_episodes_of_each_dataset(tmp_path: Path, monkeypatch):
+def _episodes_given_to_training(tmp_path: Path, monkeypatch, **job_kw) -> dict:
+    """Run ``limbic-train-critic`` on datasets a (10 episodes) and b (5) up to the training call;
+    return the training and validation episodes it was given."""
     from limbic.launch import train_critic as cli
     from limbic.launch.train_critic import TrainCriticJob
 
@@ -133,10 +135,15 @@ def test_val_fraction_holds_out_the_last_episodes_of_each_dataset(tmp_path: Path
         raise SystemExit(0)
 
     monkeypatch.setattr(cli, "train_critic", fake_train)
-    job = TrainCriticJob(datasets=[str(tmp_path / "a"), str(tmp_path / "b")], val_fraction=0.2)
+    job = TrainCriticJob(datasets=[str(tmp_path / "a"), str(tmp_path / "b")], **job_kw)
     job.critic.model.views = ["front", "wrist"]
     with pytest.raises(SystemExit):
         cli.run(job)
+    return seen
+
+
+def test_val_fraction_holds_out_the_last_episodes_of_each_dataset(tmp_path: Path, monkeypatch):
+    seen = _episodes_given_to_training(tmp_path, monkeypatch, val_fraction=0.2)
     train_ids = [e.episode_index for e in seen["train"]]
     val_ids = [e.episode_index for e in seen["val"]]
     # each dataset numbers its episodes from 0: a keeps 0-7 and gives 8-9, b keeps 0-3 and gives 4
@@ -145,29 +152,13 @@ def test_val_fraction_holds_out_the_last_episodes_of_each_dataset(tmp_path: Path
 
 
 def test_repeats_and_max_episodes_shape_the_training_set(tmp_path: Path, monkeypatch):
-    from limbic.launch import train_critic as cli
-    from limbic.launch.train_critic import TrainCriticJob
-
-    a = make_episodes(10, seed=0, hw=32, fail_fraction=0.2)
-    b = make_episodes(5, seed=1, hw=32, fail_fraction=0.2, start_index=10)
-    write_dataset(a, tmp_path / "a")
-    write_dataset(b, tmp_path / "b")
-    seen = {}
-
-    def fake_train(config, episodes, val):
-        seen["train"], seen["val"] = episodes, val
-        raise SystemExit(0)
-
-    monkeypatch.setattr(cli, "train_critic", fake_train)
-    job = TrainCriticJob(
-        datasets=[str(tmp_path / "a"), str(tmp_path / "b")],
+    seen = _episodes_given_to_training(
+        tmp_path,
+        monkeypatch,
         val_fraction=0.2,
         max_episodes=[3, 0],  # a: 3 of its 8 training episodes; b: all
         repeats=[1, 2],  # b's episodes twice each
     )
-    job.critic.model.views = ["front", "wrist"]
-    with pytest.raises(SystemExit):
-        cli.run(job)
     ids = [(Path(e.metadata["root"]).name, e.episode_index) for e in seen["train"]]
     from_a = [i for name, i in ids if name == "a"]
     assert len(from_a) == 3 and len(set(from_a)) == 3 and set(from_a) <= set(range(8))
