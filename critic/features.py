@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from limbic.critic.model import ProgressCritic
 from limbic.data.schema import EpisodeArrays
+from limbic.policy.encoders.vision import PatchColour, VisionBackbone
 
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -59,23 +60,34 @@ def episode_images(critic: ProgressCritic, episode: EpisodeArrays) -> tuple[np.n
 
 @torch.no_grad()
 def episode_tokens(
-    critic: ProgressCritic, episode: EpisodeArrays, batch_size: int = 64
+    critic: ProgressCritic,
+    episode: EpisodeArrays,
+    batch_size: int = 64,
+    backbone: VisionBackbone | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens float32[T, V, N, C], present bool[T, V])`` of every frame of an episode."""
+    """``(tokens float32[T, V, N, C], present bool[T, V])`` of every frame of an episode, from
+    ``backbone`` (by default the critic's)."""
     images, present = episode_images(critic, episode)
-    chunks = [
-        critic.encode_frames(images[i : i + batch_size]).cpu()
-        for i in range(0, len(images), batch_size)
-    ]
+    chunks = []
+    for i in range(0, len(images), batch_size):
+        chunk = images[i : i + batch_size]
+        if backbone is None:
+            chunks.append(critic.encode_frames(chunk).cpu())
+            continue
+        b, v = chunk.shape[:2]
+        flat = torch.from_numpy(chunk.reshape(b * v, *chunk.shape[2:]))
+        flat = flat.to(critic.pos_embed.device)
+        chunks.append(backbone(flat).reshape(b, v, -1, backbone.feature_dim).cpu())
     return torch.cat(chunks), torch.from_numpy(present)
 
 
-def backbone_digest(critic: ProgressCritic) -> str:
+def backbone_digest(critic: ProgressCritic, backbone: VisionBackbone | None = None) -> str:
     """Hex digest of what a frame's tokens depend on besides the frame: the backbone's name and
-    weights, the critic's views and image size."""
+    weights (``backbone``, by default the critic's), the critic's views and image size."""
+    backbone = backbone if backbone is not None else critic.backbone
     h = hashlib.blake2b(digest_size=16)
-    h.update(f"{critic.backbone.name}|{list(critic.views)}|{list(critic.image_hw)}".encode())
-    for key, value in sorted(critic.backbone.state_dict().items()):
+    h.update(f"{backbone.name}|{list(critic.views)}|{list(critic.image_hw)}".encode())
+    for key, value in sorted(backbone.state_dict().items()):
         h.update(key.encode())
         h.update(value.detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
@@ -83,14 +95,22 @@ def backbone_digest(critic: ProgressCritic) -> str:
 
 class TokenStore:
     """Per-episode backbone tokens on disk (see the module docstring); tensors only, loaded with
-    ``weights_only``. A file that cannot be read is recomputed and rewritten, with a warning."""
+    ``weights_only``. A file that cannot be read is recomputed and rewritten, with a warning.
+
+    With a ``+rgb`` backbone (:class:`PatchColour`) the files hold the inner backbone's tokens,
+    the very files a critic on the plain backbone writes and reads, and the colour channels are
+    added from the frames when an episode is loaded: switching ``+rgb`` on costs no second
+    backbone pass over the recordings."""
 
     def __init__(self, root: str | Path, critic: ProgressCritic, cache_dtype: str):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.critic = critic
         self.dtype = CACHE_DTYPES[cache_dtype]
-        self.prefix = f"{backbone_digest(critic)}|{cache_dtype}"
+        backbone = critic.backbone
+        self.colour = backbone if isinstance(backbone, PatchColour) else None
+        self.inner = self.colour.inner if self.colour is not None else backbone
+        self.prefix = f"{backbone_digest(critic, self.inner)}|{cache_dtype}"
         self.hits = self.misses = 0
 
     def path(self, episode: EpisodeArrays) -> Path:
@@ -107,13 +127,20 @@ class TokenStore:
         saved = self._load(path, len(episode)) if path.is_file() else None
         if saved is not None:
             self.hits += 1
-            return saved
-        toks, present = episode_tokens(self.critic, episode)
-        toks = toks.to(self.dtype)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"tokens": toks, "present": present}, tmp)
-        os.replace(tmp, path)  # never a half-written file under the real name
-        self.misses += 1
+            toks, present = saved
+        else:
+            toks, present = episode_tokens(self.critic, episode, backbone=self.inner)
+            toks = toks.to(self.dtype)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"tokens": toks, "present": present}, tmp)
+            os.replace(tmp, path)  # never a half-written file under the real name
+            self.misses += 1
+        if self.colour is not None:
+            images, _ = episode_images(self.critic, episode)
+            t, v, n = toks.shape[:3]
+            flat = torch.from_numpy(images.reshape(t * v, *images.shape[2:]))
+            colour = self.colour.colours(flat, n).reshape(t, v, n, -1)
+            toks = torch.cat([toks, colour.to(self.dtype)], dim=-1)
         return toks, present
 
     def _load(self, path: Path, frames: int) -> tuple[torch.Tensor, torch.Tensor] | None:

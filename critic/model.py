@@ -75,6 +75,14 @@ class CriticModelConfig:
     """Also give the reference done head ``|z_b − z_goal|``: "how far is ``b`` from the goal
     frame" as features a linear read-out can use for objects and colours training never showed,
     where ``z_b − z_goal`` alone leaves the head to learn sameness colour by colour."""
+    reference_token_diff: bool = False
+    """Also give the reference done head a token-by-token comparison of frame ``b`` with the goal
+    frame: ``|x_b − x_goal|`` of the two frames' projected tokens at each position of each view,
+    pooled by a learned, language-free attention over the positions. The pooled frame embeddings
+    keep what the instruction (or the goal) asks them to look at and can lose what sits between
+    the jaws; a camera that moves with the tool (the wrist view) sees a finished task at the same
+    place in every episode, so there "the same tokens as the goal frame here" is a comparison that
+    does not depend on which colours or objects training showed."""
 
     def __post_init__(self) -> None:
         require(
@@ -175,7 +183,13 @@ class ProgressCritic(nn.Module):
             self.goal_cond = nn.Sequential(
                 nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)
             )
-            parts = 4 if config.reference_abs_diff else 3
+            parts = 3 + int(config.reference_abs_diff) + int(config.reference_token_diff)
+            if config.reference_token_diff:
+                self.diff_norm = nn.LayerNorm(d)
+                self.diff_place = nn.Parameter(torch.zeros(v, self.num_tokens, config.pool_heads))
+                self.diff_score = nn.Linear(d, config.pool_heads)
+                self.diff_value = nn.Linear(d, d)
+                self.diff_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
             self.ref_done_mlp = nn.Sequential(
                 nn.Linear(parts * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
             )
@@ -210,14 +224,7 @@ class ProgressCritic(nn.Module):
             raise ValueError(
                 f"tokens: expected (B, {len(self.views)}, {self.num_tokens}, C), got {tuple(tokens.shape)}"
             )
-        tokens = tokens.float()
-        if self.colour_proj is not None:
-            k = self.colour_dim
-            x = self.token_proj(tokens[..., :-k]) + self.colour_proj(tokens[..., -k:])
-        else:
-            x = self.token_proj(tokens)
-        x = x + self.view_embed + self.pos_embed  # [B, V, N, d]
-        x = x.reshape(b, v * n, -1)
+        x = (self._project_tokens(tokens) + self.view_embed + self.pos_embed).reshape(b, v * n, -1)
         for block in self.film_blocks:
             x = block(x, lang_d)
         heads = self.config.pool_heads
@@ -237,6 +244,14 @@ class ProgressCritic(nn.Module):
             scores = scores.masked_fill(~token_mask, float("-inf"))
         pooled = (scores.softmax(-1) @ val).reshape(b, -1)
         return self.pool_out(pooled)
+
+    def _project_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Backbone tokens ``[B, V, N, C]`` -> ``[B, V, N, d]`` (colour channels projected apart)."""
+        tokens = tokens.float()
+        if self.colour_proj is None:
+            return self.token_proj(tokens)
+        k = self.colour_dim
+        return self.token_proj(tokens[..., :-k]) + self.colour_proj(tokens[..., -k:])
 
     # ----- stage 3: heads ------------------------------------------------------------------
 
@@ -268,17 +283,63 @@ class ProgressCritic(nn.Module):
         return self.embed_frame(tokens_g, null, view_mask)
 
     def reference_done_logit(
-        self, tokens_b: torch.Tensor, z_goal: torch.Tensor, view_mask: torch.Tensor | None = None
+        self,
+        tokens_b: torch.Tensor,
+        z_goal: torch.Tensor,
+        view_mask: torch.Tensor | None = None,
+        tokens_goal: torch.Tensor | None = None,
+        goal_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Done logit ``float32[B]`` of frames ``b`` against goal embeddings ``z_goal: [B, d]``
-        (:meth:`embed_goal`): frame ``b`` is embedded with the goal in the instruction's place."""
+        (:meth:`embed_goal`): frame ``b`` is embedded with the goal in the instruction's place.
+        ``tokens_goal: [B, V, N, C]`` (the goal frames' tokens, ``goal_mask`` their present views)
+        is needed with ``reference_token_diff``."""
         self._need_reference_done()
         cond = self.goal_cond(z_goal)
         z_b = self.embed_frame(tokens_b, cond, view_mask)
         parts = [z_b, z_goal, z_b - z_goal]
         if self.config.reference_abs_diff:
             parts.append((z_b - z_goal).abs())
+        if self.config.reference_token_diff:
+            if tokens_goal is None:
+                raise ValueError(
+                    "reference_done_logit: tokens_goal is needed with critic.model.reference_token_diff"
+                )
+            parts.append(self.token_difference(tokens_b, tokens_goal, view_mask, goal_mask))
         return self.ref_done_mlp(torch.cat(parts, -1)).squeeze(-1)
+
+    def token_difference(
+        self,
+        tokens_b: torch.Tensor,
+        tokens_goal: torch.Tensor,
+        mask_b: torch.Tensor | None = None,
+        mask_goal: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``|x_b − x_goal|`` of the projected tokens at each place, pooled over the places that
+        both frames have (views present in both) -> ``float32[B, d]``; zeros where they share
+        no view (``reference_token_diff``)."""
+        b, v, n, _ = tokens_b.shape
+        if tokens_goal.shape != tokens_b.shape:
+            raise ValueError(
+                f"tokens_goal: expected shape {tuple(tokens_b.shape)}, got {tuple(tokens_goal.shape)}"
+            )
+        diff = self.diff_norm(
+            (self._project_tokens(tokens_b) - self._project_tokens(tokens_goal)).abs()
+        )
+        heads = self.config.pool_heads
+        scores = self.diff_score(diff) + self.diff_place  # [B, V, N, heads]
+        both = torch.ones(b, v, dtype=torch.bool, device=tokens_b.device)
+        if mask_b is not None:
+            both = both & mask_b.to(torch.bool)
+        if mask_goal is not None:
+            both = both & mask_goal.to(torch.bool)
+        any_view = both.any(dim=1)  # [B]
+        keep = both | ~any_view[:, None]  # rows without a shared view: pooled, then zeroed
+        scores = scores.masked_fill(~keep[:, :, None, None], float("-inf"))
+        weights = scores.reshape(b, v * n, heads).softmax(dim=1)  # [B, V*N, heads]
+        values = self.diff_value(diff).reshape(b, v * n, heads, -1)
+        pooled = torch.einsum("bkh,bkhe->bhe", weights, values).reshape(b, -1)
+        return self.diff_out(pooled) * any_view[:, None].to(pooled.dtype)
 
     def _need_reference_done(self) -> None:
         if not self.config.reference_done:

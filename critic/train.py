@@ -429,9 +429,10 @@ def _reference_done_loss(
     if len(keep) == 0:
         return None
     tok_g, present_g = tokens.get(ref_ep[keep], ref_fr[keep])
-    z_goal = critic.embed_goal(tok_g, drop_views(present_g, config.view_dropout, gen))
+    goal_views = drop_views(present_g, config.view_dropout, gen)
+    z_goal = critic.embed_goal(tok_g, goal_views)
     rows = torch.from_numpy(keep).to(tok_b.device)
-    logit = critic.reference_done_logit(tok_b[rows], z_goal, views[rows])
+    logit = critic.reference_done_logit(tok_b[rows], z_goal, views[rows], tok_g, goal_views)
     target = d_target[rows] * torch.from_numpy(~negative[keep]).to(d_target)  # negatives: 0
     ones = torch.ones_like(target)
     weight = done_weights(target, ones) if config.done_balance else ones

@@ -243,13 +243,17 @@ def _reference_done(
 ) -> np.ndarray:
     """Reference done probability of every frame, averaged over the goal frames."""
     device = critic.pos_embed.device
-    z_goal = critic.embed_goal(goal_tokens.to(device))
+    goal_tokens = goal_tokens.to(device)
+    z_goal = critic.embed_goal(goal_tokens)
     probs = [
         np.concatenate(
             [
                 torch.sigmoid(
                     critic.reference_done_logit(
-                        chunk, z_goal[r : r + 1].expand(len(chunk), -1), mask
+                        chunk,
+                        z_goal[r : r + 1].expand(len(chunk), -1),
+                        mask,
+                        goal_tokens[r : r + 1].expand(len(chunk), *goal_tokens.shape[1:]),
                     )
                 )
                 .cpu()

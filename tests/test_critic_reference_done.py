@@ -322,3 +322,69 @@ def test_the_head_can_also_read_how_far_b_is_from_the_goal() -> None:
     old = _critic().export_state()
     old["config"].pop("reference_abs_diff", None)
     assert ProgressCritic.from_state(old).ref_done_mlp[0].in_features == 3 * d
+
+
+def _token_diff_critic() -> ProgressCritic:
+    torch.manual_seed(0)
+    config = {**CFG.__dict__, "reference_done": True, "reference_token_diff": True}
+    critic = ProgressCritic(CriticModelConfig(**config)).eval()
+    with torch.no_grad():  # a place prior that is not uniform, as training makes it
+        critic.diff_place.normal_()
+    return critic
+
+
+def test_the_head_can_compare_the_frame_with_the_goal_place_by_place() -> None:
+    """``reference_token_diff``: a frame identical to its goal frame gives the same comparison
+    whatever it shows (so the head's "same as the goal" needs no colour or object of its own);
+    a difference at one place changes it; only views both frames have are compared."""
+    critic = _token_diff_critic()
+    d = critic.config.d_model
+    assert critic.ref_done_mlp[0].in_features == 4 * d
+    a, b = _tokens(critic, 2, 0), _tokens(critic, 2, 1)
+    with torch.no_grad():
+        same_a, same_b = critic.token_difference(a, a), critic.token_difference(b, b)
+        torch.testing.assert_close(same_a, same_b)
+        moved = a.clone()
+        moved[:, 1, 2] += 3.0  # one place of the wrist view differs from the goal
+        assert not torch.allclose(critic.token_difference(moved, a), same_a)
+        # the goal lacks the wrist view: the frame's wrist tokens are not compared
+        wrist_gone = torch.tensor([[True, False], [True, False]])
+        only_front = critic.token_difference(moved, a, mask_goal=wrist_gone)
+        torch.testing.assert_close(only_front, critic.token_difference(a, a, mask_goal=wrist_gone))
+        # no view in common: nothing to compare, a zero feature rather than NaN
+        front_gone = torch.tensor([[False, True], [False, True]])
+        none = critic.token_difference(a, b, mask_b=wrist_gone, mask_goal=front_gone)
+        assert torch.equal(none, torch.zeros(2, d))
+        z_goal = critic.embed_goal(b)
+        with pytest.raises(ValueError, match="tokens_goal"):
+            critic.reference_done_logit(a, z_goal)
+        logit = critic.reference_done_logit(a, z_goal, tokens_goal=b)
+    loaded = ProgressCritic.from_state(critic.export_state()).eval()
+    with torch.no_grad():
+        again = loaded.reference_done_logit(a, loaded.embed_goal(b), tokens_goal=b)
+    torch.testing.assert_close(again, logit)
+    # the comparison is trained through the head: it gets gradients
+    critic.reference_done_logit(a, critic.embed_goal(b), tokens_goal=b).sum().backward()
+    for p in (critic.diff_score.weight, critic.diff_value.weight, critic.diff_place):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+
+
+def test_a_critic_with_the_token_comparison_trains_and_scores(tmp_path: Path) -> None:
+    episodes = make_episodes(4, seed=0, hw=32)
+    model = CriticModelConfig(
+        **{**CFG.__dict__, "reference_done": True, "reference_token_diff": True}
+    )
+    cfg = CriticTrainConfig(
+        model=model,
+        out_dir=str(tmp_path),
+        steps=3,
+        batch_size=16,
+        warmup_steps=1,
+        progress_bar=False,
+    )
+    critic = train_critic(cfg, episodes).critic  # the training path gives the goal's tokens
+    scores = score_episodes(
+        critic, episodes, config=CriticEvalConfig(done_from="reference", plots=False)
+    )
+    probs = np.concatenate([s.curves.done_prob_reference for s in scores])
+    assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()

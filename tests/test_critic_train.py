@@ -222,6 +222,30 @@ def test_tokens_kept_on_disk_are_reused_and_train_the_same_critic(tmp_path: Path
     assert not list(cache.glob("*.tmp*"))  # written under a temporary name, then renamed
 
 
+def test_colour_tokens_share_the_plain_backbones_cache(tmp_path: Path) -> None:
+    """A ``+rgb`` critic reads the files a plain-backbone critic wrote (no second backbone pass)
+    and gets the tokens its own backbone computes, colour channels included; its own misses are
+    written as plain tokens that the plain critic then reads."""
+    from limbic.critic.features import FrameTokens
+
+    episodes = make_episodes(3, seed=0, hw=32, fail_fraction=0.34)
+    cache = tmp_path / "tokens"
+    plain = ProgressCritic(_config(tmp_path, "efficientnet_lite0:stride16", 1).model)
+    rgb = ProgressCritic(_config(tmp_path, "efficientnet_lite0:stride16+rgb", 1).model)
+    written = FrameTokens(plain, episodes[:2], cache_dir=cache)
+    assert written.store.misses == 2
+    shared = FrameTokens(rgb, episodes, cache_dir=cache)
+    assert (shared.store.hits, shared.store.misses) == (2, 1)
+    assert len(list(cache.glob("*.pt"))) == 3
+    fresh = FrameTokens(rgb, episodes)  # the +rgb backbone itself, no cache
+    assert shared.tokens.shape == fresh.tokens.shape
+    assert shared.tokens.shape[-1] == plain.backbone.feature_dim + 3
+    assert torch.equal(shared.tokens, fresh.tokens)
+    back = FrameTokens(plain, episodes, cache_dir=cache)
+    assert (back.store.hits, back.store.misses) == (3, 0)
+    assert torch.equal(back.tokens, shared.tokens[..., :-3])
+
+
 def test_a_fine_tune_starts_from_the_weights_and_thresholds_of_its_checkpoint(
     tmp_path: Path,
 ) -> None:

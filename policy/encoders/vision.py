@@ -223,12 +223,18 @@ class PatchColour(VisionBackbone):
             )
         return rows, cols
 
+    def colours(self, images: torch.Tensor, n: int) -> torch.Tensor:
+        """``uint8[B, H, W, 3]`` -> the mean colour of each of ``n`` token cells, ``float32[B, n, 3]``
+        in ``[-1, 1]`` (the channels :meth:`forward` appends; a token cache keeps the inner
+        backbone's tokens and adds these from the frames)."""
+        rgb = to_float_chw(images)
+        rows, cols = self.grid(n, (rgb.shape[2], rgb.shape[3]))
+        return _flatten_map(F.adaptive_avg_pool2d(rgb, (rows, cols))) * 2.0 - 1.0
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``uint8[B, H, W, 3]`` -> ``float32[B, N, inner.feature_dim + 3]``."""
         tokens = self.inner(images)
-        rgb = to_float_chw(images)
-        rows, cols = self.grid(tokens.shape[1], (rgb.shape[2], rgb.shape[3]))
-        colour = _flatten_map(F.adaptive_avg_pool2d(rgb, (rows, cols))) * 2.0 - 1.0
+        colour = self.colours(images, tokens.shape[1])
         return torch.cat([tokens, colour.to(tokens.dtype)], dim=-1)
 
 
