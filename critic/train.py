@@ -435,7 +435,10 @@ def _reference_done_loss(
     logit = critic.reference_done_logit(tok_b[rows], z_goal, views[rows], tok_g, goal_views)
     target = d_target[rows] * torch.from_numpy(~negative[keep]).to(d_target)  # negatives: 0
     ones = torch.ones_like(target)
-    weight = done_weights(target, ones) if config.done_balance else ones
+    # balanced on the frames' own done labels: a done frame against another goal's reference
+    # weighs what it weighs against its own, so the head cannot gain by ignoring the reference
+    # (balanced on the targets, the up-weighted positives would outweigh these negatives)
+    weight = done_weights(d_target[rows], ones) if config.done_balance else ones
     bce = F.binary_cross_entropy_with_logits(logit, target, reduction="none")
     return (bce * weight).sum() / weight.sum()
 

@@ -158,12 +158,16 @@ def test_references_by_goal_cross_phrasings_and_keep_to_the_goal() -> None:
 def test_negative_references_are_trained_as_not_done(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Other-goal references are trained as not done, and each weighs what its frame weighs as a
+    done frame against its own goal: balanced on the targets, the up-weighted positives would
+    outweigh them and a head that ignores the reference would lose little."""
     import limbic.critic.train as train_module
 
     episodes = _with_goals(make_episodes(4, seed=0, hw=32), ["red", "blue", "red", "blue"])
-    seen: dict[str, list] = {"batch": [], "refs": [], "targets": []}
+    seen: dict[str, list] = {"batch": [], "refs": [], "targets": [], "weights": []}
     sample, draw = PairSampler.sample, PairSampler.draw_references
     loss, weights = train_module._reference_done_loss, train_module.done_weights
+    bce = train_module.F.binary_cross_entropy_with_logits
     inside = [False]
 
     def sampled(self, n, rng):
@@ -182,23 +186,34 @@ def test_negative_references_are_trained_as_not_done(
             inside[0] = False
 
     def weighted(target, mask):
+        out = weights(target, mask)
+        if inside[0]:
+            seen["weights"].append(out.detach().clone())
+        return out
+
+    def logged_bce(logit, target, *args, **kwargs):
         if inside[0]:
             seen["targets"].append(target.detach().clone())
-        return weights(target, mask)
+        return bce(logit, target, *args, **kwargs)
 
     monkeypatch.setattr(PairSampler, "sample", sampled)
     monkeypatch.setattr(PairSampler, "draw_references", drawn)
     monkeypatch.setattr(train_module, "_reference_done_loss", reference_loss)
     monkeypatch.setattr(train_module, "done_weights", weighted)
+    monkeypatch.setattr(train_module.F, "binary_cross_entropy_with_logits", logged_bce)
     pairs = PairSamplingConfig(reference_negative_fraction=0.5, mismatch_fraction=0.0)
     train_critic(_train_config(tmp_path, True, pairs=pairs, steps=3, batch_size=32), episodes)
     negatives = 0
-    for batch, (ref_ep, _, negative), target in zip(*seen.values(), strict=True):
+    for batch, (ref_ep, _, negative), target, weight in zip(*seen.values(), strict=True):
         keep = (ref_ep >= 0) & batch.done_mask & ~batch.mismatch
         assert not (negative & ~keep).any()  # only frames the loss keeps
         positives = keep & (batch.done > 0.5) & ~negative
         assert int(target.sum()) == int(positives.sum())  # every negative trained as not done
-        negatives += int(negative[keep].sum())
+        neg = torch.from_numpy(negative[keep])
+        pos = torch.from_numpy(positives[keep])
+        if neg.any() and pos.any():
+            assert torch.allclose(weight[neg], weight[pos][0].expand(int(neg.sum())))
+        negatives += int(neg.sum())
     assert negatives > 0
 
 
