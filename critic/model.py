@@ -83,8 +83,17 @@ class CriticModelConfig:
     the jaws; a camera that moves with the tool (the wrist view) sees a finished task at the same
     place in every episode, so there "the same tokens as the goal frame here" is a comparison that
     does not depend on which colours or objects training showed."""
+    reference_tokens_only: bool = False
+    """With ``reference_token_diff``: the reference done head reads the place-by-place comparison
+    alone, not the frame embeddings, so it cannot judge "finished-looking" without comparing
+    the frame with its reference."""
 
     def __post_init__(self) -> None:
+        require(
+            self.reference_token_diff or not self.reference_tokens_only,
+            "critic.model.reference_tokens_only",
+            "needs critic.model.reference_token_diff=true (the comparison it reads)",
+        )
         require(
             len(self.views) > 0 and len(set(self.views)) == len(self.views),
             "critic.model.views",
@@ -184,6 +193,8 @@ class ProgressCritic(nn.Module):
                 nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)
             )
             parts = 3 + int(config.reference_abs_diff) + int(config.reference_token_diff)
+            if config.reference_tokens_only:
+                parts = 1
             if config.reference_token_diff:
                 self.diff_norm = nn.LayerNorm(d)
                 self.diff_place = nn.Parameter(torch.zeros(v, self.num_tokens, config.pool_heads))
@@ -295,11 +306,13 @@ class ProgressCritic(nn.Module):
         ``tokens_goal: [B, V, N, C]`` (the goal frames' tokens, ``goal_mask`` their present views)
         is needed with ``reference_token_diff``."""
         self._need_reference_done()
-        cond = self.goal_cond(z_goal)
-        z_b = self.embed_frame(tokens_b, cond, view_mask)
-        parts = [z_b, z_goal, z_b - z_goal]
-        if self.config.reference_abs_diff:
-            parts.append((z_b - z_goal).abs())
+        parts = []
+        if not self.config.reference_tokens_only:
+            cond = self.goal_cond(z_goal)
+            z_b = self.embed_frame(tokens_b, cond, view_mask)
+            parts = [z_b, z_goal, z_b - z_goal]
+            if self.config.reference_abs_diff:
+                parts.append((z_b - z_goal).abs())
         if self.config.reference_token_diff:
             if tokens_goal is None:
                 raise ValueError(

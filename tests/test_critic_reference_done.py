@@ -403,3 +403,25 @@ def test_a_critic_with_the_token_comparison_trains_and_scores(tmp_path: Path) ->
     )
     probs = np.concatenate([s.curves.done_prob_reference for s in scores])
     assert np.isfinite(probs).all() and ((probs >= 0) & (probs <= 1)).all()
+
+
+def test_the_head_can_read_the_comparison_alone() -> None:
+    """``reference_tokens_only``: the head's input is the place-by-place comparison, so the
+    goal's pooled embedding does not move it and a frame like its goal frame scores the same
+    whatever it shows; the option names the one it needs."""
+    torch.manual_seed(0)
+    config = {**CFG.__dict__, "reference_done": True, "reference_token_diff": True}
+    critic = ProgressCritic(CriticModelConfig(**{**config, "reference_tokens_only": True})).eval()
+    assert critic.ref_done_mlp[0].in_features == critic.config.d_model
+    a, b = _tokens(critic, 2, 0), _tokens(critic, 2, 1)
+    with torch.no_grad():
+        z = critic.embed_goal(b)
+        logit = critic.reference_done_logit(a, z, tokens_goal=b)
+        torch.testing.assert_close(critic.reference_done_logit(a, z * 0, tokens_goal=b), logit)
+        assert not torch.allclose(critic.reference_done_logit(a, z, tokens_goal=a), logit)
+        torch.testing.assert_close(
+            critic.reference_done_logit(a, z, tokens_goal=a),
+            critic.reference_done_logit(b, z, tokens_goal=b),
+        )
+    with pytest.raises(ConfigError, match="reference_tokens_only"):
+        CriticModelConfig(**{**CFG.__dict__, "reference_tokens_only": True})
