@@ -60,24 +60,14 @@ def episode_images(critic: ProgressCritic, episode: EpisodeArrays) -> tuple[np.n
 
 @torch.no_grad()
 def episode_tokens(
-    critic: ProgressCritic,
-    episode: EpisodeArrays,
-    batch_size: int = 64,
-    backbone: VisionBackbone | None = None,
+    critic: ProgressCritic, episode: EpisodeArrays, batch_size: int = 64
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(tokens float32[T, V, N, C], present bool[T, V])`` of every frame of an episode, from
-    ``backbone`` (by default the critic's)."""
+    """``(tokens float32[T, V, N, C], present bool[T, V])`` of every frame of an episode."""
     images, present = episode_images(critic, episode)
-    chunks = []
-    for i in range(0, len(images), batch_size):
-        chunk = images[i : i + batch_size]
-        if backbone is None:
-            chunks.append(critic.encode_frames(chunk).cpu())
-            continue
-        b, v = chunk.shape[:2]
-        flat = torch.from_numpy(chunk.reshape(b * v, *chunk.shape[2:]))
-        flat = flat.to(critic.pos_embed.device)
-        chunks.append(backbone(flat).reshape(b, v, -1, backbone.feature_dim).cpu())
+    chunks = [
+        critic.encode_frames(images[i : i + batch_size]).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(chunks), torch.from_numpy(present)
 
 
@@ -109,8 +99,8 @@ class TokenStore:
         self.dtype = CACHE_DTYPES[cache_dtype]
         backbone = critic.backbone
         self.colour = backbone if isinstance(backbone, PatchColour) else None
-        self.inner = self.colour.inner if self.colour is not None else backbone
-        self.prefix = f"{backbone_digest(critic, self.inner)}|{cache_dtype}"
+        inner = self.colour.inner if self.colour is not None else backbone
+        self.prefix = f"{backbone_digest(critic, inner)}|{cache_dtype}"
         self.hits = self.misses = 0
 
     def path(self, episode: EpisodeArrays) -> Path:
@@ -125,16 +115,17 @@ class TokenStore:
         """``(tokens [T, V, N, C] in the cache dtype, present bool[T, V])`` of an episode."""
         path = self.path(episode)
         saved = self._load(path, len(episode)) if path.is_file() else None
-        if saved is not None:
-            self.hits += 1
-            toks, present = saved
-        else:
-            toks, present = episode_tokens(self.critic, episode, backbone=self.inner)
+        if saved is None:
+            toks, present = episode_tokens(self.critic, episode)
             toks = toks.to(self.dtype)
+            inner = toks[..., : -self.colour.colour_dim] if self.colour is not None else toks
             tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"tokens": toks, "present": present}, tmp)
+            torch.save({"tokens": inner.clone(), "present": present}, tmp)
             os.replace(tmp, path)  # never a half-written file under the real name
             self.misses += 1
+            return toks, present
+        self.hits += 1
+        toks, present = saved
         if self.colour is not None:
             images, _ = episode_images(self.critic, episode)
             t, v, n = toks.shape[:3]

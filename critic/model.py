@@ -192,9 +192,11 @@ class ProgressCritic(nn.Module):
             self.goal_cond = nn.Sequential(
                 nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, d)
             )
-            parts = 3 + int(config.reference_abs_diff) + int(config.reference_token_diff)
-            if config.reference_tokens_only:
-                parts = 1
+            parts = (
+                1
+                if config.reference_tokens_only
+                else 3 + int(config.reference_abs_diff) + int(config.reference_token_diff)
+            )
             if config.reference_token_diff:
                 self.diff_norm = nn.LayerNorm(d)
                 self.diff_place = nn.Parameter(torch.zeros(v, self.num_tokens, config.pool_heads))
