@@ -87,12 +87,31 @@ class CriticModelConfig:
     """With ``reference_token_diff``: the reference done head reads the place-by-place comparison
     alone, not the frame embeddings, so it cannot judge "finished-looking" without comparing
     the frame with its reference."""
+    reference_veto: bool = False
+    """With ``reference_token_diff``: the reference done probability is the product of two heads,
+    ``σ(a) · σ(b)``: ``a`` reads the frame and goal embeddings (the head without the comparison)
+    and ``b`` reads the place-by-place comparison alone. A frame is done when it looks finished
+    *and* matches its reference where the comparison looks; the veto ``b`` only has to say
+    "this is (not) the reference's outcome", which it learns where the embeddings do not (the
+    same colour of ball at another goal), while ``a`` keeps judging the tasks whose done needs
+    more than what sits where the goal frame has it."""
 
     def __post_init__(self) -> None:
         require(
             self.reference_token_diff or not self.reference_tokens_only,
             "critic.model.reference_tokens_only",
             "needs critic.model.reference_token_diff=true (the comparison it reads)",
+        )
+        require(
+            self.reference_token_diff or not self.reference_veto,
+            "critic.model.reference_veto",
+            "needs critic.model.reference_token_diff=true (the comparison the veto reads)",
+        )
+        require(
+            not (self.reference_veto and self.reference_tokens_only),
+            "critic.model.reference_veto",
+            "and critic.model.reference_tokens_only are exclusive: the veto is the comparison-only "
+            "head beside the embedding head",
         )
         require(
             len(self.views) > 0 and len(set(self.views)) == len(self.views),
@@ -195,7 +214,9 @@ class ProgressCritic(nn.Module):
             parts = (
                 1
                 if config.reference_tokens_only
-                else 3 + int(config.reference_abs_diff) + int(config.reference_token_diff)
+                else 3
+                + int(config.reference_abs_diff)
+                + int(config.reference_token_diff and not config.reference_veto)
             )
             if config.reference_token_diff:
                 self.diff_norm = nn.LayerNorm(d)
@@ -206,6 +227,10 @@ class ProgressCritic(nn.Module):
             self.ref_done_mlp = nn.Sequential(
                 nn.Linear(parts * d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
             )
+            if config.reference_veto:
+                self.ref_veto_mlp = nn.Sequential(
+                    nn.Linear(d, d), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(d, 1)
+                )
         self._language: LanguageEncoder | None = None
 
     # ----- stage 1: vision tokens (cacheable with a frozen backbone) -----------------------
@@ -315,13 +340,18 @@ class ProgressCritic(nn.Module):
             parts = [z_b, z_goal, z_b - z_goal]
             if self.config.reference_abs_diff:
                 parts.append((z_b - z_goal).abs())
-        if self.config.reference_token_diff:
-            if tokens_goal is None:
-                raise ValueError(
-                    "reference_done_logit: tokens_goal is needed with critic.model.reference_token_diff"
-                )
-            parts.append(self.token_difference(tokens_b, tokens_goal, view_mask, goal_mask))
-        return self.ref_done_mlp(torch.cat(parts, -1)).squeeze(-1)
+        if not self.config.reference_token_diff:
+            return self.ref_done_mlp(torch.cat(parts, -1)).squeeze(-1)
+        if tokens_goal is None:
+            raise ValueError(
+                "reference_done_logit: tokens_goal is needed with critic.model.reference_token_diff"
+            )
+        comparison = self.token_difference(tokens_b, tokens_goal, view_mask, goal_mask)
+        if not self.config.reference_veto:
+            return self.ref_done_mlp(torch.cat([*parts, comparison], -1)).squeeze(-1)
+        looks_done = self.ref_done_mlp(torch.cat(parts, -1)).squeeze(-1)
+        matches = self.ref_veto_mlp(comparison).squeeze(-1)
+        return product_logit(looks_done, matches)
 
     def token_difference(
         self,
@@ -509,6 +539,20 @@ class ProgressCritic(nn.Module):
         )  # no code unpickled
         state = payload.get("critic", payload)
         return cls.from_state(state).eval()
+
+
+def product_logit(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The logit of ``σ(a) · σ(b)``, computed in log space (finite, with finite gradients, for
+    any finite ``a`` and ``b``; at most about 13.8, where the product is 1 − 1e-6)."""
+    log_p = (F.logsigmoid(a) + F.logsigmoid(b)).clamp(max=-1e-6)
+    # log(1 − p) = log(−expm1(log p)) near p = 1, log1p(−p) elsewhere; each branch on safe input
+    near_one = log_p > -math.log(2.0)
+    log_q = torch.where(
+        near_one,
+        torch.log(-torch.expm1(log_p.clamp(min=-math.log(2.0)))),
+        torch.log1p(-torch.exp(log_p.clamp(max=-math.log(2.0)))),
+    )
+    return log_p - log_q
 
 
 def masked_bce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

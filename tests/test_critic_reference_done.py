@@ -11,7 +11,7 @@ from synthetic_episodes import make_episodes
 
 from limbic.critic.evaluate import CriticEvalConfig, evaluate_critic, score_episodes
 from limbic.critic.labels import PairSampler, PairSamplingConfig
-from limbic.critic.model import CriticModelConfig, ProgressCritic
+from limbic.critic.model import CriticModelConfig, ProgressCritic, product_logit
 from limbic.critic.train import CriticTrainConfig, train_critic
 from limbic.critic.value import value_curves
 from limbic.launch.config import ConfigError
@@ -384,10 +384,16 @@ def test_the_head_can_compare_the_frame_with_the_goal_place_by_place() -> None:
         assert p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_a_critic_with_the_token_comparison_trains_and_scores(tmp_path: Path) -> None:
+@pytest.mark.parametrize("veto", [False, True])
+def test_a_critic_with_the_token_comparison_trains_and_scores(tmp_path: Path, veto: bool) -> None:
     episodes = make_episodes(4, seed=0, hw=32)
     model = CriticModelConfig(
-        **{**CFG.__dict__, "reference_done": True, "reference_token_diff": True}
+        **{
+            **CFG.__dict__,
+            "reference_done": True,
+            "reference_token_diff": True,
+            "reference_veto": veto,
+        }
     )
     cfg = CriticTrainConfig(
         model=model,
@@ -425,3 +431,59 @@ def test_the_head_can_read_the_comparison_alone() -> None:
         )
     with pytest.raises(ConfigError, match="reference_tokens_only"):
         CriticModelConfig(**{**CFG.__dict__, "reference_tokens_only": True})
+
+
+def test_product_logit_is_the_logit_of_the_product_of_probabilities() -> None:
+    """Finite and exact (to float precision) from very unsure to very sure, gradients included."""
+    grid = torch.tensor([-40.0, -12.0, -3.0, -0.5, 0.0, 0.7, 2.0, 9.0, 40.0], dtype=torch.float64)
+    a, b = torch.meshgrid(grid, grid, indexing="ij")
+    a, b = a.reshape(-1).requires_grad_(), b.reshape(-1).requires_grad_()
+    logit = product_logit(a, b)
+    product = torch.sigmoid(a) * torch.sigmoid(b)
+    torch.testing.assert_close(torch.sigmoid(logit), product, atol=2e-6, rtol=1e-6)
+    assert torch.isfinite(logit).all() and logit.max() < 14.0
+    logit.sum().backward()
+    assert torch.isfinite(a.grad).all() and torch.isfinite(b.grad).all()
+    # either factor sure of "no" makes the product "no", whatever the other says
+    assert torch.sigmoid(product_logit(torch.tensor(40.0), torch.tensor(-40.0))) < 1e-12
+
+
+def test_the_veto_multiplies_the_embedding_heads_probability_by_the_comparisons() -> None:
+    """``reference_veto``: done = σ(embedding head) · σ(comparison-only head). A sure veto
+    makes any frame not done; a frame identical to its goal frame gets the same veto whatever
+    it shows; the option names the one it needs and the one it excludes."""
+    torch.manual_seed(0)
+    config = {**CFG.__dict__, "reference_done": True, "reference_token_diff": True}
+    critic = ProgressCritic(CriticModelConfig(**{**config, "reference_veto": True})).eval()
+    d = critic.config.d_model
+    assert critic.ref_done_mlp[0].in_features == 3 * d  # the embeddings, no comparison
+    assert critic.ref_veto_mlp[0].in_features == d  # the comparison alone
+    a, b = _tokens(critic, 2, 0), _tokens(critic, 2, 1)
+    with torch.no_grad():
+        z = critic.embed_goal(b)
+        p = torch.sigmoid(critic.reference_done_logit(a, z, tokens_goal=b))
+        z_a = critic.embed_frame(a, critic.goal_cond(z))
+        looks_done = torch.sigmoid(critic.ref_done_mlp(torch.cat([z_a, z, z_a - z], -1)))
+        matches = torch.sigmoid(critic.ref_veto_mlp(critic.token_difference(a, b)))
+        torch.testing.assert_close(p, (looks_done * matches).squeeze(-1))
+        veto_same_a = critic.ref_veto_mlp(critic.token_difference(a, a))
+        torch.testing.assert_close(veto_same_a, critic.ref_veto_mlp(critic.token_difference(b, b)))
+        critic.ref_done_mlp[-1].bias.fill_(50.0)  # the frame looks finished, surely
+        critic.ref_veto_mlp[-1].bias.fill_(-50.0)  # and does not match its reference, surely
+        assert torch.sigmoid(critic.reference_done_logit(a, z, tokens_goal=b)).max() < 1e-12
+    loaded = ProgressCritic.from_state(critic.export_state()).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded.reference_done_logit(a, loaded.embed_goal(b), tokens_goal=b),
+            critic.reference_done_logit(a, z, tokens_goal=b),
+        )
+    critic.train()
+    critic.ref_done_mlp[-1].bias.data.zero_()
+    critic.ref_veto_mlp[-1].bias.data.zero_()
+    critic.reference_done_logit(a, critic.embed_goal(b), tokens_goal=b).sum().backward()
+    for p in (critic.ref_veto_mlp[0].weight, critic.ref_done_mlp[0].weight, critic.diff_place):
+        assert p.grad is not None and p.grad.abs().sum() > 0
+    with pytest.raises(ConfigError, match="reference_veto"):
+        CriticModelConfig(**{**CFG.__dict__, "reference_veto": True})
+    with pytest.raises(ConfigError, match="exclusive"):
+        CriticModelConfig(**{**config, "reference_veto": True, "reference_tokens_only": True})
